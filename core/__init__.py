@@ -1,0 +1,1 @@
+"""carmorph core: pure Python (no Streamlit) models, scoring, data and artifacts."""

@@ -1,0 +1,92 @@
+"""Shared constants and settings. Arguments win over environment variables, which win over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE_DIR = PROJECT_ROOT / "artifacts" / "default"
+SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+
+SEED_BODY_TYPES: tuple[str, ...] = ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
+EMBEDDING_DIM = 512
+
+# Largest image (in pixels) that is decoded; larger ones are refused as possible decompression bombs.
+# 50 MP covers any phone photo; the upload limit in .streamlit/config.toml (25 MB) is of the same order.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class YearBin:
+    """An ordinal year bin: inclusive year range and the year it stands for (its centre)."""
+
+    start: int
+    end: int
+    centre: float
+
+    @property
+    def label(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+    def contains(self, year: int) -> bool:
+        return self.start <= year <= self.end
+
+
+# The seed's bins on DVM-CAR (2000-17); gaps between bins are part of the seed's recipe.
+DVM_YEAR_BINS: tuple[YearBin, ...] = (
+    YearBin(2000, 2003, 2001.5),
+    YearBin(2006, 2008, 2007.0),
+    YearBin(2009, 2011, 2010.0),
+    YearBin(2012, 2014, 2013.0),
+    YearBin(2015, 2017, 2016.0),
+)
+
+# Bins for the shared data (Stanford Cars, 1991-2012, 60 % of it 2012): the most balanced ordinal cut
+# that keeps each year whole. Counts in the shared data: 609 / 959 / 738 / 650 / 4,435.
+SHARED_YEAR_BINS: tuple[YearBin, ...] = (
+    YearBin(1991, 2006, 2000.0),
+    YearBin(2007, 2007, 2007.0),
+    YearBin(2008, 2009, 2008.6),
+    YearBin(2010, 2011, 2010.4),
+    YearBin(2012, 2012, 2012.0),
+)
+
+
+def year_to_bin(year: int, bins: tuple[YearBin, ...]) -> int | None:
+    """Index of the bin holding `year`, or None when no bin does."""
+    for index, year_bin in enumerate(bins):
+        if year_bin.contains(year):
+            return index
+    return None
+
+
+def env_path(name: str, default: Path | None) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+def bundle_dir(explicit: str | Path | None = None) -> Path:
+    """The artifact bundle to load: argument, else $CARMORPH_BUNDLE, else artifacts/default."""
+    if explicit:
+        return Path(explicit)
+    return env_path("CARMORPH_BUNDLE", DEFAULT_BUNDLE_DIR) or DEFAULT_BUNDLE_DIR
+
+
+def image_root(explicit: str | Path | None = None) -> Path | None:
+    """Folder the bundle's relative image paths resolve against: argument, $CARMORPH_IMAGE_ROOT, shared data."""
+    if explicit:
+        return Path(explicit)
+    default = SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
+    return env_path("CARMORPH_IMAGE_ROOT", default)
+
+
+def max_pixels(explicit: int | None = None) -> int:
+    if explicit:
+        return explicit
+    return int(os.environ.get("CARMORPH_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def device(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("CARMORPH_DEVICE", "cpu")

@@ -1,0 +1,1 @@
+"""Command-line training pipeline: prepare, train, build, evaluate (python -m training.X --help)."""

@@ -1,0 +1,103 @@
+"""Decode-once image caches and batch augmentation for CPU training.
+
+Images are decoded, cropped and resized once into a uint8 array (N x S x S x 3) saved under `cache/`,
+so an epoch costs only the network (the idea of torchvision's `--cache-dataset`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+CROP_MARGIN = 0.04  # fraction of the box size added on each side, as the segmenter's crop does
+
+
+def crop_box(image: Image.Image, row: pd.Series, margin: float = CROP_MARGIN) -> Image.Image:
+    """The car's box (normalised columns box_x1..box_y2) with a margin; the whole image when unknown."""
+    if np.isnan(row["box_x1"]):
+        return image
+    w, h = image.size
+    x1, y1, x2, y2 = row["box_x1"] * w, row["box_y1"] * h, row["box_x2"] * w, row["box_y2"] * h
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    return image.crop((max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my)))
+
+
+def build_cache(table: pd.DataFrame, data_root: Path, size: int, crop: bool, cache_dir: Path) -> np.ndarray:
+    """uint8 array of every row's image (car crop or whole frame) squash-resized to size x size; cached."""
+    key = hashlib.sha1(("|".join(table["path"]) + f"|{size}|{crop}|{data_root.resolve()}").encode()).hexdigest()[:16]
+    path = cache_dir / f"images_{size}_{'crop' if crop else 'full'}_{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    out = np.empty((len(table), size, size, 3), dtype=np.uint8)
+    for i, (_, row) in enumerate(tqdm(table.iterrows(), total=len(table), desc=f"decode {size}px", unit="img")):
+        with Image.open(data_root / row["path"]) as raw:  # trusted training data, not user uploads
+            image = ImageOps.exif_transpose(raw).convert("RGB")
+        if crop:
+            image = crop_box(image, row)
+        out[i] = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-batch augmentation on uint8 NHWC tensors: jittered crop, flip, colour. Returns NCHW float [0, 1]."""
+
+    out_size: int
+    min_scale: float = 0.55
+    flip: bool = True
+    colour: float = 0.3
+    crop: bool = True
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        n = x.shape[0]
+        if self.crop:
+            x = torch.stack([self._jittered_crop(img, generator) for img in x])
+        else:
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
+        flipped = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        x[flipped] = x[flipped].flip(-1)
+        if self.colour:
+            x = self._colour(x, generator)
+        return x.clamp_(0, 1), flipped
+
+    def _jittered_crop(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        size = img.shape[-1]
+        scale = self.min_scale + (1 - self.min_scale) * torch.rand(1, generator=generator).item()
+        aspect = float(np.exp(np.log(4 / 3) * (2 * torch.rand(1, generator=generator).item() - 1)))
+        cw = int(round(min(size, size * np.sqrt(scale * aspect))))
+        ch = int(round(min(size, size * np.sqrt(scale / aspect))))
+        x0 = int(torch.randint(0, size - cw + 1, (1,), generator=generator))
+        y0 = int(torch.randint(0, size - ch + 1, (1,), generator=generator))
+        patch = img[:, y0 : y0 + ch, x0 : x0 + cw].unsqueeze(0)
+        return F.interpolate(patch, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)[0]
+
+    def _colour(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+
+        def factor() -> torch.Tensor:
+            return (1 + self.colour * (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1)).to(x.dtype)
+
+        x = x * factor()
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factor() + mean
+        grey = x.mean(dim=1, keepdim=True)
+        return (x - grey) * factor() + grey
+
+
+def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 NHWC to NCHW float [0, 1] at size x size, no augmentation (evaluation)."""
+    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,379 @@
+"""Train a carmorph ResNet-18 on CPU: modernity (year bins), body type, the gate, or a multi-task backbone.
+
+Shape after torchvision's references/classification/train.py: get_args_parser(), load_data(),
+train_one_epoch() / evaluate(), checkpoints holding model, optimizer, scheduler, epoch and args
+(`--resume`), metrics per epoch in log.jsonl. Examples:
+
+  python -m training.train --task cars --epochs 24 --out runs/cars            # shared multi-task backbone
+  python -m training.train --task modernity --init runs/cars/best.pt --epochs 4 --out runs/modernity
+  python -m training.train --task gate --epochs 12 --out runs/gate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR
+from core.models import IMAGENET_MEAN, IMAGENET_STD, CarNet, build_carnet
+from training.data import Augment, build_cache, resize_batch
+from training.metrics import classification_metrics, frontal_metrics
+
+CAR_TASKS = ("cars", "modernity", "bodytype")
+
+
+@dataclass
+class TaskData:
+    """Images (uint8 NHWC cache) and per-head integer/float targets (-1 / nan = unknown) for one split."""
+
+    images: np.ndarray
+    targets: dict[str, np.ndarray]
+    boxes: np.ndarray | None = None  # N x 4 normalised, gate only
+    composite_sources: np.ndarray | None = None  # car crops pasted on backgrounds, gate only
+
+
+@dataclass
+class Vocab:
+    """Label vocabularies of the classification heads, saved in checkpoints."""
+
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+    def encode(self, name: str, values: pd.Series) -> np.ndarray:
+        index = {label: i for i, label in enumerate(self.labels[name])}
+        return np.array([index.get(v, -1) for v in values], dtype=np.int64)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=[*CAR_TASKS, "gate"], required=True)
+    p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
+    p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root the table's paths are in")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log.jsonl")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--size", type=int, default=112, help="network input size (px)")
+    p.add_argument("--cache-size", type=int, default=128, help="decoded image size kept in the cache (px)")
+    p.add_argument("--cache-dir", type=Path, default=Path("cache"))
+    p.add_argument("--aux-weight", type=float, default=0.5, help="weight of auxiliary heads (make, model, raw body)")
+    p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
+    p.add_argument("--pretrained", action="store_true", help="start from torchvision ImageNet weights")
+    p.add_argument("--weights-path", type=Path, help="local ImageNet weights file for --pretrained")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--limit", type=int, help="use at most this many training rows (tests, probes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def heads_for(task: str, vocab: Vocab) -> dict[str, int]:
+    if task == "gate":
+        return {"car": 1, "box": 4, "frontal": 1}
+    main = {"modernity": ["year_bin"], "bodytype": ["body_type"], "cars": ["year_bin", "body_type"]}[task]
+    names = main + ["body_raw", "make", "model_class"]
+    return {name: len(vocab.labels[name]) for name in names}
+
+
+def make_vocab(train: pd.DataFrame) -> Vocab:
+    return Vocab(
+        {
+            "year_bin": [str(i) for i in range(5)],
+            "body_type": list(SEED_BODY_TYPES),
+            "body_raw": sorted(train["body_type_raw"].unique()),
+            "make": sorted(train["make"].unique()),
+            "model_class": sorted(train["class_name"].unique()),
+        }
+    )
+
+
+def load_data(args: argparse.Namespace, table: pd.DataFrame, vocab: Vocab) -> dict[str, TaskData]:
+    """Cached images and targets for the train and val splits of the task."""
+    splits = {}
+    for split in ("train", "val"):
+        rows = table[table["split"] == split]
+        if args.task == "gate":
+            splits[split] = gate_data(args, rows)
+        else:
+            cars = rows[(rows["dataset"] != "epfl_multiview") & (rows["car"] == 1) & (rows["year"] > 0)]
+            if split == "train" and args.limit:
+                cars = cars.sample(n=min(args.limit, len(cars)), random_state=args.seed)
+            images = build_cache(cars, args.data, args.cache_size, crop=True, cache_dir=args.cache_dir)
+            targets = {
+                "year_bin": cars["year_bin"].to_numpy(np.int64),
+                "body_type": vocab.encode("body_type", cars["body_type"]),
+                "body_raw": vocab.encode("body_raw", cars["body_type_raw"]),
+                "make": vocab.encode("make", cars["make"]),
+                "model_class": vocab.encode("model_class", cars["class_name"]),
+            }
+            splits[split] = TaskData(images, targets)
+    return splits
+
+
+def gate_data(args: argparse.Namespace, rows: pd.DataFrame) -> TaskData:
+    """Whole frames (car or not, with boxes) plus EPFL car crops (frontal labels); Stanford crops as paste sources."""
+    if args.limit:
+        rows = rows.sample(frac=1.0, random_state=args.seed).groupby("dataset").head(args.limit)
+    stanford = rows[rows["dataset"] == "stanford_cars"]
+    stanford_frames = stanford.sample(n=min(len(stanford), 1500), random_state=args.seed)
+    frames = pd.concat([stanford_frames, rows[rows["dataset"] != "stanford_cars"]])
+    epfl = rows[rows["dataset"] == "epfl_multiview"]
+    full = build_cache(frames, args.data, args.cache_size, crop=False, cache_dir=args.cache_dir)
+    crops = build_cache(epfl, args.data, args.cache_size, crop=True, cache_dir=args.cache_dir)
+    sources = build_cache(stanford, args.data, args.cache_size, crop=True, cache_dir=args.cache_dir)
+    whole_box = np.tile([0.0, 0.0, 1.0, 1.0], (len(epfl), 1))
+    boxes = np.concatenate([frames[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy(np.float32), whole_box])
+    return TaskData(
+        images=np.concatenate([full, crops]),
+        targets={
+            "car": np.concatenate([frames["car"].to_numpy(np.float32), np.ones(len(epfl), np.float32)]),
+            "frontal": np.concatenate([frames["frontal"].to_numpy(np.float32), epfl["frontal"].to_numpy(np.float32)]),
+        },
+        boxes=boxes.astype(np.float32),
+        composite_sources=sources,
+    )
+
+
+def class_weights(targets: np.ndarray, classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1) so rare classes count as much as common ones."""
+    counts = np.bincount(targets[targets >= 0], minlength=classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / classes, 0.0)
+    return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
+
+
+def emd_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared earth mover's distance between predicted and true distributions over ordered bins."""
+    cdf = torch.cumsum(F.softmax(logits, dim=1), dim=1)
+    true_cdf = torch.cumsum(F.one_hot(target, logits.shape[1]).float(), dim=1)
+    return ((cdf - true_cdf) ** 2).sum(dim=1).mean()
+
+
+class CarLoss:
+    """Class-balanced cross-entropy on the main heads (+ EMD on year bins), plain CE on auxiliary heads."""
+
+    MAIN = ("year_bin", "body_type")
+
+    def __init__(self, args: argparse.Namespace, train: TaskData, heads: dict[str, int]):
+        self.args = args
+        self.heads = heads
+        self.weights = {n: class_weights(train.targets[n], heads[n]) for n in self.MAIN if n in heads}
+
+    def __call__(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = torch.zeros(())
+        for name in self.heads:
+            target = targets[name]
+            known = target >= 0
+            if not known.any():
+                continue
+            logits, target = outputs[name][known], target[known]
+            weight = 1.0 if name in self.MAIN else self.args.aux_weight
+            loss = F.cross_entropy(
+                logits, target, weight=self.weights.get(name), label_smoothing=self.args.label_smoothing
+            )
+            if name == "year_bin" and self.args.ordinal == "emd":
+                loss = loss + emd_loss(logits, target)
+            total = total + weight * loss
+        return total
+
+
+def gate_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    car = targets["car"]
+    loss = F.binary_cross_entropy_with_logits(outputs["car"][:, 0], car)
+    frontal = targets["frontal"]
+    known = frontal >= 0
+    if known.any():
+        pos_weight = torch.tensor(3.0)
+        loss = loss + F.binary_cross_entropy_with_logits(
+            outputs["frontal"][known, 0], frontal[known], pos_weight=pos_weight
+        )
+    has_box = (car > 0.5) & ~torch.isnan(targets["box"][:, 0])
+    if has_box.any():
+        loss = loss + 5 * F.smooth_l1_loss(torch.sigmoid(outputs["box"][has_box]), targets["box"][has_box], beta=0.05)
+    return loss
+
+
+def paste_cars(
+    frames: torch.Tensor, sources: np.ndarray, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste random car crops onto background frames at random scale and place; returns images and boxes."""
+    n, _, size, _ = frames.shape
+    out, boxes = frames.clone(), torch.empty(n, 4)
+    picks = torch.randint(0, len(sources), (n,), generator=generator)
+    for i in range(n):
+        car = torch.from_numpy(sources[int(picks[i])]).permute(2, 0, 1).float().div(255.0)
+        w = int(size * (0.35 + 0.6 * torch.rand(1, generator=generator).item()))
+        h = max(8, int(w * (0.45 + 0.4 * torch.rand(1, generator=generator).item())))
+        h = min(h, size)
+        x0 = int(torch.randint(0, size - w + 1, (1,), generator=generator))
+        y0 = int(torch.randint(0, size - h + 1, (1,), generator=generator))
+        out[i, :, y0 : y0 + h, x0 : x0 + w] = F.interpolate(car[None], size=(h, w), mode="bilinear")[0]
+        boxes[i] = torch.tensor([x0 / size, y0 / size, (x0 + w) / size, (y0 + h) / size])
+    return out, boxes
+
+
+def normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: torch.Generator) -> tuple:
+    x, flipped = augment(torch.from_numpy(data.images[idx]), generator)
+    boxes = torch.from_numpy(data.boxes[idx]).clone()
+    boxes[flipped] = torch.stack(
+        [1 - boxes[flipped, 2], boxes[flipped, 1], 1 - boxes[flipped, 0], boxes[flipped, 3]], 1
+    )
+    targets = {k: torch.from_numpy(v[idx]).clone() for k, v in data.targets.items()}
+    negatives = (targets["car"] < 0.5).nonzero().flatten()
+    paste = negatives[torch.rand(len(negatives), generator=generator) < 0.4]
+    if len(paste):
+        x[paste], boxes[paste] = paste_cars(x[paste], data.composite_sources, generator)
+        targets["car"][paste] = 1.0
+    targets["frontal"] = torch.nan_to_num(targets["frontal"], nan=-1.0)
+    targets["box"] = boxes
+    return normalise(x), targets
+
+
+def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
+    model.train()
+    order = torch.randperm(len(data.images), generator=generator).numpy()
+    batches = [order[i : i + args.batch_size] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
+    running, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
+    for step, idx in enumerate(bar, 1):
+        if args.task == "gate":
+            x, targets = gate_batch(data, idx, augment, generator)
+        else:
+            x = normalise(augment(torch.from_numpy(data.images[idx]), generator)[0])
+            targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
+        loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        running += loss.item()
+        bar.set_postfix(loss=f"{running / step:.3f}")
+    return running / max(1, len(batches))
+
+
+@torch.inference_mode()
+def predict(model: CarNet, images: np.ndarray, size: int, batch_size: int = 128) -> dict[str, np.ndarray]:
+    model.eval()
+    chunks: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch_size):
+        x = normalise(resize_batch(torch.from_numpy(images[i : i + batch_size]), size))
+        for name, value in model(x).items():
+            chunks.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[str, float]:
+    """Validation metrics per head; `score` is what selects the best checkpoint."""
+    outputs = predict(model, data.images, args.size)
+    metrics: dict[str, float] = {}
+    if args.task == "gate":
+        car_prob = 1 / (1 + np.exp(-outputs["car"][:, 0]))
+        metrics["car_accuracy"] = float(((car_prob >= 0.5) == (data.targets["car"] > 0.5)).mean())
+        frontal = data.targets["frontal"]
+        known = frontal >= 0
+        fm = frontal_metrics(frontal[known].astype(int), 1 / (1 + np.exp(-outputs["frontal"][known, 0])))
+        metrics.update({f"frontal_{k}": v for k, v in fm.items()})
+        metrics["score"] = metrics["car_accuracy"] + fm["recall_at_precision_95"]
+        return metrics
+    for name in ("year_bin", "body_type"):
+        if name in outputs:
+            m = classification_metrics(data.targets[name], outputs[name].argmax(1), outputs[name].shape[1])
+            metrics[f"{name}_accuracy"], metrics[f"{name}_macro_f1"] = m.accuracy, m.macro_f1
+    metrics["score"] = metrics.get("year_bin_macro_f1", 0.0) + metrics.get("body_type_accuracy", 0.0)
+    return metrics
+
+
+def initialise(args: argparse.Namespace, heads: dict[str, int]) -> tuple[CarNet, str]:
+    """A new network: from a checkpoint's backbone, ImageNet weights, or scratch; returns it and its origin."""
+    model = build_carnet(heads, imagenet=args.pretrained, weights_path=args.weights_path)
+    origin = "imagenet" if args.pretrained else "scratch"
+    if args.init:
+        checkpoint = torch.load(args.init, map_location="cpu", weights_only=True)
+        backbone = {k: v for k, v in checkpoint["model"].items() if k.startswith("backbone.")}
+        own = model.state_dict()
+        heads_state = {
+            k: v
+            for k, v in checkpoint["model"].items()
+            if k.startswith("heads.") and k in own and v.shape == own[k].shape
+        }
+        model.load_state_dict({**backbone, **heads_state}, strict=False)
+        origin = checkpoint["args"].get("origin", "scratch")
+    return model.to(memory_format=torch.channels_last), origin
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = pd.read_parquet(args.table)
+    vocab = make_vocab(table[(table["split"] == "train") & (table["dataset"] == "stanford_cars")])
+    data = load_data(args, table, vocab)
+    heads = heads_for(args.task, vocab)
+    model, origin = initialise(args, heads)
+    args.origin = origin
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps = args.epochs * (len(data["train"].images) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.15
+    )
+    start, best, history = 0, -1.0, []
+    args.out.mkdir(parents=True, exist_ok=True)
+    last = args.out / "last.pt"
+    if args.resume and last.is_file():
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start, best, history = checkpoint["epoch"] + 1, checkpoint["best"], checkpoint["history"]
+        print(f"resumed from {last} at epoch {start}")
+    loss_fn = gate_loss if args.task == "gate" else CarLoss(args, data["train"], heads)
+    augment = Augment(args.size, crop=args.task != "gate", min_scale=0.55)
+    generator = torch.Generator().manual_seed(args.seed)
+    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    for epoch in range(start, args.epochs):
+        generator.manual_seed(args.seed * 1000 + epoch)
+        tic = time.time()
+        loss = train_one_epoch(model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch)
+        seconds = time.time() - tic
+        metrics = evaluate(model, data["val"], args)
+        record = {
+            "epoch": epoch,
+            "loss": loss,
+            "seconds": seconds,
+            "images_per_s": len(data["train"].images) / seconds,
+            **metrics,
+        }
+        history.append(record)
+        print(json.dumps(record), flush=True)
+        with open(args.out / "log.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+        checkpoint = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "best": max(best, metrics["score"]), "history": history, "args": saved_args,
+            "heads": heads, "vocab": vocab.labels,
+        }  # fmt: skip
+        if metrics["score"] > best:
+            best = metrics["score"]
+            torch.save(checkpoint, args.out / "best.pt")
+        torch.save(checkpoint, last)
+
+
+if __name__ == "__main__":
+    main()
