@@ -40,10 +40,7 @@ class ImageTransform:
 
     def normalise(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """NxHxWx3 uint8 (or Nx3xHxW float in [0, 1]) to a normalised Nx3xHxW float tensor."""
-        if batch_uint8.dtype == torch.uint8:
-            batch = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-        else:
-            batch = batch_uint8
+        batch = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0) if batch_uint8.dtype == torch.uint8 else batch_uint8
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
         return (batch - mean) / std
@@ -119,7 +116,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any decoding failure means the file is unusable
+    except Exception as error:
         raise WeightsNotFoundError(f"Weights file {path} could not be read: {error}") from error
 
 
@@ -133,7 +130,7 @@ def load_carnet(path: Path, heads: Mapping[str, int]) -> CarNet:
     """A CarNet in eval mode from a bundle's safetensors file; shape mismatches become BundleError."""
     try:
         state = load_file(str(path))
-    except Exception as error:  # noqa: BLE001 - safetensors raises several types for corrupt files
+    except Exception as error:
         raise BundleError(f"{path.name} is not a readable safetensors file ({error}).") from error
     model = CarNet(heads)
     expected = model.state_dict()

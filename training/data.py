@@ -75,8 +75,8 @@ class Augment:
         size = img.shape[-1]
         scale = self.min_scale + (1 - self.min_scale) * torch.rand(1, generator=generator).item()
         aspect = float(np.exp(np.log(4 / 3) * (2 * torch.rand(1, generator=generator).item() - 1)))
-        cw = int(round(min(size, size * np.sqrt(scale * aspect))))
-        ch = int(round(min(size, size * np.sqrt(scale / aspect))))
+        cw = round(min(size, size * np.sqrt(scale * aspect)))
+        ch = round(min(size, size * np.sqrt(scale / aspect)))
         x0 = int(torch.randint(0, size - cw + 1, (1,), generator=generator))
         y0 = int(torch.randint(0, size - ch + 1, (1,), generator=generator))
         patch = img[:, y0 : y0 + ch, x0 : x0 + cw].unsqueeze(0)

@@ -183,7 +183,7 @@ def finalise(table: pd.DataFrame, seed: int) -> pd.DataFrame:
         table[column] = table[column].fillna(value) if column in table else value
     table["id"] = table["path"].str.replace(r"\.[A-Za-z]+$", "", regex=True).str.replace("/images/", "/")
     table["split"] = grouped_split(table, seed)
-    return table[TABLE_COLUMNS + ["split"]].reset_index(drop=True)
+    return table[[*TABLE_COLUMNS, "split"]].reset_index(drop=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

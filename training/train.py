@@ -83,7 +83,7 @@ def heads_for(task: str, vocab: Vocab) -> dict[str, int]:
     if task == "gate":
         return {"car": 1, "box": 4, "frontal": 1}
     main = {"modernity": ["year_bin"], "bodytype": ["body_type"], "cars": ["year_bin", "body_type"]}[task]
-    names = main + ["body_raw", "make", "model_class"]
+    names = [*main, "body_raw", "make", "model_class"]
     return {name: len(vocab.labels[name]) for name in names}
 
 
