@@ -131,10 +131,12 @@ def _bin_or_missing(year: int, bins: Sequence[YearBin]) -> int:
 
 
 def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float] = SPLIT_FRACTIONS) -> pd.Series:
-    """Assign whole groups to splits, stratified by (dataset, body type, year bin) of the group.
+    """Assign whole groups to splits, stratified by dataset and body type of the group.
 
     Within each stratum, groups are shuffled and each goes to the split furthest below its target share of
-    images, so every stratum is split close to 70/20/10 and no group is divided.
+    images (relative to the target, so small strata still reach val and test), so every stratum is split close to
+    70/20/10 and no group is divided. Finer strata (body type x year bin) hold one or two car models each and
+    would push the shares far from 70/20/10; walking each stratum in year order spreads year bins instead.
     """
     rng = np.random.default_rng(seed)
     per_group = table.groupby("group").agg(
@@ -143,17 +145,15 @@ def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float
         body=("body_type", "first"),
         year_bin=("year_bin", "first"),
     )
-    per_group["stratum"] = (
-        per_group["stratum"] + "|" + per_group["body"].astype(str) + "|" + per_group["year_bin"].astype(str)
-    )
+    per_group["stratum"] = per_group["stratum"] + "|" + per_group["body"].astype(str)
     assignment: dict[str, str] = {}
     for _, groups in per_group.groupby("stratum"):
         filled = dict.fromkeys(fractions, 0)
         total = groups["size"].sum()
-        order = rng.permutation(len(groups))
-        for name, size in groups["size"].iloc[order].items():
-            deficit = {split: fractions[split] * total - filled[split] for split in fractions}
-            chosen = max(deficit, key=deficit.__getitem__)
+        shuffled = groups.iloc[rng.permutation(len(groups))]
+        for name, size in shuffled.sort_values("year_bin", kind="stable")["size"].items():
+            need = {split: 1 - filled[split] / (fractions[split] * total) for split in fractions}
+            chosen = max(need, key=need.__getitem__)
             assignment[name] = chosen
             filled[chosen] += size
     return table["group"].map(assignment)
@@ -181,6 +181,7 @@ def finalise(table: pd.DataFrame, seed: int) -> pd.DataFrame:
                 "box_x2": np.nan, "box_y2": np.nan, "width": -1, "height": -1}  # fmt: skip
     for column, value in defaults.items():
         table[column] = table[column].fillna(value) if column in table else value
+    table = table.astype({"car": int, "year": int, "year_bin": int, "frontal": int, "width": int, "height": int})
     table["id"] = table["path"].str.replace(r"\.[A-Za-z]+$", "", regex=True).str.replace("/images/", "/")
     table["split"] = grouped_split(table, seed)
     return table[[*TABLE_COLUMNS, "split"]].reset_index(drop=True)

@@ -1,0 +1,107 @@
+"""training.prepare: one table over the datasets, year bins, grouped split without leakage, DVM-CAR reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS
+from training.prepare import finalise, grouped_split, prepare, read_dvm
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+
+
+def assert_no_leakage(table: pd.DataFrame) -> None:
+    splits_per_group = table.groupby("group")["split"].nunique()
+    assert (splits_per_group == 1).all(), splits_per_group[splits_per_group > 1].index.tolist()[:5]
+
+
+def test_fixture_table_has_every_dataset_with_bins_and_boxes():
+    table = prepare(FIXTURE_DATA)
+    assert set(table["dataset"]) == {"stanford_cars", "epfl_multiview", "negatives"}
+    cars = table[table["dataset"] == "stanford_cars"]
+    for year, year_bin in zip(cars["year"], cars["year_bin"], strict=True):
+        assert SHARED_YEAR_BINS[year_bin].contains(year)
+    epfl = table[table["dataset"] == "epfl_multiview"]
+    assert ((epfl["box_x1"] < epfl["box_x2"]) & (epfl["box_y1"] < epfl["box_y2"])).all()
+    assert set(epfl["frontal"]) == {0, 1}
+    assert (table.loc[table["dataset"] == "negatives", "car"] == 0).all()
+    assert table["id"].is_unique
+    assert_no_leakage(table)
+
+
+@pytest.mark.data
+def test_shared_split_is_grouped_and_close_to_70_20_10():
+    if not (SHARED_DATA_DIR / "stanford_cars" / "labels.csv").is_file():
+        pytest.skip(f"needs the shared data at {SHARED_DATA_DIR} (not on this machine)")
+    table = prepare(SHARED_DATA_DIR)
+    assert_no_leakage(table)
+    cars = table[table["dataset"] == "stanford_cars"]
+    share = cars["split"].value_counts(normalize=True)
+    assert share["train"] == pytest.approx(0.7, abs=0.04)
+    assert share["val"] == pytest.approx(0.2, abs=0.03)
+    assert share["test"] == pytest.approx(0.1, abs=0.03)
+    # stratified: every seed body type and year bin reaches the test split
+    test = cars[cars["split"] == "test"]
+    assert set(test["year_bin"]) == set(range(5))
+    assert {"Hatchback", "SUV", "MPV", "Saloon", "Convertible"} <= set(test["body_type"])
+    # no car model class in two splits (the leakage that would inflate test metrics)
+    assert cars.groupby("class_name")["split"].nunique().max() == 1
+
+
+def test_split_keeps_groups_whole_on_a_made_table():
+    table = pd.DataFrame(
+        {
+            "group": [f"g{i // 3}" for i in range(90)],
+            "path": [f"p{i}" for i in range(90)],
+            "dataset": "d",
+            "body_type": "SUV",
+            "year_bin": 1,
+        }
+    )
+    table["split"] = grouped_split(table, seed=3)
+    assert_no_leakage(table)
+    assert table["split"].value_counts()["train"] == pytest.approx(63, abs=3)
+
+
+def make_dvm_folder(root: Path) -> tuple[Path, Path]:
+    """A tiny DVM-CAR layout: Confirmed_fronts/<Maker>/<Year>/ images named the DVM way, and its Ad_table.csv."""
+    source = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
+    cars = [("Audi", "A3", 2004, "Black", "7_2", 1), ("Audi", "A3", 2010, "Red", "7_2", 2),
+            ("Ford", "Kuga", 2013, "Blue", "29_11", 1), ("Ford", "Kuga", 2016, "White", "29_11", 1),
+            ("Mazda", "MX-5", 2001, "Red", "59_3", 1), ("Fiat", "Multipla", 2005, "Silver", "30_8", 1)]  # fmt: skip
+    fronts = root / "Confirmed_fronts"
+    for maker, model, year, colour, gid, n in cars:
+        folder = fronts / maker / str(year)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(folder / f"{maker}$${model}$${year}$${colour}$${gid}$$1$$image_{n}.jpg")
+    (fronts / "notes.txt").write_text("not an image")
+    ads = pd.DataFrame(
+        {
+            "Maker": ["Audi", "Audi", "Ford", "Mazda", "Fiat"],
+            " Genmodel": ["A3", "A3", "Kuga", "MX-5", "Multipla"],
+            " Genmodel_ID": ["7_2", "7_2", "29_11", "59_3", "30_8"],
+            "Bodytype": ["Hatchback", "Hatchback", "SUV", "Convertible", "MPV"],
+        }
+    )
+    ads.to_csv(root / "Ad_table.csv", index=False)
+    return fronts, root / "Ad_table.csv"
+
+
+def test_dvm_reader_parses_names_joins_body_type_and_uses_seed_bins(tmp_path):
+    fronts, ads = make_dvm_folder(tmp_path)
+    table = finalise(read_dvm(fronts, ads), seed=0)
+    assert len(table) == 6
+    audi = table[table["make"] == "Audi"].sort_values("year")
+    assert audi["body_type"].tolist() == ["Hatchback", "Hatchback"]
+    assert audi["year_bin"].tolist() == [-1, 2]  # 2004 falls in the seed's gap between 2000-03 and 2006-08
+    kuga = table[table["model"] == "Kuga"].sort_values("year")
+    assert kuga["year_bin"].tolist() == [3, 4]
+    assert DVM_YEAR_BINS[3].contains(2013)
+    assert set(table["body_type"]) == {"Hatchback", "SUV", "Convertible", "MPV"}
+    assert (table["frontal"] == 1).all()
+    assert_no_leakage(table)  # grouped by Genmodel_ID: both Audi A3 rows in one split
+    assert all((tmp_path / p).is_file() for p in table["path"])

@@ -1,0 +1,187 @@
+"""Build an artifact bundle from trained checkpoints: embed every image, morphs, typicality, UMAP map, atlas,
+test-split metrics, one directory.
+
+  python -m training.build --modernity runs/modernity/best.pt --bodytype runs/bodytype/best.pt \\
+      --gate runs/gate/best.pt --out artifacts/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.artifacts import MANIFEST_FILE, AtlasSpec, Manifest, Thresholds, build_bundle, standard_networks
+from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin
+from core.models import CarNet
+from core.projection import MapPlacer
+from training.evaluate import clean, evaluate_folder
+from training.metrics import recall_at_precision
+
+
+def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str, Any]]:
+    """The checkpoint's backbone with only the serving head `head` (auxiliary heads dropped), and its record."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    heads = {"car": 1, "box": 4, "frontal": 1} if head == "gate" else {head: checkpoint["heads"][head]}
+    model = CarNet(heads)
+    state = {k: v for k, v in checkpoint["model"].items() if k.startswith("backbone.") or k.split(".")[1] in heads}
+    model.load_state_dict(state)
+    record = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"], "history": checkpoint["history"],
+              "args": checkpoint["args"]}  # fmt: skip
+    return model.eval(), record
+
+
+def collection_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """The Stanford rows of the prepared table as bundle label columns with car boxes in pixels."""
+    cars = table[table["dataset"] == "stanford_cars"].reset_index(drop=True)
+    labels = cars[
+        ["id", "path", "dataset", "split", "make", "model", "class_name", "year", "year_bin", "body_type"]
+    ].copy()
+    for c in ("x1", "y1", "x2", "y2"):
+        labels[f"bbox_{c}"] = cars[f"box_{c}"] * cars["width" if c[0] == "x" else "height"]
+    return labels
+
+
+def umap_coordinates(seed: int, neighbours: int = 15) -> Any:
+    """A function fitting a 2-D UMAP (cosine, fixed seed) on embeddings; umap is imported at build time only."""
+
+    def fit(embeddings: np.ndarray) -> np.ndarray:
+        import umap
+
+        reducer = umap.UMAP(n_neighbors=neighbours, min_dist=0.1, metric="cosine", random_state=seed)
+        return reducer.fit_transform(embeddings)
+
+    return fit
+
+
+def placement_error(embeddings: np.ndarray, split: np.ndarray, seed: int) -> dict[str, float]:
+    """How far the kNN placement of held-out images lies from umap.transform, on a UMAP fitted without them."""
+    import umap
+
+    train, held = split == "train", split != "train"
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit(embeddings[train])
+    reference = reducer.transform(embeddings[held])
+    placed = MapPlacer(k=10).fit(embeddings[train], reducer.embedding_).transform(embeddings[held])
+    distance = np.linalg.norm(placed - reference, axis=1)
+    spread = float(np.linalg.norm(reducer.embedding_.std(axis=0)))
+    return {"n_held_out": int(held.sum()), "median_distance": float(np.median(distance)),
+            "mean_distance": float(distance.mean()), "map_spread": spread,
+            "median_distance_over_spread": float(np.median(distance) / spread)}  # fmt: skip
+
+
+def frontal_threshold(table: pd.DataFrame, data_root: Path, gate: CarNet, size: int, target: float) -> dict[str, float]:
+    """Threshold with the best recall at precision >= target on the validation EPFL frames."""
+    val = table[(table["dataset"] == "epfl_multiview") & (table["split"] == "val")]
+    probs = _gate_frontal(val, data_root, gate, size)
+    recall, threshold = recall_at_precision(val["frontal"].to_numpy(int), probs, target)
+    return {"threshold": threshold, "val_recall": recall, "target_precision": target}
+
+
+def _gate_frontal(rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int) -> np.ndarray:
+    from core.imaging import load_image
+    from core.models import ImageTransform
+
+    transform = ImageTransform(size)
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), 64):
+            frames = [load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]]
+            probs.append(torch.sigmoid(gate(transform(frames))["frontal"][:, 0]).numpy())
+    return np.concatenate(probs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
+    p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root (image root of the bundle)")
+    p.add_argument("--modernity", type=Path, required=True, help="checkpoint with a year_bin head")
+    p.add_argument("--bodytype", type=Path, required=True, help="checkpoint with a body_type head")
+    p.add_argument("--gate", type=Path, required=True, help="checkpoint of the gate (car, box, frontal)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default="carmorph-default")
+    p.add_argument("--valid-views", choices=["frontal", "all"], default="all")
+    p.add_argument("--frontal-precision", type=float, default=0.95, help="frontal threshold: precision on val")
+    p.add_argument("--morph-min-members", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    table = pd.read_parquet(args.table)
+    networks, records = {}, {}
+    for key, path, head in (
+        ("modernity", args.modernity, "year_bin"),
+        ("bodytype", args.bodytype, "body_type"),
+        ("gate", args.gate, "gate"),
+    ):
+        networks[key], records[key] = serving_network(path, head)
+    size = int(records["modernity"]["args"]["size"])
+    frontal = frontal_threshold(table, args.data, networks["gate"], size, args.frontal_precision)
+    inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
+    splits = {
+        "epfl_multiview": dict(
+            zip(
+                table.loc[table.dataset == "epfl_multiview", "path"],
+                table.loc[table.dataset == "epfl_multiview", "split"],
+                strict=True,
+            )
+        ),
+        "negatives": dict(
+            zip(
+                table.loc[table.dataset == "negatives", "path"],
+                table.loc[table.dataset == "negatives", "split"],
+                strict=True,
+            )
+        ),
+    }
+    counts = table.groupby(["dataset", "split"]).size().unstack(fill_value=0)
+    manifest = Manifest(
+        name=args.name,
+        input_size=size,
+        year_bins=SHARED_YEAR_BINS,
+        body_types=SEED_BODY_TYPES,
+        networks=standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES), inits),
+        thresholds=Thresholds(car=0.5, frontal=frontal["threshold"]),
+        valid_views=args.valid_views,
+        segmenter="gate",
+        morph_min_members=args.morph_min_members,
+        atlas=AtlasSpec(tile=64),
+        provenance={
+            "data_root": str(args.data),
+            "datasets": {
+                "stanford_cars": "Stanford Cars (Krause et al. 2013), training split, cropped to the car",
+                "epfl_multiview": "EPFL Multi-View Car (Ozuysal et al. 2009), 18 cars on a turntable",
+                "negatives": "ImageNet samples, BSDS500, Sun-Hays80, Urban100: photographs without cars",
+            },
+            "counts": {d: {s: int(v) for s, v in row.items()} for d, row in counts.iterrows()},
+            "split": "grouped 70/20/10 by car model class (Stanford), sequence (EPFL), image (negatives); seed "
+            + str(args.seed),
+            "splits": splits,
+            "initialisation": inits,
+        },
+        training={
+            key: {k: v for k, v in record.items() if k != "args"} | {"args": record["args"]}
+            for key, record in records.items()
+        }
+        | {"frontal_threshold": frontal},
+    )
+    labels = collection_labels(table)
+    bundle = build_bundle(args.out, labels, args.data, networks, manifest, map_coordinates=umap_coordinates(args.seed))
+    metrics: dict[str, Any] = {
+        name: evaluate_folder(bundle, args.data / name, "test")
+        for name in ("stanford_cars", "epfl_multiview", "negatives")
+    }
+    metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
+    manifest_path = args.out / MANIFEST_FILE
+    data = json.loads(manifest_path.read_text())
+    data["metrics"] = clean(metrics)
+    manifest_path.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(clean({k: v for k, v in metrics.items()}), indent=1)[:4000])
+
+
+if __name__ == "__main__":
+    main()

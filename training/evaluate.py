@@ -1,0 +1,187 @@
+"""Evaluate a bundle on a folder laid out like ../shared/data/<dataset>/ (labels.csv + images/) and print JSON.
+
+Tasks follow the labels the folder has: `modernity` and `body_type` (year and body_type columns), `frontal`
+(a frontal column), `car` (every folder: cars are positives, a `car` column marks negatives). With `--split`,
+only rows of that split of the bundle's own grouped split are used (folders the bundle was trained on);
+metrics on training rows are inflated, and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from core.artifacts import Bundle, crop_to_box, load_bundle, predict_images
+from core.config import year_to_bin
+from core.errors import CarmorphError
+from core.imaging import load_image
+from training.metrics import classification_metrics, frontal_metrics
+
+BATCH = 64
+
+
+def read_folder(folder: Path) -> pd.DataFrame:
+    labels = pd.read_csv(folder / "labels.csv")
+    labels["path"] = folder.name + "/" + labels["file"]
+    return labels
+
+
+def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Series:
+    """Split of each row under the bundle's grouped split; NaN for rows the bundle never saw."""
+    by_path = dict(zip(bundle.images["path"], bundle.images["split"], strict=True))
+    by_path |= bundle.provenance.get("splits", {}).get(dataset, {})
+    return labels["path"].map(by_path)
+
+
+def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one)."""
+    networks = {"modernity": bundle.modernity, "bodytype": bundle.bodytype, "gate": bundle.gate}
+    has_box = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns)
+    parts = []
+    for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
+        frames, crops = [], []
+        for _, row in labels.iloc[start : start + BATCH].iterrows():
+            frame = load_image(Path(row["root"]) / row["file"])
+            box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
+            frames.append(frame)
+            crops.append(crop_to_box(frame, box))
+        parts.append(predict_images(networks, crops, frames, bundle.transform))
+    return {
+        key: np.concatenate([getattr(p, key) for p in parts])
+        for key in ("year_logits", "body_logits", "frontal_prob", "car_prob")
+    }
+
+
+def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
+    bins = bundle.year_bins
+    true = np.array([-1 if (b := year_to_bin(int(y), bins)) is None else b for y in years])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    expected_year = probs @ np.array([b.centre for b in bins])
+    m = classification_metrics(true, probs.argmax(1), len(bins))
+    majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()
+    constant = float(np.median(years))
+    return {
+        "accuracy": m.accuracy,
+        "macro_f1": m.macro_f1,
+        "per_class_f1": m.per_class_f1,
+        "confusion": m.confusion,
+        "mae_years": float(np.abs(expected_year - years).mean()),
+        "labels": [b.label for b in bins],
+        "n": int((true >= 0).sum()),
+        "baselines": {
+            "chance_accuracy": 1 / len(bins),
+            "majority_accuracy": float((true == majority).mean()),
+            "majority_macro_f1": classification_metrics(true, np.full_like(true, majority), len(bins)).macro_f1,
+            "constant_year": constant,
+            "constant_mae_years": float(np.abs(years - constant).mean()),
+        },
+    }
+
+
+def body_type_metrics(bundle: Bundle, body: pd.Series, logits: np.ndarray) -> dict[str, Any]:
+    names = list(bundle.body_types)
+    true = np.array([names.index(b) if b in names else -1 for b in body.fillna("")])
+    m = classification_metrics(true, logits.argmax(1), len(names))
+    known = true[true >= 0]
+    majority = np.bincount(known, minlength=len(names)).argmax()
+    return {
+        "accuracy": m.accuracy,
+        "macro_f1": m.macro_f1,
+        "per_class_f1": m.per_class_f1,
+        "confusion": m.confusion,
+        "labels": names,
+        "n": len(known),
+        "baselines": {"chance_accuracy": 1 / len(names), "majority_accuracy": float((known == majority).mean())},
+    }
+
+
+def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame) -> dict[str, Any]:
+    """Modernity and body-type metrics on the views the gate calls frontal versus the others."""
+    frontal = outputs["frontal_prob"] >= bundle.thresholds.frontal
+    result = {}
+    for name, rows in (("frontal", frontal), ("other", ~frontal)):
+        if rows.sum() == 0:
+            continue
+        mod = modernity_metrics(bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows])
+        body = body_type_metrics(bundle, labels["body_type"][rows], outputs["body_logits"][rows])
+        result[name] = {"n": int(rows.sum()), "modernity_macro_f1": mod["macro_f1"], "modernity_accuracy": mod["accuracy"],
+                        "mae_years": mod["mae_years"], "body_type_accuracy": body["accuracy"]}  # fmt: skip
+    return result
+
+
+def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> dict[str, Any]:
+    """Metrics for every task the folder's labels support."""
+    labels = read_folder(folder)
+    labels["root"] = str(folder)
+    report: dict[str, Any] = {"data": str(folder), "bundle": bundle.name, "split": split or "all"}
+    if split:
+        splits = bundle_split(bundle, labels, folder.name)
+        if splits.isna().all():
+            raise SystemExit(f"--split {split}: the bundle was not trained on {folder}; evaluate without --split.")
+        labels = labels[splits == split].reset_index(drop=True)
+    elif not bundle_split(bundle, labels, folder.name).isna().all():
+        report["warning"] = "rows include the bundle's training data: metrics are inflated; use --split test"
+    report["n"] = len(labels)
+    if not len(labels):
+        return report
+    outputs = run_networks(bundle, labels)
+    if "year" in labels:
+        report["modernity"] = modernity_metrics(bundle, labels["year"].to_numpy(), outputs["year_logits"])
+    if "body_type" in labels:
+        report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
+    if "year" in labels:
+        report["by_view"] = by_view(bundle, outputs, labels)
+    if "frontal" in labels:
+        true = labels["frontal"].to_numpy(int)
+        report["frontal"] = frontal_metrics(true, outputs["frontal_prob"], bundle.thresholds.frontal) | {
+            "threshold": bundle.thresholds.frontal, "n": len(true), "positives": int(true.sum())}  # fmt: skip
+    car_true = labels["car"].to_numpy(int) if "car" in labels else np.ones(len(labels), int)
+    car_pred = outputs["car_prob"] >= bundle.thresholds.car
+    report["car"] = {"accuracy": float((car_pred == (car_true == 1)).mean()), "n": len(car_true),
+                     "threshold": bundle.thresholds.car}  # fmt: skip
+    return report
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: NaN becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="a dataset folder with labels.csv and images/")
+    parser.add_argument("--split", choices=["train", "val", "test"], help="only rows of the bundle's split")
+    parser.add_argument("--json", type=Path, help="also write the metrics to this file")
+    args = parser.parse_args(argv)
+    try:
+        bundle = load_bundle(args.bundle)
+    except CarmorphError as error:
+        sys.exit(f"error: {error}")
+    if not (args.data / "labels.csv").is_file():
+        sys.exit(f"error: {args.data} has no labels.csv (expected a folder like ../shared/data/stanford_cars)")
+    report = clean(evaluate_folder(bundle, args.data, args.split))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
