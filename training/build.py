@@ -20,7 +20,7 @@ import torch
 from core.artifacts import MANIFEST_FILE, AtlasSpec, Manifest, Thresholds, build_bundle, standard_networks
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin
 from core.models import CarNet
-from core.projection import MapPlacer
+from core.projection import MapPlacer, pca_coordinates
 from training.evaluate import clean, evaluate_folder
 from training.metrics import recall_at_precision
 
@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--valid-views", choices=["frontal", "all"], default="all")
     p.add_argument("--frontal-precision", type=float, default=0.95, help="frontal threshold: precision on val")
     p.add_argument("--morph-min-members", type=int, default=10)
+    p.add_argument("--map", choices=["umap", "pca"], default="umap", help="map method (pca: quick builds, tests)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -170,12 +171,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         | {"frontal_threshold": frontal},
     )
     labels = collection_labels(table)
-    bundle = build_bundle(args.out, labels, args.data, networks, manifest, map_coordinates=umap_coordinates(args.seed))
+    mapper = umap_coordinates(args.seed) if args.map == "umap" else pca_coordinates
+    bundle = build_bundle(args.out, labels, args.data, networks, manifest, map_coordinates=mapper)
     metrics: dict[str, Any] = {
         name: evaluate_folder(bundle, args.data / name, "test")
         for name in ("stanford_cars", "epfl_multiview", "negatives")
     }
-    metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
+    if args.map == "umap":
+        metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
     manifest_path = args.out / MANIFEST_FILE
     data = json.loads(manifest_path.read_text())
     data["metrics"] = clean(metrics)

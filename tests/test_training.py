@@ -1,0 +1,101 @@
+"""The training pipeline end to end on the real fixture photos: prepare, a short train of every network,
+build a bundle, evaluate it. Tiny sizes: this proves the wiring, not the accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.artifacts import load_bundle
+from core.pipeline import score_image
+from training import build, evaluate, prepare, train
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    prepare.main(["--data", str(FIXTURE_DATA), "--out", str(root / "table.parquet")])
+    common = ["--table", str(root / "table.parquet"), "--data", str(FIXTURE_DATA), "--cache-dir", str(root / "cache"),
+              "--size", "32", "--cache-size", "40", "--batch-size", "4", "--epochs", "1"]  # fmt: skip
+    train.main(["--task", "cars", "--out", str(root / "cars"), *common])
+    train.main(["--task", "gate", "--out", str(root / "gate"), *common])
+    return root
+
+
+def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, monkeypatch, capsys):
+    checkpoint = torch.load(runs / "cars" / "last.pt", weights_only=True)
+    assert {"year_bin", "body_type", "make", "model_class", "body_raw"} <= set(checkpoint["heads"])
+    out = runs / "interrupted"
+    args = ["--task", "bodytype", "--out", str(out), "--epochs", "2", "--size", "32", "--cache-size", "40",
+            "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
+            "--cache-dir", str(runs / "cache")]  # fmt: skip
+    real_epoch = train.train_one_epoch
+
+    def interrupted_in_second_epoch(*a, **k):
+        if a[-1] == 1:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0]
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    train.main([*args, "--resume"])
+    assert "resumed from" in capsys.readouterr().out
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert {"loss", "body_type_accuracy", "images_per_s"} <= set(log[1])
+
+
+def test_gate_log_has_car_and_frontal_metrics(runs):
+    record = json.loads((runs / "gate" / "log.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= record["car_accuracy"] <= 1.0
+    assert "frontal_recall_at_precision_95" in record
+
+
+def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    cars = str(runs / "cars" / "best.pt")
+    build.main(["--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA), "--modernity", cars,
+                "--bodytype", cars, "--gate", str(runs / "gate" / "best.pt"), "--out", str(out), "--map", "pca",
+                "--morph-min-members", "1"])  # fmt: skip
+    bundle = load_bundle(out)
+    assert len(bundle.images) == len(list((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg")))
+    assert bundle.manifest.networks["modernity"].init == "scratch"
+    assert set(bundle.manifest.metrics) >= {"stanford_cars", "epfl_multiview", "negatives"}
+    assert len(bundle.morphs) >= 1
+    capsys.readouterr()
+
+    evaluate.main(
+        ["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--json", str(tmp_path / "m.json")]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "m.json").read_text())
+    assert {"accuracy", "macro_f1", "confusion", "mae_years"} <= set(report["modernity"])
+    assert {"accuracy", "macro_f1", "confusion"} <= set(report["body_type"])
+    assert "inflated" in report["warning"]
+    assert len(report["modernity"]["confusion"]) == 5
+
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
+    report = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "precision", "recall"} <= set(report["frontal"])
+    assert "accuracy" in report["car"] and "modernity" not in report
+
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "negatives"), "--split", "train"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "train" and report["n"] <= 6
+
+    result = score_image((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg").__next__().read_bytes(), bundle)
+    assert result.accepted or result.reason
+
+
+def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--bundle", str(tmp_path / "nothing"), "--data", str(FIXTURE_DATA / "negatives")])
+    assert "No artifact bundle" in str(exit_info.value)
