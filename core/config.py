@@ -12,6 +12,9 @@ SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 
 SEED_BODY_TYPES: tuple[str, ...] = ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
 EMBEDDING_DIM = 512
+# The crop the modernity and body-type networks see: the car box widened by this fraction of its width/height on
+# each side (training, bundle building and scoring all use it).
+CROP_MARGIN = 0.04
 
 # Largest image (in pixels) that is decoded; larger ones are refused as possible decompression bombs.
 # 50 MP covers any phone photo; the upload limit in .streamlit/config.toml (25 MB) is of the same order.

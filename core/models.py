@@ -9,6 +9,7 @@ from __future__ import annotations
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,13 @@ class ImageTransform:
     def normalise(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """NxHxWx3 uint8 (or Nx3xHxW float in [0, 1]) to a normalised Nx3xHxW float tensor."""
         batch = batch_uint8.permute(0, 3, 1, 2).float().div_(255.0) if batch_uint8.dtype == torch.uint8 else batch_uint8
-        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
-        return (batch - mean) / std
+        mean, std = self._mean_std
+        return (batch - mean.to(batch.device)) / std.to(batch.device)
+
+    @cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as 1x3x1x1 tensors, made once per transform (scoring calls normalise per image)."""
+        return torch.tensor(self.mean).view(1, 3, 1, 1), torch.tensor(self.std).view(1, 3, 1, 1)
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         arrays = np.stack([self.to_array(image) for image in images])

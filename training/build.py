@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from core.artifacts import MANIFEST_FILE, AtlasSpec, Manifest, Thresholds, build_bundle, standard_networks
-from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin
+from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.models import CarNet
 from core.projection import MapPlacer, pca_coordinates
 from training.evaluate import clean, evaluate_folder

@@ -114,8 +114,13 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
             continue
         mod = modernity_metrics(bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows])
         body = body_type_metrics(bundle, labels["body_type"][rows], outputs["body_logits"][rows])
-        result[name] = {"n": int(rows.sum()), "modernity_macro_f1": mod["macro_f1"], "modernity_accuracy": mod["accuracy"],
-                        "mae_years": mod["mae_years"], "body_type_accuracy": body["accuracy"]}  # fmt: skip
+        result[name] = {
+            "n": int(rows.sum()),
+            "modernity_macro_f1": mod["macro_f1"],
+            "modernity_accuracy": mod["accuracy"],
+            "mae_years": mod["mae_years"],
+            "body_type_accuracy": body["accuracy"],
+        }
     return result
 
 
