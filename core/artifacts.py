@@ -1,0 +1,816 @@
+"""Artifact bundles: write them (training, tests) and load them with validation (the app).
+
+A bundle is a directory: `manifest.json` plus the files it lists with their sha256 (docs/CONTRACTS.md).
+Nothing here unpickles: safetensors, parquet, json, and numpy files read with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from core.config import (
+    CROP_MARGIN,
+    EMBEDDING_DIM,
+    SEED_BODY_TYPES,
+    SHARED_YEAR_BINS,
+    YearBin,
+    bundle_dir,
+    year_to_bin,
+)
+from core.errors import BundleError
+from core.models import IMAGENET_MEAN, IMAGENET_STD, CarNet, ImageTransform, load_carnet, save_carnet
+from core.projection import MapPlacer, pca_coordinates
+from core.scoring import (
+    Morphs,
+    body_type_from_logits,
+    cosine_similarity,
+    group_key,
+    modernity_from_logits,
+    typicality,
+)
+from core.viewpoint import VALID_VIEWS
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+IMAGES_FILE = "images.parquet"
+EMBEDDINGS_FILE = "embeddings.npy"
+MORPHS_FILE = "morphs.npz"
+ATLAS_FILE = "atlas.jpg"
+NETWORK_FILES = {
+    "modernity": "modernity.safetensors",
+    "bodytype": "bodytype.safetensors",
+    "gate": "frontal.safetensors",
+}
+GATE_HEADS = {"car": 1, "box": 4, "frontal": 1}
+SEGMENTERS = ("gate", "maskrcnn", "detectron2")
+BUILD_HINT = "Build one with `python -m training.build` (see its --help) or set CARMORPH_BUNDLE to a bundle directory."
+
+# images.parquet: the labels a build starts from, then what the build adds (docs/CONTRACTS.md).
+LABEL_COLUMNS = ("id", "path", "dataset", "split", "make", "model", "class_name", "year", "year_bin", "body_type")
+IMAGE_COLUMNS = (
+    *LABEL_COLUMNS,
+    "pred_year_bin",
+    "modernity",
+    "expected_year",
+    "pred_body_type",
+    "group",
+    "typicality",
+    "typicality_percentile",
+    "frontal_prob",
+    "umap_x",
+    "umap_y",
+    "atlas_index",
+)
+BOX_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+MORPH_KEYS = ("features", "body_type", "year_bin", "count", "images", "train_typicality")
+ATLAS_BACKGROUND = (240, 240, 240)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One network of a bundle: its weights file, head sizes, and whether its backbone started from ImageNet."""
+
+    file: str
+    heads: dict[str, int]
+    init: str = "scratch"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    car: float = 0.5
+    frontal: float = 0.5
+
+
+@dataclass(frozen=True)
+class AtlasSpec:
+    """Thumbnails of every image, `tile` px squares, row-major with `columns` per row (tile i = images row i)."""
+
+    file: str = ATLAS_FILE
+    tile: int = 64
+    columns: int = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything manifest.json says (docs/CONTRACTS.md); `files` maps file name to sha256."""
+
+    name: str
+    input_size: int
+    year_bins: tuple[YearBin, ...]
+    body_types: tuple[str, ...]
+    networks: dict[str, NetworkSpec]
+    thresholds: Thresholds = Thresholds()
+    valid_views: str = "frontal"
+    segmenter: str = "gate"
+    morph_min_members: int = 5
+    atlas: AtlasSpec = AtlasSpec()
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    created: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.input_size, self.mean, self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "created": self.created,
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
+            "body_types": list(self.body_types),
+            "networks": {k: {"file": n.file, "heads": n.heads, "init": n.init} for k, n in self.networks.items()},
+            "thresholds": {"car": self.thresholds.car, "frontal": self.thresholds.frontal},
+            "valid_views": self.valid_views,
+            "segmenter": self.segmenter,
+            "morph_min_members": self.morph_min_members,
+            "atlas": {"file": self.atlas.file, "tile": self.atlas.tile, "columns": self.atlas.columns},
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "training": self.training,
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Parse and type-check; a missing or malformed field is a BundleError naming it."""
+        return cls(
+            schema_version=_field(data, "schema_version", int),
+            name=_field(data, "name", str),
+            created=_field(data, "created", str),
+            input_size=_field(data, "input_size", int),
+            mean=_field(data, "mean", _triple),
+            std=_field(data, "std", _triple),
+            year_bins=_field(
+                data,
+                "year_bins",
+                lambda v: tuple(YearBin(int(b["start"]), int(b["end"]), float(b["centre"])) for b in v),
+            ),
+            body_types=_field(data, "body_types", lambda v: tuple(str(x) for x in v)),
+            networks=_field(data, "networks", _network_specs),
+            thresholds=_field(data, "thresholds", lambda v: Thresholds(float(v["car"]), float(v["frontal"]))),
+            valid_views=_field(data, "valid_views", str),
+            segmenter=_field(data, "segmenter", str),
+            morph_min_members=_field(data, "morph_min_members", int),
+            atlas=_field(data, "atlas", lambda v: AtlasSpec(str(v["file"]), int(v["tile"]), int(v["columns"]))),
+            provenance=_field(data, "provenance", dict),
+            metrics=_field(data, "metrics", dict),
+            training=_field(data, "training", dict),
+            files=_field(data, "files", lambda v: {str(k): str(h) for k, h in v.items()}),
+        )
+
+
+def standard_networks(
+    year_bins: int, body_types: int, inits: Mapping[str, str] | None = None
+) -> dict[str, NetworkSpec]:
+    """The three networks of a bundle with head sizes matching the label sets."""
+    heads = {"modernity": {"year_bin": year_bins}, "bodytype": {"body_type": body_types}, "gate": dict(GATE_HEADS)}
+    inits = inits or {}
+    return {key: NetworkSpec(NETWORK_FILES[key], heads[key], inits.get(key, "scratch")) for key in NETWORK_FILES}
+
+
+@dataclass(eq=False)
+class Bundle:
+    """A loaded, validated bundle: the manifest, the three networks (eval mode) and the tables they came with."""
+
+    path: Path
+    manifest: Manifest
+    modernity: CarNet
+    bodytype: CarNet
+    gate: CarNet
+    images: pd.DataFrame
+    embeddings: np.ndarray  # N x 512 float32, row i = images row i (body-type network features)
+    morphs: Morphs
+    atlas: Image.Image
+    placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
+    transform: ImageTransform
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)  # per-bundle runtime objects (segmenters...)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def year_bins(self) -> tuple[YearBin, ...]:
+        return self.manifest.year_bins
+
+    @property
+    def body_types(self) -> tuple[str, ...]:
+        return self.manifest.body_types
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.manifest.thresholds
+
+    @property
+    def valid_views(self) -> str:
+        return self.manifest.valid_views
+
+    @property
+    def segmenter(self) -> str:
+        return self.manifest.segmenter
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest.metrics
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.manifest.provenance
+
+    @property
+    def unit_embeddings(self) -> np.ndarray:
+        """L2-normalised float32 copy of the embeddings (what neighbour search uses)."""
+        return self.placer.unit_embeddings_
+
+    def thumbnail(self, index: int) -> Image.Image:
+        """The atlas tile of images row `index`."""
+        if not 0 <= index < len(self.images):
+            raise IndexError(f"image index {index} outside 0..{len(self.images) - 1}")
+        tile, columns = self.manifest.atlas.tile, self.manifest.atlas.columns
+        x, y = (index % columns) * tile, (index // columns) * tile
+        return self.atlas.crop((x, y, x + tile, y + tile))
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def load_bundle(path: str | Path | None = None) -> Bundle:
+    """Load and validate a bundle (argument, else $CARMORPH_BUNDLE, else artifacts/default)."""
+    directory = bundle_dir(path)
+    if not directory.is_dir():
+        raise BundleError(f"No artifact bundle at {directory}. {BUILD_HINT}")
+    manifest = read_manifest(directory)
+    check_manifest(manifest)
+    verify_files(directory, manifest)
+    images = _read_images(directory / IMAGES_FILE)
+    embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, len(images))
+    morphs = _read_morphs(directory / MORPHS_FILE, manifest)
+    atlas = _read_atlas(directory / manifest.atlas.file, manifest.atlas, len(images))
+    coords = images[["umap_x", "umap_y"]].to_numpy(np.float32)
+    if not np.isfinite(coords).all():
+        raise BundleError(f"{IMAGES_FILE}: umap_x/umap_y contain missing or infinite values.")
+    networks = {key: load_carnet(directory / spec.file, spec.heads) for key, spec in manifest.networks.items()}
+    return Bundle(
+        path=directory,
+        manifest=manifest,
+        modernity=networks["modernity"],
+        bodytype=networks["bodytype"],
+        gate=networks["gate"],
+        images=images,
+        embeddings=embeddings,
+        morphs=morphs,
+        atlas=atlas,
+        placer=MapPlacer().fit(embeddings, coords),
+        transform=manifest.transform,
+    )
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Parse manifest.json, refusing schema versions this code does not read."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{directory} has no {MANIFEST_FILE}, so it is not a complete bundle. {BUILD_HINT}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path} is not valid JSON ({error}). {BUILD_HINT}") from error
+    if not isinstance(data, dict):
+        raise BundleError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    version = _field(data, "schema_version", int)
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"Bundle {directory} has schema version {version}, newer than this carmorph reads ({SCHEMA_VERSION}): "
+            "update carmorph, or rebuild the bundle with this version's `python -m training.build`."
+        )
+    if version < SCHEMA_VERSION:
+        raise BundleError(
+            f"Bundle {directory} has schema version {version}, older than this carmorph reads ({SCHEMA_VERSION}): "
+            "rebuild it with `python -m training.build`."
+        )
+    return Manifest.from_dict(data)
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Consistency of the manifest's own fields: label sets against head sizes, thresholds, policy names."""
+    if len(manifest.year_bins) < 2:
+        raise BundleError("manifest.json: year_bins needs at least two bins.")
+    if not manifest.body_types or len(set(manifest.body_types)) != len(manifest.body_types):
+        raise BundleError(f"manifest.json: body_types must be non-empty and unique, got {list(manifest.body_types)}.")
+    if manifest.input_size < 16:
+        raise BundleError(f"manifest.json: input_size {manifest.input_size} is too small (at least 16 px).")
+    for name, value in (("car", manifest.thresholds.car), ("frontal", manifest.thresholds.frontal)):
+        if not 0.0 <= value <= 1.0:
+            raise BundleError(f"manifest.json: thresholds.{name} = {value} is outside [0, 1].")
+    if manifest.valid_views not in VALID_VIEWS:
+        raise BundleError(f"manifest.json: valid_views must be one of {VALID_VIEWS}, got {manifest.valid_views!r}.")
+    if manifest.segmenter not in SEGMENTERS:
+        raise BundleError(f"manifest.json: segmenter must be one of {SEGMENTERS}, got {manifest.segmenter!r}.")
+    if set(manifest.networks) != set(NETWORK_FILES):
+        raise BundleError(f"manifest.json: networks must be {sorted(NETWORK_FILES)}, got {sorted(manifest.networks)}.")
+    expected = standard_networks(len(manifest.year_bins), len(manifest.body_types))
+    for key, spec in manifest.networks.items():
+        if spec.heads != expected[key].heads:
+            raise BundleError(
+                f"manifest.json: network {key!r} has heads {spec.heads}, but the label sets need "
+                f"{expected[key].heads} ({len(manifest.year_bins)} year bins, {len(manifest.body_types)} body types)."
+            )
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Every file the bundle needs is listed, present and has the sha256 the manifest records."""
+    needed = [spec.file for spec in manifest.networks.values()]
+    needed += [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE, manifest.atlas.file]
+    unlisted = [name for name in needed if name not in manifest.files]
+    if unlisted:
+        raise BundleError(f"manifest.json: files lacks the sha256 of {unlisted}.")
+    for name, expected in manifest.files.items():
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"Bundle {directory} is incomplete: missing file {name}. {BUILD_HINT}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(
+                f"{name} in {directory} is corrupted or was changed: sha256 {actual[:12]}…, "
+                f"manifest says {expected[:12]}…. Copy or rebuild the bundle again."
+            )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_images(path: Path) -> pd.DataFrame:
+    try:
+        images = pd.read_parquet(path)
+    except Exception as error:
+        raise BundleError(f"{path.name} is not a readable parquet table ({error}).") from error
+    missing = [column for column in IMAGE_COLUMNS if column not in images.columns]
+    if missing:
+        raise BundleError(f"{path.name} lacks columns {missing}.")
+    return images
+
+
+def _read_embeddings(path: Path, rows: int) -> np.ndarray:
+    embeddings = _load_npy(path)
+    if embeddings.ndim != 2 or embeddings.shape[1] != EMBEDDING_DIM or embeddings.dtype.kind != "f":
+        raise BundleError(
+            f"{path.name} must be an N x {EMBEDDING_DIM} float array, got {embeddings.dtype} {embeddings.shape}."
+        )
+    if len(embeddings) != rows:
+        raise BundleError(f"{path.name} has {len(embeddings)} rows but {IMAGES_FILE} has {rows}: they must match.")
+    return embeddings.astype(np.float32, copy=False)
+
+
+def _read_morphs(path: Path, manifest: Manifest) -> Morphs:
+    arrays = _load_npz(path)
+    missing = [key for key in MORPH_KEYS if key not in arrays]
+    if missing:
+        raise BundleError(f"{path.name} lacks arrays {missing}.")
+    groups = len(arrays["features"])
+    expected = {
+        "features": (groups, EMBEDDING_DIM),
+        "body_type": (groups,),
+        "year_bin": (groups,),
+        "count": (groups,),
+        "images": (groups, None, None, 3),
+        "train_typicality": (groups, None),
+    }
+    for key, shape in expected.items():
+        actual = arrays[key].shape
+        if len(actual) != len(shape) or any(e is not None and e != a for e, a in zip(shape, actual, strict=True)):
+            raise BundleError(f"{path.name}: {key} has shape {actual}, expected {shape} (None = any size).")
+    if groups and not (arrays["body_type"].min() >= 0 and arrays["body_type"].max() < len(manifest.body_types)):
+        raise BundleError(f"{path.name}: body_type indices fall outside the {len(manifest.body_types)} body types.")
+    if groups and not (arrays["year_bin"].min() >= 0 and arrays["year_bin"].max() < len(manifest.year_bins)):
+        raise BundleError(f"{path.name}: year_bin indices fall outside the {len(manifest.year_bins)} year bins.")
+    return Morphs(
+        features=arrays["features"].astype(np.float32, copy=False),
+        body_type=arrays["body_type"].astype(np.int64, copy=False),
+        year_bin=arrays["year_bin"].astype(np.int64, copy=False),
+        count=arrays["count"].astype(np.int64, copy=False),
+        images=arrays["images"].astype(np.uint8, copy=False),
+        train_typicality=arrays["train_typicality"].astype(np.float32, copy=False),
+        body_types=manifest.body_types,
+        year_bins=manifest.year_bins,
+        min_members=manifest.morph_min_members,
+    )
+
+
+def _read_atlas(path: Path, spec: AtlasSpec, count: int) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            atlas = image.convert("RGB")
+    except Exception as error:
+        raise BundleError(f"{path.name} is not a readable image ({error}).") from error
+    rows = math.ceil(count / spec.columns) if spec.columns > 0 else 0
+    if spec.tile < 1 or spec.columns < 1 or atlas.width < spec.columns * spec.tile or atlas.height < rows * spec.tile:
+        raise BundleError(
+            f"{path.name} is {atlas.width}x{atlas.height} px, too small for {count} tiles of {spec.tile} px "
+            f"in {spec.columns} columns."
+        )
+    return atlas
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise BundleError(f"{path.name} is not a readable .npy array without pickled objects ({error}).") from error
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except Exception as error:
+        raise BundleError(f"{path.name} is not a readable .npz archive without pickled objects ({error}).") from error
+
+
+def _field(data: Mapping[str, Any], key: str, convert: Callable[[Any], Any]) -> Any:
+    if key not in data:
+        raise BundleError(f"manifest.json lacks the field {key!r}.")
+    try:
+        return convert(data[key])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise BundleError(f"manifest.json: field {key!r} is malformed ({type(error).__name__}: {error}).") from error
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) != 3:
+        raise ValueError(f"expected 3 numbers, got {len(values)}")
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
+    return {
+        str(key): NetworkSpec(
+            file=str(spec["file"]),
+            heads={str(head): int(size) for head, size in spec["heads"].items()},
+            init=str(spec.get("init", "scratch")),
+        )
+        for key, spec in value.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def write_bundle(
+    directory: str | Path,
+    manifest: Manifest,
+    *,
+    networks: Mapping[str, CarNet],
+    images: pd.DataFrame,
+    embeddings: np.ndarray,
+    morphs: Morphs,
+    atlas: Image.Image,
+    half: bool = True,
+) -> Manifest:
+    """Write every file, then manifest.json last with their sha256 (a half-written bundle has no manifest).
+
+    Returns the manifest as written (with `files` and `created` filled in).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)
+    for key, spec in manifest.networks.items():
+        if networks[key].head_sizes != spec.heads:
+            raise ValueError(f"network {key!r} has heads {networks[key].head_sizes}, manifest says {spec.heads}")
+        save_carnet(networks[key], directory / spec.file, half=half)
+    missing = [column for column in IMAGE_COLUMNS if column not in images.columns]
+    if missing:
+        raise ValueError(f"images table lacks columns {missing}")
+    images.reset_index(drop=True).to_parquet(directory / IMAGES_FILE, index=False)
+    np.save(directory / EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+    np.savez_compressed(
+        directory / MORPHS_FILE,
+        features=morphs.features.astype(np.float32),
+        body_type=morphs.body_type.astype(np.int64),
+        year_bin=morphs.year_bin.astype(np.int64),
+        count=morphs.count.astype(np.int64),
+        images=morphs.images.astype(np.uint8),
+        train_typicality=morphs.train_typicality.astype(np.float32),
+    )
+    atlas.convert("RGB").save(directory / manifest.atlas.file, "JPEG", quality=85)
+    names = [spec.file for spec in manifest.networks.values()] + [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE]
+    names.append(manifest.atlas.file)
+    written = Manifest.from_dict(
+        manifest.to_dict()
+        | {
+            "created": manifest.created or datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": {name: sha256_file(directory / name) for name in names},
+        }
+    )
+    (directory / MANIFEST_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return written
+
+
+@dataclass(frozen=True)
+class NetworkOutputs:
+    """What the bundle's networks say about a set of images (row i = image i)."""
+
+    year_logits: np.ndarray  # N x K
+    body_logits: np.ndarray  # N x B
+    features: np.ndarray  # N x 512 float32, body-type network (the embedding)
+    frontal_prob: np.ndarray  # N, gate on the whole frame
+    car_prob: np.ndarray  # N, gate on the whole frame
+
+    @staticmethod
+    def concatenate(parts: Sequence[NetworkOutputs]) -> NetworkOutputs:
+        return NetworkOutputs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(NetworkOutputs)))
+
+
+def predict_images(
+    networks: Mapping[str, CarNet],
+    crops: Sequence[Image.Image],
+    frames: Sequence[Image.Image],
+    transform: ImageTransform,
+) -> NetworkOutputs:
+    """One batch through the three networks: modernity and body type on the car crops, the gate on the frames."""
+    with torch.inference_mode():
+        crop_batch = transform(list(crops))
+        modernity = networks["modernity"](crop_batch)
+        bodytype = networks["bodytype"](crop_batch)
+        gate = networks["gate"](transform(list(frames)))
+    return NetworkOutputs(
+        year_logits=modernity["year_bin"].numpy(),
+        body_logits=bodytype["body_type"].numpy(),
+        features=bodytype["features"].numpy().astype(np.float32),
+        frontal_prob=torch.sigmoid(gate["frontal"][:, 0]).numpy(),
+        car_prob=torch.sigmoid(gate["car"][:, 0]).numpy(),
+    )
+
+
+def table_from_labels(
+    labels: pd.DataFrame, dataset: str, year_bins: Sequence[YearBin], split: str = "train"
+) -> pd.DataFrame:
+    """A shared-data labels.csv (stanford_cars, epfl_multiview) as bundle label columns plus its car boxes."""
+    table = pd.DataFrame(
+        {
+            "id": [f"{dataset}/{Path(file).stem}" for file in labels["file"]],
+            "path": [f"{dataset}/{file}" for file in labels["file"]],
+            "dataset": dataset,
+            "split": split,
+            "make": _column(labels, "make", ""),
+            "model": _column(labels, "model", ""),
+            "class_name": _column(labels, "class_name", ""),
+            "year": _column(labels, "year", -1).astype(int),
+            "body_type": _column(labels, "body_type", "").fillna("").astype(str),
+        }
+    )
+    bins = [year_to_bin(int(year), tuple(year_bins)) for year in table["year"]]
+    table.insert(8, "year_bin", [-1 if index is None else index for index in bins])
+    for column in BOX_COLUMNS:
+        if column in labels.columns:
+            table[column] = labels[column].to_numpy(dtype=float)
+    return table
+
+
+def crop_to_box(image: Image.Image, box: Sequence[float] | None, margin: float = CROP_MARGIN) -> Image.Image:
+    """The box (x1, y1, x2, y2 px) widened by `margin` x its size on each side and clamped to the image (the crop
+    the networks see, as in training and scoring); the whole image without a usable box."""
+    if box is None or any(not math.isfinite(v) for v in box):
+        return image
+    dx, dy = margin * (box[2] - box[0]), margin * (box[3] - box[1])
+    x1, y1 = max(0, math.floor(box[0] - dx)), max(0, math.floor(box[1] - dy))
+    x2, y2 = min(image.width, math.ceil(box[2] + dx)), min(image.height, math.ceil(box[3] + dy))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return image
+    return image.crop((x1, y1, x2, y2))
+
+
+def atlas_tile(image: Image.Image, tile: int) -> Image.Image:
+    """The image fitted (aspect kept) and centred on a tile x tile square."""
+    fitted = image.copy()
+    fitted.thumbnail((tile, tile), Image.Resampling.LANCZOS)
+    square = Image.new("RGB", (tile, tile), ATLAS_BACKGROUND)
+    square.paste(fitted, ((tile - fitted.width) // 2, (tile - fitted.height) // 2))
+    return square
+
+
+def atlas_columns(count: int) -> int:
+    return max(1, math.ceil(math.sqrt(count)))
+
+
+def compute_morphs(
+    features: np.ndarray,
+    body_index: np.ndarray,
+    year_bin: np.ndarray,
+    members: np.ndarray,
+    mean_images: Mapping[tuple[int, int], np.ndarray],
+    body_types: Sequence[str],
+    year_bins: Sequence[YearBin],
+    min_members: int,
+) -> Morphs:
+    """Morph per (body type, year bin) with at least `min_members` members (rows where `members` is True and both
+    labels are known, index >= 0): mean feature, pixel mean image, and the members' sorted typicality."""
+    known = members & (body_index >= 0) & (year_bin >= 0)
+    keys = sorted({(int(b), int(y)) for b, y in zip(body_index[known], year_bin[known], strict=True)})
+    rows, values = [], []
+    for b, y in keys:
+        selected = known & (body_index == b) & (year_bin == y)
+        if selected.sum() < min_members:
+            continue
+        morph = features[selected].astype(np.float64).mean(axis=0)
+        rows.append((b, y, int(selected.sum()), morph))
+        values.append(np.sort([cosine_similarity(f, morph) for f in features[selected]]))
+    width = max((len(v) for v in values), default=0)
+    size = next(iter(mean_images.values())).shape[0] if mean_images else 1
+    padded = [np.pad(v, (0, width - len(v)), constant_values=np.nan) for v in values]
+    return Morphs(
+        features=np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), EMBEDDING_DIM),
+        body_type=np.array([r[0] for r in rows], dtype=np.int64),
+        year_bin=np.array([r[1] for r in rows], dtype=np.int64),
+        count=np.array([r[2] for r in rows], dtype=np.int64),
+        images=np.array([mean_images[r[:2]] for r in rows], dtype=np.uint8).reshape(len(rows), size, size, 3),
+        train_typicality=np.array(padded, dtype=np.float32).reshape(len(rows), width),
+        body_types=tuple(body_types),
+        year_bins=tuple(year_bins),
+        min_members=min_members,
+    )
+
+
+def annotate_images(labels: pd.DataFrame, outputs: NetworkOutputs, morphs: Morphs, coords: np.ndarray) -> pd.DataFrame:
+    """The labels table with the predictions, scores, typicality and map position of every image (the same
+    scoring functions the app uses, so the table and a fresh score of the same image agree)."""
+    columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS[len(LABEL_COLUMNS) :]}
+    for i in range(len(labels)):
+        modernity = modernity_from_logits(outputs.year_logits[i], morphs.year_bins)
+        body = body_type_from_logits(outputs.body_logits[i], morphs.body_types)
+        typical = typicality(outputs.features[i], morphs, body.index, modernity.predicted_bin)
+        columns["pred_year_bin"].append(modernity.predicted_bin)
+        columns["modernity"].append(modernity.score)
+        columns["expected_year"].append(modernity.expected_year)
+        columns["pred_body_type"].append(body.label)
+        columns["group"].append(group_key(body.label, modernity.predicted_bin) if typical.has_morph else "")
+        columns["typicality"].append(typical.cosine if typical.has_morph else math.nan)
+        columns["typicality_percentile"].append(typical.percentile if typical.has_morph else math.nan)
+        columns["frontal_prob"].append(float(outputs.frontal_prob[i]))
+        columns["umap_x"].append(float(coords[i, 0]))
+        columns["umap_y"].append(float(coords[i, 1]))
+        columns["atlas_index"].append(i)
+    table = labels.loc[:, list(LABEL_COLUMNS)].reset_index(drop=True).copy()
+    for name, values in columns.items():
+        table[name] = values
+    return table.astype({"pred_year_bin": "int64", "atlas_index": "int64", "year": "int64", "year_bin": "int64"})
+
+
+class _MeanImages:
+    """Running pixel sums of crops per group, squash-resized to size x size."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.sums: dict[tuple[int, int], np.ndarray] = {}
+        self.counts: dict[tuple[int, int], int] = {}
+
+    def add(self, key: tuple[int, int], image: Image.Image) -> None:
+        pixels = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR), dtype=np.float64)
+        self.sums[key] = self.sums.get(key, 0.0) + pixels
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[tuple[int, int], np.ndarray]:
+        return {key: np.round(total / self.counts[key]).astype(np.uint8) for key, total in self.sums.items()}
+
+
+def build_bundle(
+    directory: str | Path,
+    labels: pd.DataFrame,
+    image_root: str | Path,
+    networks: Mapping[str, CarNet],
+    manifest: Manifest,
+    *,
+    map_coordinates: Callable[[np.ndarray], np.ndarray] = pca_coordinates,
+    morph_image_size: int = 64,
+    batch_size: int = 32,
+) -> Bundle:
+    """Embed every labelled image with the networks, compute morphs, map, table and atlas, write and load back.
+
+    `labels` has LABEL_COLUMNS (optionally bbox_* car boxes in px; modernity and body type see that crop, the
+    gate the whole frame); paths are relative to `image_root`. Morphs use rows of split "train".
+    `map_coordinates` turns the N x 512 embeddings into N x 2 map coordinates (training passes a UMAP fit).
+    The networks are rounded to the stored precision first, so the table matches what the app computes.
+    """
+    from core.imaging import load_image  # imported here: core.imaging is only needed to build, not to load
+
+    missing = [column for column in LABEL_COLUMNS if column not in labels.columns]
+    if missing:
+        raise ValueError(f"labels lack columns {missing}")
+    labels = labels.reset_index(drop=True)
+    stored = {key: _stored_precision(model) for key, model in networks.items()}
+    body_index = np.array(
+        [manifest.body_types.index(b) if b in manifest.body_types else -1 for b in labels["body_type"]]
+    )
+    year_bin = labels["year_bin"].to_numpy(dtype=np.int64)
+    members = (labels["split"] == "train").to_numpy() & (body_index >= 0) & (year_bin >= 0)
+    columns = atlas_columns(len(labels))
+    tile = manifest.atlas.tile
+    atlas = Image.new("RGB", (columns * tile, math.ceil(len(labels) / columns) * tile), ATLAS_BACKGROUND)
+    mean_images = _MeanImages(morph_image_size)
+    parts = []
+    for start in range(0, len(labels), batch_size):
+        frames, crops = [], []
+        for i in range(start, min(start + batch_size, len(labels))):
+            frame = load_image(Path(image_root) / labels.at[i, "path"])
+            box = [float(labels.at[i, c]) for c in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(labels.columns) else None
+            crop = crop_to_box(frame, box)
+            atlas.paste(atlas_tile(crop, tile), ((i % columns) * tile, (i // columns) * tile))
+            if members[i]:
+                mean_images.add((int(body_index[i]), int(year_bin[i])), crop)
+            frames.append(frame)
+            crops.append(crop)
+        parts.append(predict_images(stored, crops, frames, manifest.transform))
+    outputs = NetworkOutputs.concatenate(parts)
+    morphs = compute_morphs(
+        outputs.features,
+        body_index,
+        year_bin,
+        members,
+        mean_images.means(),
+        manifest.body_types,
+        manifest.year_bins,
+        manifest.morph_min_members,
+    )
+    coords = np.asarray(map_coordinates(outputs.features), dtype=np.float32)
+    table = annotate_images(labels, outputs, morphs, coords)
+    final = Manifest.from_dict(
+        manifest.to_dict() | {"atlas": {"file": manifest.atlas.file, "tile": tile, "columns": columns}}
+    )
+    write_bundle(
+        directory, final, networks=stored, images=table, embeddings=outputs.features, morphs=morphs, atlas=atlas
+    )
+    return load_bundle(directory)
+
+
+def build_untrained_bundle(
+    directory: str | Path,
+    data_root: str | Path,
+    *,
+    input_size: int = 64,
+    seed: int = 0,
+    morph_min_members: int = 2,
+    name: str = "untrained",
+) -> Bundle:
+    """A small valid bundle for tests and benchmarks: seeded, freshly initialised (untrained) networks over the
+    stanford_cars (train split) and epfl_multiview (val split) photos of `data_root`. Its scores mean nothing."""
+    data_root = Path(data_root)
+    labels = pd.concat(
+        [
+            table_from_labels(pd.read_csv(data_root / dataset / "labels.csv"), dataset, SHARED_YEAR_BINS, split)
+            for dataset, split in (("stanford_cars", "train"), ("epfl_multiview", "val"))
+        ],
+        ignore_index=True,
+    )
+    specs = standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES))
+    torch.manual_seed(seed)
+    networks = {key: CarNet(spec.heads) for key, spec in specs.items()}
+    manifest = Manifest(
+        name=name,
+        input_size=input_size,
+        year_bins=SHARED_YEAR_BINS,
+        body_types=SEED_BODY_TYPES,
+        networks=specs,
+        morph_min_members=morph_min_members,
+        atlas=AtlasSpec(tile=32),
+        provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},
+    )
+    return build_bundle(directory, labels, data_root, networks, manifest, morph_image_size=32)
+
+
+def _stored_precision(model: CarNet) -> CarNet:
+    """A copy in eval mode whose float weights are rounded through fp16, exactly as the bundle stores them."""
+    rounded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for tensor in rounded.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return rounded
+
+
+def _column(labels: pd.DataFrame, name: str, default: Any) -> pd.Series:
+    return labels[name] if name in labels.columns else pd.Series([default] * len(labels), index=labels.index)

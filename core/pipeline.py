@@ -1,0 +1,150 @@
+"""score_image(): the one path from an uploaded image to a ScoreResult.
+
+decode -> segment (find the car) -> crop -> frontal gate -> modernity and body-type networks on the crop
+-> typicality against the group's morph -> position on the bundle's map. A car that is not there or not in a
+valid view is a *rejection* (accepted=False with a reason), not an exception; unusable input raises a
+CarmorphError subclass (e.g. ImageError); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.artifacts import Bundle
+from core.config import CROP_MARGIN
+from core.imaging import load_image
+from core.projection import Neighbours
+from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
+from core.segment import GateSegmenter, Segmentation, Segmenter, make_segmenter
+from core.viewpoint import FrontalDecision, frontal_decision, view_rejection
+
+ImageInput = bytes | Image.Image | str | Path
+
+
+@dataclass
+class ScoreResult:
+    """Everything known about one scored image. Scores are None when the image was rejected (see `reason`)."""
+
+    accepted: bool
+    reason: str | None
+    image: Image.Image
+    segmenter: str
+    car_confidence: float
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
+    crop: Image.Image | None = None
+    frontal: FrontalDecision | None = None
+    modernity: Modernity | None = None
+    body_type: BodyType | None = None
+    typicality: Typicality | None = None
+    embedding: np.ndarray | None = None  # 512-d penultimate feature of the body-type network
+    map_position: tuple[float, float] | None = None
+    neighbours: Neighbours | None = None  # nearest bundle images (rows of bundle.images), closest first
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds, plus "total"
+
+    @property
+    def frontal_probability(self) -> float | None:
+        return self.frontal.probability if self.frontal else None
+
+
+class _Clock:
+    """Milliseconds per stage, measured back to back."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = (now - self.last) * 1000.0
+        self.last = now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = (time.perf_counter() - self.start) * 1000.0
+        return self.timings
+
+
+def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None = None) -> ScoreResult:
+    """Score the main car of `image` (encoded bytes, a path or a PIL image) with `bundle`'s networks.
+
+    `segmenter` defaults to the bundle's choice, built once and kept on the bundle. Raises ImageError for input
+    that is not a usable image; returns accepted=False with a reason when no car or no valid view is found.
+    """
+    clock = _Clock()
+    picture = load_image(image)
+    clock.lap("decode")
+    segmenter = segmenter or bundle_segmenter(bundle)
+    found = segmenter.segment(picture)
+    clock.lap("segment")
+    result = ScoreResult(
+        accepted=False, reason=None, image=picture, segmenter=found.backend, car_confidence=found.confidence
+    )
+    if not found.found:
+        result.reason = (
+            f"No car found (car confidence {found.confidence:.2f} < {_car_threshold(segmenter, bundle):.2f})."
+        )
+        result.timings = clock.total()
+        return result
+    result.box, result.mask, result.crop = found.box, found.mask, found.crop(picture, CROP_MARGIN)
+    result.frontal = _frontal(found, picture, bundle, clock)
+    result.reason = view_rejection(result.frontal, bundle.valid_views)
+    if result.reason is None:
+        _score_crop(result, bundle, clock)
+        result.accepted = True
+    result.timings = clock.total()
+    return result
+
+
+def bundle_segmenter(bundle: Bundle) -> Segmenter:
+    """The segmenter the bundle names, built once per bundle (the gate one uses the bundle's gate and threshold)."""
+    key = f"segmenter:{bundle.segmenter}"
+    if key not in bundle.cache:
+        if bundle.segmenter == "gate":
+            bundle.cache[key] = GateSegmenter(bundle.gate, bundle.transform, bundle.thresholds.car)
+        else:
+            bundle.cache[key] = make_segmenter(bundle.segmenter, score_threshold=bundle.thresholds.car)
+    return bundle.cache[key]
+
+
+def _car_threshold(segmenter: Segmenter, bundle: Bundle) -> float:
+    threshold = getattr(segmenter, "car_threshold", getattr(segmenter, "score_threshold", bundle.thresholds.car))
+    return float(threshold)
+
+
+def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _Clock) -> FrontalDecision:
+    """From the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
+    probability = found.frontal_probability
+    if probability is None:
+        with torch.inference_mode():
+            logit = bundle.gate(bundle.transform([picture]))["frontal"][0, 0]
+        probability = float(torch.sigmoid(logit))
+        clock.lap("frontal")
+    return frontal_decision(probability, bundle.thresholds.frontal)
+
+
+def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
+    """Both networks on the crop (batch of one), then typicality and the map position."""
+    batch = bundle.transform([result.crop])
+    clock.lap("preprocess")
+    with torch.inference_mode():
+        year_logits = bundle.modernity(batch)["year_bin"][0]
+        clock.lap("modernity")
+        outputs = bundle.bodytype(batch)
+        clock.lap("bodytype")
+    result.modernity = modernity_from_logits(year_logits, bundle.year_bins)
+    result.body_type = body_type_from_logits(outputs["body_type"][0], bundle.body_types)
+    result.embedding = outputs["features"][0].numpy()
+    result.typicality = typicality(
+        result.embedding, bundle.morphs, result.body_type.index, result.modernity.predicted_bin
+    )
+    clock.lap("typicality")
+    result.neighbours = bundle.placer.neighbours(result.embedding)
+    x, y = bundle.placer.coordinates(result.neighbours)
+    result.map_position = (float(x), float(y))
+    clock.lap("placement")

@@ -1,0 +1,85 @@
+"""Place new embeddings on a bundle's 2-D map (fitted by UMAP at build time) without UMAP and without pickle.
+
+A new point goes where its nearest training neighbours are: cosine kNN on L2-normalised embeddings, then the
+inverse-distance-weighted mean of the neighbours' map coordinates. An embedding equal to a training
+embedding lands exactly on that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EXACT_MATCH_DISTANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Nearest training rows (closest first) and their cosine distances (1 - cosine similarity)."""
+
+    indices: np.ndarray  # (k,) or (M, k) int
+    cosine_distances: np.ndarray  # same shape, float32 in [0, 2]
+
+
+def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Row-wise unit vectors as a float32 copy (all-zero rows stay zero)."""
+    array = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    return array / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def pca_coordinates(embeddings: np.ndarray, dims: int = 2) -> np.ndarray:
+    """First principal components of the L2-normalised embeddings (a simple stand-in map for small bundles)."""
+    unit = l2_normalise(embeddings).astype(np.float64)
+    centred = unit - unit.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    return (centred @ components[:dims].T).astype(np.float32)
+
+
+class MapPlacer:
+    """scikit-learn-style placer: `fit(embeddings, coords)`, then `transform` / `neighbours` for new embeddings."""
+
+    def __init__(self, k: int = 10):
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        self.k = k
+
+    def fit(self, embeddings: np.ndarray, coords: np.ndarray) -> MapPlacer:
+        coords = np.asarray(coords, dtype=np.float32)
+        if embeddings.ndim != 2 or coords.shape != (len(embeddings), 2):
+            raise ValueError(f"need N x D embeddings and N x 2 coords, got {embeddings.shape} and {coords.shape}")
+        self.unit_embeddings_ = l2_normalise(embeddings)
+        self.coords_ = coords
+        return self
+
+    def neighbours(self, embeddings: np.ndarray, k: int | None = None) -> Neighbours:
+        """The k nearest training rows of one embedding (D,) or of each row of M x D."""
+        single = np.ndim(embeddings) == 1
+        queries = l2_normalise(np.atleast_2d(embeddings))
+        k = min(k or self.k, len(self.unit_embeddings_))
+        similarity = queries @ self.unit_embeddings_.T
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        top_similarity = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_similarity, axis=1, kind="stable")
+        indices = np.take_along_axis(top, order, axis=1)
+        distances = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)
+        if single:
+            return Neighbours(indices=indices[0], cosine_distances=distances[0])
+        return Neighbours(indices=indices, cosine_distances=distances)
+
+    def coordinates(self, neighbours: Neighbours) -> np.ndarray:
+        """Inverse-distance-weighted mean of the neighbours' coordinates; an exact match takes its point's place."""
+        indices = np.atleast_2d(neighbours.indices)
+        distances = np.atleast_2d(neighbours.cosine_distances).astype(np.float64)
+        weights = 1.0 / np.maximum(distances, EXACT_MATCH_DISTANCE)
+        exact = distances[:, :1] <= EXACT_MATCH_DISTANCE
+        weights = np.where(exact, np.where(distances <= EXACT_MATCH_DISTANCE, weights, 0.0), weights)
+        points = self.coords_[indices].astype(np.float64)
+        placed = (weights[..., None] * points).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+        placed = placed.astype(np.float32)
+        return placed[0] if np.ndim(neighbours.indices) == 1 else placed
+
+    def transform(self, embeddings: np.ndarray) -> np.ndarray:
+        """Map coordinates (2,) for one embedding or (M, 2) for M embeddings."""
+        return self.coordinates(self.neighbours(embeddings))

@@ -1,0 +1,141 @@
+"""The bundle's model card as data: tasks with metrics and baselines, training curves, provenance and counts.
+
+manifest.json keeps `metrics`, `training` and `provenance` free-form (docs/CONTRACTS.md), so this module
+reads them by shape rather than by fixed keys: any dict with numbers is a task; `baselines`, `confusion`,
+`per_class_f1` and `labels` inside it are recognised; any list of per-epoch records is a training curve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from core.config import YearBin
+
+SEPARATOR = " · "
+MATRIX_KEYS = ("confusion", "per_class_f1", "labels", "baselines")
+# Provenance entries that are per-image listings, not something to show.
+HIDDEN_PROVENANCE = ("splits",)
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """One task of one evaluation (e.g. 'stanford_cars · modernity'): its numbers, baselines and matrices."""
+
+    name: str
+    scores: dict[str, float]
+    baselines: dict[str, float] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
+    confusion: tuple[tuple[int, ...], ...] | None = None
+    per_class_f1: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-epoch training history (one row per epoch) found at `name` in manifest['training']."""
+
+    name: str
+    history: pd.DataFrame
+
+    @property
+    def series(self) -> list[str]:
+        """Numeric columns worth plotting (everything but the epoch counter)."""
+        numeric = self.history.select_dtypes("number").columns
+        return [c for c in numeric if c != "epoch"]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _numbers(data: Mapping[str, Any]) -> dict[str, float]:
+    return {key: number for key, value in data.items() if (number := _number(value)) is not None}
+
+
+def _task(name: str, data: Mapping[str, Any]) -> TaskMetrics:
+    labels = tuple(str(label) for label in data.get("labels", ()))
+    confusion = data.get("confusion")
+    f1 = data.get("per_class_f1")
+    return TaskMetrics(
+        name=name,
+        scores=_numbers(data),
+        baselines=_numbers(data.get("baselines", {})) if isinstance(data.get("baselines"), Mapping) else {},
+        labels=labels,
+        confusion=tuple(tuple(int(v) for v in row) for row in confusion) if isinstance(confusion, list) else None,
+        per_class_f1=tuple(float(v) if v is not None else math.nan for v in f1) if isinstance(f1, list) else None,
+    )
+
+
+def collect_tasks(metrics: Mapping[str, Any], prefix: str = "") -> list[TaskMetrics]:
+    """Every dict in `metrics` holding numbers, depth first, named by its path ('stanford_cars · modernity')."""
+    tasks = []
+    own = _numbers(metrics)
+    if own and prefix:
+        tasks.append(_task(prefix, metrics))
+    for key, value in metrics.items():
+        if isinstance(value, Mapping) and key not in MATRIX_KEYS:
+            tasks += collect_tasks(value, f"{prefix}{SEPARATOR}{key}" if prefix else str(key))
+    return tasks
+
+
+def _is_history(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(r, Mapping) and "epoch" in r for r in value)
+
+
+def collect_curves(training: Mapping[str, Any], prefix: str = "") -> list[Curve]:
+    """Every list of per-epoch records (dicts with an 'epoch' key) in manifest['training']."""
+    found = []
+    for key, value in training.items():
+        name = f"{prefix}{SEPARATOR}{key}" if prefix else str(key)
+        if _is_history(value):
+            found.append(Curve(name=prefix or str(key), history=pd.DataFrame.from_records(value)))
+        elif isinstance(value, Mapping):
+            found += collect_curves(value, name)
+    return found
+
+
+def split_counts(images: pd.DataFrame, provenance: Mapping[str, Any]) -> pd.DataFrame:
+    """Images per dataset (rows) and split (columns): from provenance['counts'] when recorded, else the table."""
+    counts = provenance.get("counts")
+    if isinstance(counts, Mapping) and counts and all(isinstance(v, Mapping) for v in counts.values()):
+        frame = pd.DataFrame.from_dict({k: dict(v) for k, v in counts.items()}, orient="index").fillna(0).astype(int)
+    else:
+        frame = images.groupby(["dataset", "split"]).size().unstack(fill_value=0)
+    order = [s for s in ("train", "val", "test") if s in frame.columns]
+    return frame[order + [c for c in frame.columns if c not in order]]
+
+
+def group_counts(images: pd.DataFrame, body_types: Sequence[str], year_bins: Sequence[YearBin]) -> pd.DataFrame:
+    """Collection images per true body type (rows) and true year bin (columns), unknowns left out."""
+    known = images[(images["year_bin"] >= 0) & images["body_type"].isin(body_types)]
+    table = known.groupby(["body_type", "year_bin"]).size().unstack(fill_value=0)
+    table = table.reindex(index=list(body_types), columns=range(len(year_bins)), fill_value=0)
+    table.columns = [b.label for b in year_bins]
+    return table
+
+
+def provenance_facts(provenance: Mapping[str, Any]) -> dict[str, str]:
+    """Short provenance lines to print: every entry except per-image listings and the counts (drawn instead)."""
+    facts = {}
+    for key, value in provenance.items():
+        if key in HIDDEN_PROVENANCE or key == "counts":
+            continue
+        if isinstance(value, Mapping):
+            facts[key] = "; ".join(f"{k}: {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            facts[key] = ", ".join(str(v) for v in value)
+        else:
+            facts[key] = str(value)
+    return facts
+
+
+def initialisation_line(networks: Mapping[str, Any]) -> str:
+    """'modernity: ImageNet · bodytype: scratch · gate: scratch' from the manifest's network specs."""
+    names = {"imagenet": "ImageNet", "scratch": "from scratch"}
+    return SEPARATOR.join(f"{key}: {names.get(spec.init, spec.init)}" for key, spec in networks.items())

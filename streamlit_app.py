@@ -1,0 +1,67 @@
+"""carmorph: how modern is a car's design, and how typical is it for its class?  `streamlit run streamlit_app.py`
+
+The entry point is the frame around every page: page config, navigation, the shared sidebar (bundle, image
+root, presentation toggle, about). Pages live in pages/ and call into core/ through the helpers in ui/.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.artifacts import Bundle
+from core.report import initialisation_line
+from ui import common
+
+PAGES = (
+    st.Page("pages/score.py", title="Score a car", icon=":material/photo_camera:", url_path="score", default=True),
+    st.Page("pages/explore.py", title="Explore the map", icon=":material/scatter_plot:", url_path="explore"),
+    st.Page("pages/morphs.py", title="Morphs", icon=":material/grid_view:", url_path="morphs"),
+    st.Page("pages/report.py", title="Model report", icon=":material/monitoring:", url_path="report"),
+    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
+)
+
+
+def bundle_line(bundle: Bundle | None) -> str:
+    if bundle is None:
+        return "No bundle loaded."
+    created = bundle.manifest.created[:10] or "unknown date"
+    return f"**{bundle.name}** · {len(bundle.images):,} images · built {created}"
+
+
+def sidebar(bundle: Bundle | None) -> None:
+    """Bundle and provenance, the image root, the presentation toggle, and what the scores mean."""
+    with st.sidebar:
+        st.markdown(bundle_line(bundle))
+        if bundle is not None:
+            datasets = bundle.provenance.get("datasets")
+            sources = ", ".join(datasets) if isinstance(datasets, dict) else "see the Model report"
+            st.caption(f"Data: {sources}. Backbones: {initialisation_line(bundle.manifest.networks)}.")
+        st.text_input(
+            "Image root",
+            value=common.default_image_root(),
+            key=common.IMAGE_ROOT_KEY,
+            help="Folder that the bundle's image paths are relative to (full-size photos, 'try a car'). "
+            "Without it, galleries use the bundle's thumbnails.",
+        )
+        if common.image_root() is None:
+            st.caption("Image root not found: galleries show thumbnails only.")
+        st.toggle(
+            "Presentation mode",
+            key=common.PRESENT_KEY,
+            bind="query-params",
+            help="Hide the sidebar and enlarge type and figures for a projector.",
+        )
+        with st.expander("About the scores"):
+            st.markdown(common.ABOUT)
+
+
+def main() -> None:
+    st.set_page_config(page_title="carmorph", page_icon=":material/directions_car:", layout="wide")
+    page = st.navigation(list(PAGES), position="top" if common.presenting() else "sidebar")
+    bundle, _ = common.bundle_or_error()
+    sidebar(bundle)
+    common.apply_presentation()
+    page.run()
+
+
+main()

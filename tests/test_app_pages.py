@@ -1,0 +1,352 @@
+"""Streamlit AppTests of every page on the tiny test bundle (tests/conftest.py) and the fixture photos.
+
+The app reads its bundle from $CARMORPH_BUNDLE and its image root from $CARMORPH_IMAGE_ROOT; variants of the
+tiny bundle (thresholds forced to accept or to reject, metrics and training curves recorded) are copies with
+an edited manifest.json, which is not itself hashed. Uploads go through AppTest's file_uploader support.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.artifacts import Bundle
+from core.config import year_to_bin
+from core.explore import COLOUR_OPTIONS, map_table, morph_frame
+from core.report import collect_curves, collect_tasks
+from training.metrics import classification_metrics
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+TIMEOUT = 120
+PAGES = ("pages/score.py", "pages/explore.py", "pages/morphs.py", "pages/report.py", "pages/tour.py")
+
+
+def bundle_variant(source: Path, target: Path, **changes: Any) -> Path:
+    """A copy of a bundle with manifest fields replaced."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest.update(changes)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def task_report(true: np.ndarray, pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Metrics shaped like training.evaluate's output, computed from the bundle's own predictions."""
+    metrics = classification_metrics(true, pred, len(labels))
+    known = true[true >= 0]
+    majority = np.bincount(known, minlength=len(labels)).argmax()
+    return {
+        "accuracy": metrics.accuracy,
+        "macro_f1": metrics.macro_f1,
+        "per_class_f1": metrics.per_class_f1,
+        "confusion": metrics.confusion,
+        "labels": labels,
+        "n": len(known),
+        "baselines": {"chance_accuracy": 1 / len(labels), "majority_accuracy": float((known == majority).mean())},
+    }
+
+
+def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
+    images = bundle.images
+    body_names = list(bundle.body_types)
+    body_true = np.array([body_names.index(b) if b in body_names else -1 for b in images["body_type"]])
+    body_pred = np.array([body_names.index(b) for b in images["pred_body_type"]])
+    bins = [b.label for b in bundle.year_bins]
+    year_true = np.array([-1 if (b := year_to_bin(int(y), bundle.year_bins)) is None else b for y in images["year"]])
+    return {
+        "stanford_cars": {
+            "split": "all",
+            "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins),
+            "body_type": task_report(body_true, body_pred, body_names),
+        },
+        "epfl_multiview": {"frontal": {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "threshold": 0.5}},
+    }
+
+
+def recorded_training() -> dict[str, Any]:
+    history = [
+        {"epoch": e, "loss": 1.0 / (e + 1), "year_bin_macro_f1": 0.2 + 0.1 * e, "seconds": 3.0} for e in range(3)
+    ]
+    return {"modernity": {"epoch": 2, "history": history}, "frontal_threshold": {"threshold": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny bundle and its variants: accept (every image passes the gate), reject (no image does), report."""
+    root = tmp_path_factory.mktemp("app_bundles")
+    source = tiny_bundle.path
+    return {
+        "tiny": source,
+        "accept": bundle_variant(source, root / "accept", thresholds={"car": 0.0, "frontal": 0.0}),
+        "reject": bundle_variant(source, root / "reject", thresholds={"car": 1.0, "frontal": 1.0}),
+        "report": bundle_variant(
+            source, root / "report", metrics=recorded_metrics(tiny_bundle), training=recorded_training()
+        ),
+    }
+
+
+@pytest.fixture
+def app(bundles: dict[str, Path], fixture_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., AppTest]:
+    """app(bundle="tiny", page=None, params=None, image_root=fixture data): a run AppTest on that page."""
+
+    def start(bundle: str = "tiny", page: str | None = None, params: dict | None = None, image_root=None) -> AppTest:
+        monkeypatch.setenv("CARMORPH_BUNDLE", str(bundles.get(bundle, bundle)))
+        monkeypatch.setenv("CARMORPH_IMAGE_ROOT", str(image_root or fixture_data_dir))
+        at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        at.query_params.update(params or {})
+        at.run()
+        if page:
+            at.switch_page(page).run()
+        return at
+
+    return start
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def texts(at: AppTest) -> str:
+    """All visible text of a run, for "is this shown" checks."""
+    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption") for e in getattr(at, kind)]
+    parts += [e.value for kind in ("error", "warning", "info") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def captions(at: AppTest) -> list[str]:
+    """Captions of every picture shown (a gallery is one st.image call with many pictures)."""
+    return [caption for image in at.image for caption in image.captions]
+
+
+def click(at: AppTest, label: str) -> AppTest:
+    return next(button for button in at.button if button.label == label).click().run()
+
+
+# --------------------------------------------------------------------------------------------------- frame
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(app: Callable[..., AppTest], page: str) -> None:
+    at = app(page=page)
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert at.title, "every page has a title"
+    assert "tiny-test-bundle" in at.sidebar.markdown[0].value
+
+
+def test_about_explains_the_three_scores(app: Callable[..., AppTest]) -> None:
+    about = app().sidebar.expander[0].markdown[0].value
+    for term in ("Modernity", "Morph", "Typicality"):
+        assert f"**{term}.**" in about
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_without_a_bundle_pages_say_how_to_make_one(app: Callable[..., AppTest], tmp_path: Path, page: str) -> None:
+    at = app(bundle=str(tmp_path / "nothing-here"), page=page)
+    assert_clean(at)
+    assert "No model bundle" in at.error[0].value
+    assert any("training.build" in code.value for code in at.code)
+
+
+def test_score_page_explains_itself_without_a_bundle(app: Callable[..., AppTest], tmp_path: Path) -> None:
+    at = app(bundle=str(tmp_path / "nothing-here"))
+    assert "how modern" in at.markdown[0].value
+
+
+def test_presentation_mode_from_the_url(app: Callable[..., AppTest]) -> None:
+    at = app(params={"present": "true"}, page="pages/explore.py")
+    assert_clean(at)
+    assert at.toggle(key="present").value is True
+    assert at.button(key="exit_presentation")
+    at.button(key="exit_presentation").click().run()
+    assert at.toggle(key="present").value is False
+
+
+def test_page_parameter_opens_that_page(app: Callable[..., AppTest]) -> None:
+    at = app(params={"page": "morphs"})
+    assert_clean(at)
+    assert at.title[0].value == "Morphs"
+
+
+# --------------------------------------------------------------------------------------------------- score
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
+    at.file_uploader(key="upload").set_value((name, data, mime))
+    return at.run()
+
+
+def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_bytes) -> None:
+    at = upload(app(bundle="accept"), "car.jpg", fixture_image_bytes("stanford_cars", 8), "image/jpeg")
+    assert_clean(at)
+    assert not at.error and not at.warning
+    shown = texts(at)
+    for heading in ("How modern", "How typical", "What drove the modernity score", "Where it sits"):
+        assert heading in shown
+    assert "Segmenter: **gate**" in shown
+    assert at.metric[0].label.startswith("Typicality within")
+    assert len(charts(at)) >= 5, "gauge, year bins, body type, typicality distribution, map"
+    assert "Timings per stage" in [e.label for e in at.expander]
+
+
+def test_score_rejects_a_photo_without_a_car(app: Callable[..., AppTest], fixture_image_bytes) -> None:
+    at = upload(app(bundle="reject"), "scene.jpg", fixture_image_bytes("negatives", 2), "image/jpeg")
+    assert_clean(at)
+    reason = at.warning[0].value
+    assert "No car found" in reason and "car confidence" in reason
+    assert "How modern" not in texts(at)
+
+
+def test_score_survives_a_text_file(app: Callable[..., AppTest]) -> None:
+    at = upload(app(bundle="accept"), "notes.txt", b"four wheels and a steering wheel\n", "text/plain")
+    assert_clean(at)
+    assert "not an image" in at.error[0].value
+    assert "Traceback" not in texts(at)
+
+
+def test_score_a_car_from_the_collection_via_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
+    car_id = tiny_bundle.images["id"].iat[0]
+    at = app(bundle="accept", params={"source": "collection", "car": car_id})
+    assert_clean(at)
+    assert at.selectbox(key="car").value == car_id
+    assert "How typical" in texts(at)
+
+
+def test_collection_source_needs_an_image_root(app: Callable[..., AppTest], tmp_path: Path) -> None:
+    at = app(image_root=tmp_path / "missing")
+    assert "collection" not in at.segmented_control(key="source").options
+    assert any("Image root not found" in caption.value for caption in at.sidebar.caption)
+
+
+# ------------------------------------------------------------------------------------------------- explore
+
+
+def test_explore_every_colour(app: Callable[..., AppTest]) -> None:
+    at = app(page="pages/explore.py")
+    for key in COLOUR_OPTIONS:
+        at.selectbox(key="colour").set_value(key).run()
+        assert_clean(at)
+        assert charts(at), key
+
+
+def test_explore_reacts_to_a_selection(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
+    """The chart's on_select callback stores the selected ids in session state; a test sets them directly."""
+    ids = tiny_bundle.images["id"].iloc[[0, 3, 8]].tolist()
+    at = app(page="pages/explore.py")
+    at.session_state["explore_selection"] = ids
+    at.run()
+    assert_clean(at)
+    assert "Selection · 3 cars" in [s.value for s in at.subheader]
+    assert at.metric[0].value == "3"
+    assert [c.split(" · ")[0] for c in captions(at)] == tiny_bundle.images["class_name"].iloc[[0, 3, 8]].tolist()
+    assert any(button.label == "Selection as CSV" for button in at.get("download_button"))
+
+
+def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
+    chosen = tiny_bundle.images.iloc[3]
+    params = {"colour": "body_type", "body": ["SUV", "Saloon"], "split": "train", "q": "audi", "id": chosen["id"]}
+    at = app(page="pages/explore.py", params=params)
+    assert_clean(at)
+    assert at.selectbox(key="colour").value == "body_type"
+    assert at.multiselect(key="body").value == ["SUV", "Saloon"]
+    assert at.multiselect(key="split").value == ["train"]
+    assert at.text_input(key="q").value == "audi"
+    shown = texts(at)
+    assert chosen["class_name"] in [s.value for s in at.subheader], "the car's details are open"
+    assert "Nearest neighbours" in shown
+    shown_count = int(
+        ((tiny_bundle.images["body_type"].isin(["SUV", "Saloon"])) & (tiny_bundle.images["split"] == "train")).sum()
+    )
+    assert f"{shown_count} of {len(tiny_bundle.images)} cars shown" in shown
+    audi = int(tiny_bundle.images["make"].str.lower().eq("audi").sum())
+    assert f"{audi} match “audi”" in shown
+
+
+# -------------------------------------------------------------------------------------------------- morphs
+
+
+def test_morphs_show_every_group(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
+    frame = morph_frame(tiny_bundle.morphs)
+    at = app(page="pages/morphs.py")
+    assert_clean(at)
+    members = [m for m in at.metric if m.label == "members"]
+    assert sorted(int(m.value) for m in members) == sorted(frame["count"].tolist())
+    assert at.selectbox(key="group").options == frame["key"].tolist()
+    table = map_table(tiny_bundle.images, tiny_bundle.year_bins)
+    for key in frame["key"]:
+        at.selectbox(key="group").set_value(key).run()
+        assert_clean(at)
+        shown = " ".join(captions(at))
+        for label in table.loc[table["group"] == key, "label"]:
+            assert label in shown, f"{label} of {key} is in the most / average / least typical rows"
+    assert len(charts(at)) == 2, "typicality histogram and the morph similarity heatmap"
+
+
+def test_morph_group_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
+    last = morph_frame(tiny_bundle.morphs)["key"].iloc[-1]
+    at = app(page="pages/morphs.py", params={"group": last})
+    assert at.selectbox(key="group").value == last
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundles: dict[str, Path]) -> None:
+    manifest = json.loads((bundles["report"] / "manifest.json").read_text())
+    tasks = collect_tasks(manifest["metrics"])
+    at = app(bundle="report", page="pages/report.py")
+    assert_clean(at)
+    headings = [s.value for s in at.subheader]
+    assert [t.name for t in tasks] == headings
+    tables = [frame.value for frame in at.dataframe]
+    for task in tasks:
+        shown = next(t for t in tables if set(task.scores) <= set(t["measure"]))
+        assert set(task.baselines) <= set(shown["measure"])
+    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
+    curves = collect_curves(manifest["training"])
+    assert len(charts(at)) == 2 + with_matrices + 2 * len(curves), "data, matrices, loss and validation curves"
+    assert "Training curves" in [h.value for h in at.header]
+
+
+def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:
+    at = app(page="pages/report.py")
+    assert_clean(at)
+    assert "records no evaluation metrics" in at.info[0].value
+
+
+# ---------------------------------------------------------------------------------------------------- tour
+
+
+def test_tour_every_slide(app: Callable[..., AppTest]) -> None:
+    at = app(page="pages/tour.py")
+    titles = []
+    for _ in range(6):
+        assert_clean(at)
+        titles.append(at.title[0].value)
+        click(at, "Next")
+    assert len(set(titles)) == 6
+
+
+def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
+    at = app(page="pages/tour.py", params={"slide": "5"})
+    assert_clean(at)
+    assert at.title[0].value == "The embedding map"
+
+
+def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:
+    at = app(bundle="accept", page="pages/tour.py", params={"slide": "6"})
+    at.file_uploader(key="tour_upload").set_value(("car.jpg", fixture_image_bytes("stanford_cars", 3), "image/jpeg"))
+    at.run()
+    assert_clean(at)
+    assert at.metric[0].label.startswith("Typicality within")

@@ -1,0 +1,209 @@
+"""core.artifacts: the tiny bundle loads with everything the app needs, and every kind of broken bundle is refused
+with a BundleError that names the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.artifacts import (
+    EMBEDDINGS_FILE,
+    IMAGE_COLUMNS,
+    MANIFEST_FILE,
+    MORPHS_FILE,
+    NETWORK_FILES,
+    SCHEMA_VERSION,
+    Bundle,
+    crop_to_box,
+    load_bundle,
+    predict_images,
+    sha256_file,
+)
+from core.config import YearBin
+from core.errors import BundleError
+from core.models import ImageTransform, save_carnet
+
+BIG_FILES = set(NETWORK_FILES.values())
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle; the network files are symlinks (tests replace them, never write into them)."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    for source in tiny_bundle_dir.iterdir():
+        if source.name in BIG_FILES:
+            (target / source.name).symlink_to(source)
+        else:
+            shutil.copy2(source, target / source.name)
+    return target
+
+
+def edit_manifest(directory: Path, change: Callable[[dict], None]) -> None:
+    data = json.loads((directory / MANIFEST_FILE).read_text())
+    change(data)
+    (directory / MANIFEST_FILE).write_text(json.dumps(data))
+
+
+def replace_file(directory: Path, name: str, write: Callable[[Path], None]) -> None:
+    """Write a new version of a bundle file and record its sha256, as a (wrong) build would."""
+    path = directory / name
+    path.unlink()
+    write(path)
+    edit_manifest(directory, lambda data: data["files"].__setitem__(name, sha256_file(path)))
+
+
+def refused(directory: Path) -> str:
+    with pytest.raises(BundleError) as caught:
+        load_bundle(directory)
+    return str(caught.value)
+
+
+def test_tiny_bundle_exposes_what_the_app_needs(tiny_bundle: Bundle):
+    bundle = tiny_bundle
+    assert len(bundle.year_bins) == 5 and all(isinstance(b, YearBin) for b in bundle.year_bins)
+    assert bundle.body_types == ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
+    assert bundle.transform == ImageTransform(64)
+    assert (bundle.thresholds.car, bundle.thresholds.frontal) == (0.5, 0.5)
+    assert (bundle.valid_views, bundle.segmenter) == ("frontal", "gate")
+    assert bundle.provenance["note"] == "untrained networks (seed 0): for tests only"
+    assert all(not net.training for net in (bundle.modernity, bundle.bodytype, bundle.gate))
+    assert list(bundle.images.columns) == list(IMAGE_COLUMNS)
+    assert len(bundle.images) == 23 and bundle.embeddings.shape == (23, 512)
+    assert bundle.embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(bundle.unit_embeddings, axis=1), 1.0, atol=1e-5)
+    assert bundle.thumbnail(22).size == (32, 32)
+    with pytest.raises(IndexError):
+        bundle.thumbnail(23)
+
+
+def test_morphs_cover_the_groups_with_enough_training_members(tiny_bundle: Bundle):
+    morphs = tiny_bundle.morphs
+    groups = {morphs.group_label(int(b), int(y)) for b, y in zip(morphs.body_type, morphs.year_bin, strict=True)}
+    assert groups == {"SUV · 2012", "Saloon · 2012"}
+    assert morphs.count.tolist() == [2, 2]
+    assert morphs.images.shape == (2, 32, 32, 3) and morphs.images.dtype == np.uint8
+    for row in range(len(morphs)):
+        values = morphs.typicality_values(row)
+        assert len(values) == 2 and np.all(np.diff(values) >= 0) and np.all(values <= 1.0 + 1e-6)
+
+
+def test_table_agrees_with_the_loaded_networks(tiny_bundle: Bundle, fixture_data_dir: Path):
+    """The build rounds the weights as stored, so the table is what the app computes from the loaded bundle."""
+    row = tiny_bundle.images.iloc[0]
+    frame = Image.open(fixture_data_dir / row["path"]).convert("RGB")
+    networks = {"modernity": tiny_bundle.modernity, "bodytype": tiny_bundle.bodytype, "gate": tiny_bundle.gate}
+    outputs = predict_images(networks, [crop_to_box(frame, (0, 0, *frame.size))], [frame], tiny_bundle.transform)
+    assert np.allclose(outputs.features[0], tiny_bundle.embeddings[0], atol=1e-5)
+    assert outputs.frontal_prob[0] == pytest.approx(row["frontal_prob"], abs=1e-5)
+    assert int(outputs.year_logits[0].argmax()) == row["pred_year_bin"]
+
+
+def test_missing_directory_says_how_to_make_a_bundle(tmp_path: Path):
+    message = refused(tmp_path / "nowhere")
+    assert "No artifact bundle" in message and "python -m training.build" in message
+
+
+def test_missing_manifest(bundle_copy: Path):
+    (bundle_copy / MANIFEST_FILE).unlink()
+    assert "no manifest.json" in refused(bundle_copy)
+
+
+def test_unparseable_manifest(bundle_copy: Path):
+    (bundle_copy / MANIFEST_FILE).write_text('{"schema_version": 1,')
+    assert "not valid JSON" in refused(bundle_copy)
+
+
+def test_missing_manifest_field(bundle_copy: Path):
+    edit_manifest(bundle_copy, lambda data: data.pop("thresholds"))
+    assert "lacks the field 'thresholds'" in refused(bundle_copy)
+
+
+@pytest.mark.parametrize(("version", "expected"), [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
+def test_unsupported_schema_version(bundle_copy: Path, version: int, expected: str):
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("schema_version", version))
+    message = refused(bundle_copy)
+    assert f"schema version {version}" in message and expected in message
+
+
+def test_missing_file(bundle_copy: Path):
+    (bundle_copy / MORPHS_FILE).unlink()
+    assert f"missing file {MORPHS_FILE}" in refused(bundle_copy)
+
+
+def test_flipped_byte_is_a_hash_mismatch(bundle_copy: Path):
+    path = bundle_copy / EMBEDDINGS_FILE
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    message = refused(bundle_copy)
+    assert EMBEDDINGS_FILE in message and "corrupted" in message
+
+
+def test_label_count_disagrees_with_head_size(bundle_copy: Path):
+    edit_manifest(bundle_copy, lambda data: data["body_types"].pop())
+    message = refused(bundle_copy)
+    assert "'bodytype'" in message and "4 body types" in message
+
+
+def test_weights_disagree_with_labels(bundle_copy: Path):
+    """Manifest consistent with 4 body types, but the stored weights have a 5-way head."""
+
+    def four_body_types(data: dict) -> None:
+        data["body_types"].pop()
+        data["networks"]["bodytype"]["heads"]["body_type"] = 4
+
+    edit_manifest(bundle_copy, four_body_types)
+    message = refused(bundle_copy)
+    assert "bodytype.safetensors" in message and "heads.body_type" in message and "label count" in message
+
+
+def test_weights_of_the_wrong_network(bundle_copy: Path, tiny_bundle: Bundle):
+    replace_file(bundle_copy, NETWORK_FILES["bodytype"], lambda path: save_carnet(tiny_bundle.gate, path))
+    assert "bodytype.safetensors" in refused(bundle_copy)
+
+
+def test_embedding_rows_must_match_image_rows(bundle_copy: Path, tiny_bundle: Bundle):
+    replace_file(bundle_copy, EMBEDDINGS_FILE, lambda path: np.save(path, tiny_bundle.embeddings[:-1]))
+    message = refused(bundle_copy)
+    assert "22 rows" in message and "23" in message
+
+
+def test_pickled_arrays_are_refused(bundle_copy: Path):
+    objects = np.empty(23, dtype=object)
+    replace_file(bundle_copy, EMBEDDINGS_FILE, lambda path: np.save(path, objects, allow_pickle=True))
+    assert "pickled objects" in refused(bundle_copy)
+
+
+def test_morph_feature_dimension_is_checked(bundle_copy: Path, tiny_bundle: Bundle):
+    morphs = tiny_bundle.morphs
+
+    def write(path: Path) -> None:
+        np.savez(
+            path,
+            features=morphs.features[:, :256],
+            body_type=morphs.body_type,
+            year_bin=morphs.year_bin,
+            count=morphs.count,
+            images=morphs.images,
+            train_typicality=morphs.train_typicality,
+        )
+
+    replace_file(bundle_copy, MORPHS_FILE, write)
+    message = refused(bundle_copy)
+    assert MORPHS_FILE in message and "features" in message and "(2, 256)" in message
+
+
+def test_reloaded_bundle_scores_like_the_built_one(bundle_copy: Path, tiny_bundle: Bundle):
+    bundle = load_bundle(bundle_copy)
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(bundle.modernity(x)["year_bin"], tiny_bundle.modernity(x)["year_bin"])
+    assert bundle.manifest == tiny_bundle.manifest

@@ -1,0 +1,1 @@
+"""Streamlit helpers shared by the pages (bundle loading, settings, errors, images, figures)."""

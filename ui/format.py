@@ -1,0 +1,45 @@
+"""Number formatting for the dashboard (pure functions: years, percentages, milliseconds, scores)."""
+
+from __future__ import annotations
+
+import math
+
+DASH = "–"
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def year(value: float | None) -> str:
+    """A (possibly fractional, expected) year as a whole year: 2009.6 -> '2010'."""
+    return DASH if _missing(value) or value <= 0 else f"{round(value):d}"
+
+
+def percent(value: float | None, digits: int = 0) -> str:
+    """A share in [0, 1] as a percentage: 0.873 -> '87 %'."""
+    return DASH if _missing(value) else f"{100 * value:.{digits}f} %"
+
+
+def percentile(value: float | None) -> str:
+    """A percentile already in [0, 100]: 42.4 -> '42nd percentile'."""
+    if _missing(value):
+        return DASH
+    whole = round(value)
+    suffix = "th" if 10 <= whole % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(whole % 10, "th")
+    return f"{whole:d}{suffix} percentile"
+
+
+def milliseconds(value: float | None) -> str:
+    """A duration in ms: 3.21 -> '3.2 ms', 1234 -> '1,234 ms'."""
+    if _missing(value):
+        return DASH
+    return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def score(value: float | None, digits: int = 2) -> str:
+    return DASH if _missing(value) else f"{value:.{digits}f}"
+
+
+def count(value: int) -> str:
+    return f"{value:,d}"

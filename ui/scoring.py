@@ -1,0 +1,187 @@
+"""Scoring an image in the UI (Score page and the Tour's live slide): score once per upload, then show the
+detection, the gate, modernity, body type, typicality, Grad-CAM, the map position and the timings."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core.artifacts import Bundle
+from core.explain import GradCam, grad_cam, overlay
+from core.explore import COLOUR_OPTIONS, group_members
+from core.figures import MapOverlay, map_figure, modernity_gauge, probability_bars, typicality_histogram
+from core.pipeline import ScoreResult, score_image
+from core.scoring import group_key
+from ui import common, widgets
+from ui import format as fmt
+
+NEIGHBOURS_SHOWN = 8
+REJECTION_ADVICE = {
+    "no car": "Try a photo in which one car fills a good part of the frame.",
+    "view": "The models were validated on cars seen from the front: take the photo facing the car's front.",
+}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A score result and, for accepted cars, the Grad-CAM of the modernity prediction on the crop."""
+
+    result: ScoreResult
+    cam: GradCam | None
+
+
+def _score(bundle: Bundle, data: bytes) -> Scored:
+    result = score_image(data, bundle)
+    cam = grad_cam(bundle.modernity, result.crop, bundle.transform) if result.accepted and result.crop else None
+    return Scored(result, cam)
+
+
+def score_bytes(bundle: Bundle, data: bytes) -> Scored | None:
+    """Score `data` once per session (keyed by its sha256); a failure becomes a message and None."""
+    token = (str(bundle.path), hashlib.sha256(data).hexdigest())
+    with common.user_errors("scoring the image"), st.spinner("Finding the car and scoring it …"):
+        return common.memo("score", token, lambda: _score(bundle, data))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+
+def show_detection(result: ScoreResult, width: int | str = "stretch") -> None:
+    """The photo with the found car's box and mask, and which segmenter ran."""
+    st.image(widgets.detection_overlay(result.image, result.box, result.mask), width=width)
+    found = "car found" if result.box is not None else "no car found"
+    st.caption(f"Segmenter: **{result.segmenter}** · {found} · car confidence {fmt.percent(result.car_confidence)}")
+
+
+def _advice(reason: str) -> str:
+    return REJECTION_ADVICE["no car"] if reason.lower().startswith("no car") else REJECTION_ADVICE["view"]
+
+
+def show_gate(bundle: Bundle, result: ScoreResult) -> None:
+    """Car and view checks with probabilities and thresholds; a plain reason when the image was rejected."""
+    thresholds = bundle.thresholds
+    car_ok = result.box is not None
+    st.markdown(
+        f"{'✅' if car_ok else '❌'} **Car**: confidence {fmt.percent(result.car_confidence)} "
+        f"(threshold {fmt.percent(thresholds.car)})"
+    )
+    if result.frontal is not None:
+        views = "any view is accepted" if bundle.valid_views == "all" else "only frontal views are accepted"
+        st.markdown(
+            f"{'✅' if result.frontal.is_frontal else '➖'} **Frontal view**: probability "
+            f"{fmt.percent(result.frontal.probability)} (threshold {fmt.percent(result.frontal.threshold)}; {views})"
+        )
+    if not result.accepted and result.reason:
+        st.warning(f"**Not scored.** {result.reason} {_advice(result.reason)}", icon=":material/block:")
+
+
+# ------------------------------------------------------------------------------------------------- scores
+
+
+def show_modernity(bundle: Bundle, result: ScoreResult, key: str, height: int = 260) -> None:
+    """Gauge (0-4) with the expected year, and the probability per year bin."""
+    modernity = result.modernity
+    gauge = modernity_gauge(modernity.score, modernity.expected_year, bundle.year_bins, common.scaled(height))
+    widgets.show_figure(gauge, "modernity gauge", f"{key}:gauge")
+    labels = [b.label for b in bundle.year_bins]
+    title = f"Year bin · most likely {modernity.predicted_label}"
+    bars = probability_bars(labels, modernity.probabilities, title, common.scaled(height))
+    widgets.show_figure(bars, "year bin probabilities", f"{key}:bins")
+
+
+def show_body_type(result: ScoreResult, key: str, height: int = 260) -> None:
+    body = result.body_type
+    figure = probability_bars(
+        list(body.probabilities), list(body.probabilities.values()), f"Body type · {body.label}", common.scaled(height)
+    )
+    widgets.show_figure(figure, "body type probabilities", f"{key}:body")
+
+
+def _morph_row(bundle: Bundle, result: ScoreResult) -> int | None:
+    return bundle.morphs.find(result.body_type.index, result.modernity.predicted_bin)
+
+
+def morph_picture(bundle: Bundle, morph: int, size: int = 160) -> Image.Image:
+    return Image.fromarray(bundle.morphs.images[morph]).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def show_typicality(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, key: str) -> None:
+    """Cosine and percentile within the group, next to the group's morph and its most typical member."""
+    typical = result.typicality
+    morph = _morph_row(bundle, result)
+    if not typical.has_morph or morph is None:
+        st.info(typical.reason or f"No morph for {typical.group}.")
+        return
+    numbers, morph_column, member_column = st.columns([2, 1, 1])
+    with numbers:
+        st.metric(f"Typicality within {typical.group}", fmt.score(typical.cosine), help="cosine to the morph")
+        st.markdown(
+            f"**{fmt.percentile(typical.percentile)}** among the group's {fmt.count(typical.members)} training cars"
+        )
+    morph_column.image(morph_picture(bundle, morph), caption=f"Morph of {typical.group}")
+    members = group_members(table, group_key(result.body_type.label, result.modernity.predicted_bin))
+    if len(members):
+        row = int(members.index[0])
+        member_column.image(widgets.thumbnail(bundle, table, row), caption=f"Most typical: {members['label'].iat[0]}")
+    histogram = typicality_histogram(
+        bundle.morphs.typicality_values(morph),
+        f"Typicality of {typical.group}'s training cars",
+        typical.cosine,
+        height=common.scaled(220),
+    )
+    widgets.show_figure(histogram, "typicality distribution", f"{key}:typicality")
+
+
+def show_gradcam(scored: Scored) -> None:
+    if scored.cam is None or scored.result.crop is None:
+        return
+    crop = scored.result.crop
+    left, right = st.columns(2)
+    left.image(crop, caption="The crop the networks saw", width="stretch")
+    label = scored.result.modernity.predicted_label
+    right.image(
+        overlay(crop, scored.cam.heatmap),
+        caption=f"Grad-CAM: regions that raised the '{label}' prediction ({fmt.percent(scored.cam.probability)})",
+        width="stretch",
+    )
+
+
+def show_map_position(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, key: str) -> None:
+    """The upload as a star on the map, and its nearest collection cars with distances."""
+    if result.map_position is None:
+        return
+    rows = np.arange(len(table))
+    spec = COLOUR_OPTIONS["year_bin"]
+    mapped = map_figure(
+        table,
+        rows,
+        spec,
+        year_bins=bundle.year_bins,
+        overlay=MapOverlay(star=result.map_position),
+        height=common.scaled(480),
+    )
+    widgets.show_figure(mapped.figure, "map with your car", f"{key}:map")
+    if result.neighbours is None:
+        return
+    indices = result.neighbours.indices[:NEIGHBOURS_SHOWN]
+    distances = dict(zip(indices.tolist(), result.neighbours.cosine_distances[:NEIGHBOURS_SHOWN].tolist(), strict=True))
+    st.markdown("**Nearest cars in the collection** (cosine distance of the features; 0 = same direction)")
+    widgets.gallery(
+        bundle,
+        table,
+        indices,
+        lambda row: f"{row['label']} · {row['body_label']} · distance {distances[int(row.name)]:.3f}",
+        root=common.image_root(),
+    )
+
+
+def show_timings(result: ScoreResult) -> None:
+    with st.expander("Timings per stage"):
+        rows = [{"stage": stage, "time": fmt.milliseconds(ms)} for stage, ms in result.timings.items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="content")
