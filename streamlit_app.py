@@ -1,7 +1,9 @@
 """carmorph: how modern is a car's design, and how typical is it for its class?  `streamlit run streamlit_app.py`
 
 The entry point is the frame around every page: page config, navigation, the shared sidebar (bundle, image
-root, presentation toggle, about). Pages live in pages/ and call into core/ through the helpers in ui/.
+root, presentation toggle, about). Pages live in app_pages/ (not pages/: a folder of that name
+would switch Streamlit to its older pages-directory mode, in which a first visit to /explore runs the page
+without this frame) and call into core/ through the helpers in ui/.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ from core.report import initialisation_line
 from ui import common
 
 PAGES = (
-    st.Page("pages/score.py", title="Score a car", icon=":material/photo_camera:", url_path="score", default=True),
-    st.Page("pages/explore.py", title="Explore the map", icon=":material/scatter_plot:", url_path="explore"),
-    st.Page("pages/morphs.py", title="Morphs", icon=":material/grid_view:", url_path="morphs"),
-    st.Page("pages/report.py", title="Model report", icon=":material/monitoring:", url_path="report"),
-    st.Page("pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
+    st.Page("app_pages/score.py", title="Score a car", icon=":material/photo_camera:", url_path="score", default=True),
+    st.Page("app_pages/explore.py", title="Explore the map", icon=":material/scatter_plot:", url_path="explore"),
+    st.Page("app_pages/morphs.py", title="Morphs", icon=":material/grid_view:", url_path="morphs"),
+    st.Page("app_pages/report.py", title="Model report", icon=":material/monitoring:", url_path="report"),
+    st.Page("app_pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
 )
+
+
+def route_page_parameter(current: st.Page) -> None:
+    """`?page=<name>` opens that page with the other parameters kept (the page is also the URL path: /explore)."""
+    wanted = st.query_params.get("page")
+    target = next((page for page in PAGES if page.url_path == wanted), None)
+    if target is not None and target.url_path != current.url_path:
+        params = {key: st.query_params.get_all(key) for key in st.query_params if key != "page"}
+        st.switch_page(target, query_params=params)
 
 
 def bundle_line(bundle: Bundle | None) -> str:
@@ -58,6 +69,7 @@ def sidebar(bundle: Bundle | None) -> None:
 def main() -> None:
     st.set_page_config(page_title="carmorph", page_icon=":material/directions_car:", layout="wide")
     page = st.navigation(list(PAGES), position="top" if common.presenting() else "sidebar")
+    route_page_parameter(page)  # before any widget binds its parameter: bound parameters cannot be passed on
     bundle, _ = common.bundle_or_error()
     sidebar(bundle)
     common.apply_presentation()

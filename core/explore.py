@@ -16,7 +16,7 @@ import pandas as pd
 
 from core.config import YearBin
 from core.projection import MapPlacer
-from core.scoring import Morphs, group_key
+from core.scoring import Morphs, group_key, group_label
 
 UNKNOWN = "unknown"
 CSV_COLUMNS = (
@@ -41,25 +41,27 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class ColourSpec:
-    """One colour-by choice of the map: the map-table column and whether it is categorical."""
+    """One colour-by choice of the map: the map-table column, whether it is categorical, and for continuous
+    colours the scale and the colour bar's title (the short `title` also names the choice in the URL)."""
 
     key: str
     title: str
     column: str
     categorical: bool
     colorscale: str = "Viridis"
+    unit: str = ""
 
 
 COLOUR_OPTIONS: dict[str, ColourSpec] = {
     spec.key: spec
     for spec in (
         ColourSpec("year_bin", "Year bin", "year_bin_label", True),
-        ColourSpec("year", "Model year", "year_value", False, "Viridis"),
+        ColourSpec("year", "Model year", "year_value", False, "Viridis", "model year"),
         ColourSpec("body_type", "Body type", "body_label", True),
-        ColourSpec("typicality", "Typicality (cosine)", "typicality", False, "Cividis"),
-        ColourSpec("modernity", "Modernity score (0-4)", "modernity", False, "Plasma"),
+        ColourSpec("typicality", "Typicality", "typicality", False, "Cividis", "cosine to morph"),
+        ColourSpec("modernity", "Modernity", "modernity", False, "Plasma", "score 0-4"),
         ColourSpec("split", "Split", "split", True),
-        ColourSpec("error", "Prediction error (expected − true year)", "error_years", False, "RdBu"),
+        ColourSpec("error", "Prediction error", "error_years", False, "RdBu", "expected − true year"),
     )
 }
 
@@ -131,14 +133,15 @@ def map_table(images: pd.DataFrame, year_bins: Sequence[YearBin]) -> pd.DataFram
 
 
 def hover_texts(table: pd.DataFrame) -> pd.Series:
-    """'<label> · <year> · <body type><br><id>' per row (the map's hover text)."""
+    """'<label> (<year>, <body type>)<br><id>' per row: the map's hover text (ASCII separators keep the JSON
+    sent to the browser small: Plotly escapes '·' and '<', '>')."""
     year = table["year_value"].map(lambda y: "year ?" if math.isnan(y) else str(int(y)))
-    return table["label"] + " · " + year + " · " + table["body_label"] + "<br>" + table["id"].astype(str)
+    return table["label"] + " (" + year + ", " + table["body_label"] + ")<br>" + table["id"].astype(str)
 
 
 def category_order(values: pd.Series, spec: ColourSpec, year_bins: Sequence[YearBin] = ()) -> list[str]:
     """Legend order for a categorical colour: year bins chronologically, others alphabetically; unknown last."""
-    present = set(values.astype(str))
+    present = {str(value) for value in pd.unique(values)}
     if spec.key == "year_bin":
         ordered = [b.label for b in year_bins if b.label in present]
     elif spec.key == "split":
@@ -318,6 +321,14 @@ def morph_similarity(morphs: Morphs) -> np.ndarray:
     features = morphs.features.astype(np.float64)
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     return unit @ unit.T
+
+
+def group_title(key: str, year_bins: Sequence[YearBin]) -> str:
+    """A group key of the images table as its label: 'Saloon|4' -> 'Saloon · 2012'; '' (no group) stays ''."""
+    if not key:
+        return ""
+    body, _, index = key.rpartition("|")
+    return group_label(body, year_bins[int(index)])
 
 
 def group_members(table: pd.DataFrame, key: str) -> pd.DataFrame:

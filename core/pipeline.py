@@ -79,7 +79,7 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
     clock = _Clock()
     picture = load_image(image)
     clock.lap("decode")
-    segmenter = segmenter or bundle_segmenter(bundle)
+    segmenter = bundle_segmenter(bundle) if segmenter is None else segmenter
     found = segmenter.segment(picture)
     clock.lap("segment")
     result = ScoreResult(

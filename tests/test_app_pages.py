@@ -25,7 +25,13 @@ from training.metrics import classification_metrics
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 TIMEOUT = 120
-PAGES = ("pages/score.py", "pages/explore.py", "pages/morphs.py", "pages/report.py", "pages/tour.py")
+PAGES = (
+    "app_pages/score.py",
+    "app_pages/explore.py",
+    "app_pages/morphs.py",
+    "app_pages/report.py",
+    "app_pages/tour.py",
+)
 
 
 def bundle_variant(source: Path, target: Path, **changes: Any) -> Path:
@@ -142,7 +148,7 @@ def test_every_page_renders(app: Callable[..., AppTest], page: str) -> None:
     assert_clean(at)
     assert not at.error, [e.value for e in at.error]
     assert at.title, "every page has a title"
-    assert "tiny-test-bundle" in at.sidebar.markdown[0].value
+    assert "tiny-test-bundle" in at.sidebar.markdown[0].value, "the shared sidebar names the bundle"
 
 
 def test_about_explains_the_three_scores(app: Callable[..., AppTest]) -> None:
@@ -165,18 +171,20 @@ def test_score_page_explains_itself_without_a_bundle(app: Callable[..., AppTest]
 
 
 def test_presentation_mode_from_the_url(app: Callable[..., AppTest]) -> None:
-    at = app(params={"present": "true"}, page="pages/explore.py")
+    at = app(params={"present": "true"})
     assert_clean(at)
     assert at.toggle(key="present").value is True
-    assert at.button(key="exit_presentation")
     at.button(key="exit_presentation").click().run()
     assert at.toggle(key="present").value is False
+    assert "exit_presentation" not in [button.key for button in at.button]
 
 
-def test_page_parameter_opens_that_page(app: Callable[..., AppTest]) -> None:
-    at = app(params={"page": "morphs"})
+def test_page_parameter_opens_that_page_with_its_view(app: Callable[..., AppTest]) -> None:
+    at = app(params={"page": "explore", "colour": "Split", "body": "SUV"})
     assert_clean(at)
-    assert at.title[0].value == "Morphs"
+    assert at.title[0].value == "Explore the embedding map"
+    assert at.selectbox(key="colour").value == "split"
+    assert at.multiselect(key="body").value == ["SUV"]
 
 
 # --------------------------------------------------------------------------------------------------- score
@@ -205,7 +213,7 @@ def test_score_rejects_a_photo_without_a_car(app: Callable[..., AppTest], fixtur
     assert_clean(at)
     reason = at.warning[0].value
     assert "No car found" in reason and "car confidence" in reason
-    assert "How modern" not in texts(at)
+    assert "How modern" not in [s.value for s in at.subheader]
 
 
 def test_score_survives_a_text_file(app: Callable[..., AppTest]) -> None:
@@ -217,7 +225,8 @@ def test_score_survives_a_text_file(app: Callable[..., AppTest]) -> None:
 
 def test_score_a_car_from_the_collection_via_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     car_id = tiny_bundle.images["id"].iat[0]
-    at = app(bundle="accept", params={"source": "collection", "car": car_id})
+    label = f"{tiny_bundle.images['class_name'].iat[0]} ({car_id})"  # the selectbox binds its label
+    at = app(bundle="accept", params={"source": "Collection", "car": label})
     assert_clean(at)
     assert at.selectbox(key="car").value == car_id
     assert "How typical" in texts(at)
@@ -225,7 +234,7 @@ def test_score_a_car_from_the_collection_via_the_url(app: Callable[..., AppTest]
 
 def test_collection_source_needs_an_image_root(app: Callable[..., AppTest], tmp_path: Path) -> None:
     at = app(image_root=tmp_path / "missing")
-    assert "collection" not in at.segmented_control(key="source").options
+    assert at.segmented_control(key="source").options == ["Upload", "Camera"]
     assert any("Image root not found" in caption.value for caption in at.sidebar.caption)
 
 
@@ -233,7 +242,7 @@ def test_collection_source_needs_an_image_root(app: Callable[..., AppTest], tmp_
 
 
 def test_explore_every_colour(app: Callable[..., AppTest]) -> None:
-    at = app(page="pages/explore.py")
+    at = app(page="app_pages/explore.py")
     for key in COLOUR_OPTIONS:
         at.selectbox(key="colour").set_value(key).run()
         assert_clean(at)
@@ -243,7 +252,7 @@ def test_explore_every_colour(app: Callable[..., AppTest]) -> None:
 def test_explore_reacts_to_a_selection(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     """The chart's on_select callback stores the selected ids in session state; a test sets them directly."""
     ids = tiny_bundle.images["id"].iloc[[0, 3, 8]].tolist()
-    at = app(page="pages/explore.py")
+    at = app(page="app_pages/explore.py")
     at.session_state["explore_selection"] = ids
     at.run()
     assert_clean(at)
@@ -255,8 +264,9 @@ def test_explore_reacts_to_a_selection(app: Callable[..., AppTest], tiny_bundle:
 
 def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     chosen = tiny_bundle.images.iloc[3]
-    params = {"colour": "body_type", "body": ["SUV", "Saloon"], "split": "train", "q": "audi", "id": chosen["id"]}
-    at = app(page="pages/explore.py", params=params)
+    # A selectbox with format_func binds its label ("Body type"); multiselects and text inputs their values.
+    params = {"colour": "Body type", "body": ["SUV", "Saloon"], "split": "train", "q": "audi", "id": chosen["id"]}
+    at = app(page="app_pages/explore.py", params=params)
     assert_clean(at)
     assert at.selectbox(key="colour").value == "body_type"
     assert at.multiselect(key="body").value == ["SUV", "Saloon"]
@@ -278,25 +288,29 @@ def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bu
 
 def test_morphs_show_every_group(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     frame = morph_frame(tiny_bundle.morphs)
-    at = app(page="pages/morphs.py")
+    at = app(page="app_pages/morphs.py")
     assert_clean(at)
     members = [m for m in at.metric if m.label == "members"]
     assert sorted(int(m.value) for m in members) == sorted(frame["count"].tolist())
-    assert at.selectbox(key="group").options == frame["key"].tolist()
+    assert at.selectbox(key="group").options == frame["title"].tolist()
     table = map_table(tiny_bundle.images, tiny_bundle.year_bins)
     for key in frame["key"]:
         at.selectbox(key="group").set_value(key).run()
         assert_clean(at)
         shown = " ".join(captions(at))
-        for label in table.loc[table["group"] == key, "label"]:
-            assert label in shown, f"{label} of {key} is in the most / average / least typical rows"
+        members = table[table["group"] == key].sort_values("typicality")
+        if members.empty:  # a morph (true labels) that no car is predicted into: the rows say so
+            assert "No car of the collection is predicted into" in at.info[0].value
+            continue
+        for label in (members["label"].iat[0], members["label"].iat[-1]):
+            assert label in shown, f"{label}: the least and the most typical car of {key} are shown"
     assert len(charts(at)) == 2, "typicality histogram and the morph similarity heatmap"
 
 
 def test_morph_group_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
-    last = morph_frame(tiny_bundle.morphs)["key"].iloc[-1]
-    at = app(page="pages/morphs.py", params={"group": last})
-    assert at.selectbox(key="group").value == last
+    last = morph_frame(tiny_bundle.morphs).iloc[-1]
+    at = app(page="app_pages/morphs.py", params={"group": last["title"]})
+    assert at.selectbox(key="group").value == last["key"]
 
 
 # -------------------------------------------------------------------------------------------------- report
@@ -305,7 +319,7 @@ def test_morph_group_restored_from_the_url(app: Callable[..., AppTest], tiny_bun
 def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundles: dict[str, Path]) -> None:
     manifest = json.loads((bundles["report"] / "manifest.json").read_text())
     tasks = collect_tasks(manifest["metrics"])
-    at = app(bundle="report", page="pages/report.py")
+    at = app(bundle="report", page="app_pages/report.py")
     assert_clean(at)
     headings = [s.value for s in at.subheader]
     assert [t.name for t in tasks] == headings
@@ -320,7 +334,7 @@ def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundle
 
 
 def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:
-    at = app(page="pages/report.py")
+    at = app(page="app_pages/report.py")
     assert_clean(at)
     assert "records no evaluation metrics" in at.info[0].value
 
@@ -329,7 +343,7 @@ def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:
 
 
 def test_tour_every_slide(app: Callable[..., AppTest]) -> None:
-    at = app(page="pages/tour.py")
+    at = app(page="app_pages/tour.py")
     titles = []
     for _ in range(6):
         assert_clean(at)
@@ -339,13 +353,13 @@ def test_tour_every_slide(app: Callable[..., AppTest]) -> None:
 
 
 def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
-    at = app(page="pages/tour.py", params={"slide": "5"})
+    at = app(page="app_pages/tour.py", params={"slide": "5"})
     assert_clean(at)
     assert at.title[0].value == "The embedding map"
 
 
 def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:
-    at = app(bundle="accept", page="pages/tour.py", params={"slide": "6"})
+    at = app(bundle="accept", page="app_pages/tour.py", params={"slide": "6"})
     at.file_uploader(key="tour_upload").set_value(("car.jpg", fixture_image_bytes("stanford_cars", 3), "image/jpeg"))
     at.run()
     assert_clean(at)

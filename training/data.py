@@ -17,17 +17,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-CROP_MARGIN = 0.04  # fraction of the box size added on each side, as the segmenter's crop does
+from core.artifacts import crop_to_box
 
 
-def crop_box(image: Image.Image, row: pd.Series, margin: float = CROP_MARGIN) -> Image.Image:
-    """The car's box (normalised columns box_x1..box_y2) with a margin; the whole image when unknown."""
-    if np.isnan(row["box_x1"]):
-        return image
+def crop_box(image: Image.Image, row: pd.Series) -> Image.Image:
+    """The car's box (normalised columns box_x1..box_y2) with the serving margin; the whole image when unknown."""
     w, h = image.size
-    x1, y1, x2, y2 = row["box_x1"] * w, row["box_y1"] * h, row["box_x2"] * w, row["box_y2"] * h
-    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
-    return image.crop((max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my)))
+    box = [row["box_x1"] * w, row["box_y1"] * h, row["box_x2"] * w, row["box_y2"] * h]
+    return crop_to_box(image, None if np.isnan(box[0]) else box)
 
 
 def build_cache(table: pd.DataFrame, data_root: Path, size: int, crop: bool, cache_dir: Path) -> np.ndarray:

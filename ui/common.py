@@ -18,7 +18,7 @@ import streamlit as st
 from core import config
 from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
 from core.errors import CarmorphError
-from core.explore import map_table
+from core.explore import map_table, morph_frame
 
 logger = logging.getLogger("carmorph.ui")
 T = TypeVar("T")
@@ -27,10 +27,10 @@ IMAGE_ROOT_KEY = "image_root"
 PRESENT_KEY = "present"
 PRESENTATION_SCALE = 1.4
 BUILD_COMMAND = (
-    "python -m training.prepare ...          # labels table and grouped split (see --help)\n"
-    "python -m training.train ...            # the modernity, body-type and gate networks\n"
+    "python -m training.prepare --help       # 1. labels table and grouped split of an image folder\n"
+    "python -m training.train --task modernity --out runs/modernity      # 2. the networks (and bodytype, gate)\n"
     "python -m training.build --modernity runs/modernity/best.pt --bodytype runs/bodytype/best.pt \\\n"
-    "    --gate runs/gate/best.pt --out artifacts/default"
+    "    --gate runs/gate/best.pt --out artifacts/default                # 3. the bundle"
 )
 
 ABOUT = """
@@ -44,9 +44,9 @@ year bin. The modernity score is the probability-weighted bin index, from 0 (old
 The percentile says where that value falls among the group's training cars.
 """
 
-# Presentation: hide the sidebar and Streamlit's toolbar (navigation moves to the top bar) and enlarge type.
+# Presentation: hide the sidebar and the toolbar's actions (navigation moves to the top bar) and enlarge type.
 CHROME_CSS = """
-section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stToolbar"],
+section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stToolbarActions"],
 [data-testid="stDecoration"] { display: none !important; }
 [data-testid="stMainBlockContainer"] { max-width: 100%; padding-top: 3.5rem; }
 """
@@ -114,6 +114,11 @@ def on_bundle(bundle: Bundle, name: str, build: Callable[[], T]) -> T:
 def bundle_table(bundle: Bundle) -> pd.DataFrame:
     """The bundle's images as a map table (core.explore.map_table), built once per bundle."""
     return on_bundle(bundle, "map_table", lambda: map_table(bundle.images, bundle.year_bins))
+
+
+def bundle_morphs(bundle: Bundle) -> pd.DataFrame:
+    """One row per morph of the bundle (core.explore.morph_frame), built once per bundle."""
+    return on_bundle(bundle, "morph_frame", lambda: morph_frame(bundle.morphs))
 
 
 # ----------------------------------------------------------------------------------------------- settings

@@ -41,5 +41,10 @@ def score(value: float | None, digits: int = 2) -> str:
     return DASH if _missing(value) else f"{value:.{digits}f}"
 
 
+def measure(value: float) -> str:
+    """A metric value: whole numbers (counts) as integers, others with three decimals."""
+    return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
+
+
 def count(value: int) -> str:
     return f"{value:,d}"

@@ -21,6 +21,12 @@ from ui import common, widgets
 from ui import format as fmt
 
 NEIGHBOURS_SHOWN = 8
+CROP_WIDTH = 360
+PASSED, FAILED, NOT_FRONTAL = (
+    ":green[:material/check_circle:]",
+    ":red[:material/cancel:]",
+    ":orange[:material/do_not_disturb_on:]",
+)
 REJECTION_ADVICE = {
     "no car": "Try a photo in which one car fills a good part of the frame.",
     "view": "The models were validated on cars seen from the front: take the photo facing the car's front.",
@@ -52,9 +58,9 @@ def score_bytes(bundle: Bundle, data: bytes) -> Scored | None:
 # ---------------------------------------------------------------------------------------------- detection
 
 
-def show_detection(result: ScoreResult, width: int | str = "stretch") -> None:
+def show_detection(result: ScoreResult) -> None:
     """The photo with the found car's box and mask, and which segmenter ran."""
-    st.image(widgets.detection_overlay(result.image, result.box, result.mask), width=width)
+    st.image(widgets.detection_overlay(result.image, result.box, result.mask), width="stretch")
     found = "car found" if result.box is not None else "no car found"
     st.caption(f"Segmenter: **{result.segmenter}** · {found} · car confidence {fmt.percent(result.car_confidence)}")
 
@@ -68,13 +74,13 @@ def show_gate(bundle: Bundle, result: ScoreResult) -> None:
     thresholds = bundle.thresholds
     car_ok = result.box is not None
     st.markdown(
-        f"{'✅' if car_ok else '❌'} **Car**: confidence {fmt.percent(result.car_confidence)} "
+        f"{PASSED if car_ok else FAILED} **Car**: confidence {fmt.percent(result.car_confidence)} "
         f"(threshold {fmt.percent(thresholds.car)})"
     )
     if result.frontal is not None:
         views = "any view is accepted" if bundle.valid_views == "all" else "only frontal views are accepted"
         st.markdown(
-            f"{'✅' if result.frontal.is_frontal else '➖'} **Frontal view**: probability "
+            f"{PASSED if result.frontal.is_frontal else NOT_FRONTAL} **Frontal view**: probability "
             f"{fmt.percent(result.frontal.probability)} (threshold {fmt.percent(result.frontal.threshold)}; {views})"
         )
     if not result.accepted and result.reason:
@@ -143,12 +149,12 @@ def show_gradcam(scored: Scored) -> None:
         return
     crop = scored.result.crop
     left, right = st.columns(2)
-    left.image(crop, caption="The crop the networks saw", width="stretch")
+    left.image(crop, caption="The crop the networks saw", width=CROP_WIDTH)
     label = scored.result.modernity.predicted_label
     right.image(
         overlay(crop, scored.cam.heatmap),
         caption=f"Grad-CAM: regions that raised the '{label}' prediction ({fmt.percent(scored.cam.probability)})",
-        width="stretch",
+        width=CROP_WIDTH,
     )
 
 

@@ -131,6 +131,7 @@ def html_download(figure: go.Figure, name: str, key: str) -> None:
         icon=":material/download:",
         help="Download this figure as an interactive HTML page (the camera icon in the chart saves a PNG).",
         on_click="ignore",
+        type="tertiary",
     )
 
 

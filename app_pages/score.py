@@ -15,21 +15,16 @@ INTRO = (
     "**how modern** its design looks (0 = oldest year bin, 4 = newest) and **how typical** it is for its body type "
     "and era."
 )
-SOURCES = {"upload": "Upload", "camera": "Camera", "collection": "From the collection"}
+UPLOAD, CAMERA, COLLECTION = "Upload", "Camera", "Collection"
 
 
 def pick_source(root: Path | None) -> str:
-    options = [key for key in SOURCES if key != "collection" or root is not None]
+    """Where the photo comes from (?source=...); the collection needs the image root."""
+    options = [UPLOAD, CAMERA] + ([COLLECTION] if root is not None else [])
     choice = st.segmented_control(
-        "Photo from",
-        options,
-        format_func=SOURCES.get,
-        default="upload",
-        required=True,
-        key="source",
-        bind="query-params",
+        "Photo from", options, default=UPLOAD, required=True, key="source", bind="query-params"
     )
-    return choice or "upload"
+    return choice or UPLOAD
 
 
 def collection_bytes(bundle: Bundle, root: Path) -> bytes | None:
@@ -59,10 +54,10 @@ def collection_bytes(bundle: Bundle, root: Path) -> bytes | None:
 def photo_bytes(bundle: Bundle, root: Path | None) -> bytes | None:
     """The bytes of the chosen photo, from whichever source is selected."""
     source = pick_source(root)
-    if source == "camera":
+    if source == CAMERA:
         shot = st.camera_input("Take a photo of a car", key="camera")
         return shot.getvalue() if shot else None
-    if source == "collection" and root is not None:
+    if source == COLLECTION and root is not None:
         return collection_bytes(bundle, root)
     upload = st.file_uploader("Photo of a car (JPEG, PNG, WebP, BMP, GIF, TIFF)", key="upload")
     return upload.getvalue() if upload else None

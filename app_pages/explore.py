@@ -13,6 +13,7 @@ from core.explore import (
     MapFilters,
     filter_rows,
     find_row,
+    group_title,
     neighbour_table,
     page_count,
     page_rows,
@@ -34,7 +35,7 @@ NEIGHBOURS = 8
 
 
 def filters_ui(table: pd.DataFrame) -> MapFilters:
-    """Colour-free filters, each bound to a query parameter (body, years, split, q)."""
+    """Body types, model years and splits to show."""
     body_options = sorted(set(table["body_label"]) - {UNKNOWN}) + (
         [UNKNOWN] if (table["body_label"] == UNKNOWN).any() else []
     )
@@ -103,7 +104,7 @@ def show_selection(bundle: Bundle, table: pd.DataFrame, ids: list[str]) -> None:
 def show_details(bundle: Bundle, table: pd.DataFrame, row: int) -> None:
     """One car: its photo, labels, scores and nearest neighbours in embedding space."""
     car = table.iloc[row]
-    st.subheader(f"{car['label']}")
+    st.subheader(str(car["label"]))
     picture, facts = st.columns([1, 2])
     picture.image(widgets.car_picture(bundle, table, row, common.image_root()), width="stretch")
     facts.markdown(
@@ -112,7 +113,7 @@ def show_details(bundle: Bundle, table: pd.DataFrame, row: int) -> None:
         f"**Modernity** {fmt.score(car['modernity'])} → expected year {fmt.year(car['expected_year'])} "
         f"(predicted bin {car['pred_year_bin_label']}) · **predicted body type** {car['pred_body_type']}  \n"
         f"**Typicality** {fmt.score(car['typicality'])} ({fmt.percentile(car['typicality_percentile'])} "
-        f"in {car['group'] or 'no group'})"
+        f"in {group_title(car['group'], bundle.year_bins) or 'no group'})"
     )
     facts.button("Close", on_click=common.set_query_value, args=("id", None), key="close_details")
     neighbours = neighbour_table(table, bundle.placer, bundle.embeddings[row], NEIGHBOURS, exclude=row)
@@ -127,10 +128,8 @@ def show_details(bundle: Bundle, table: pd.DataFrame, row: int) -> None:
     )
 
 
-@st.fragment
-def explorer(bundle: Bundle) -> None:
-    """Controls, map, selection and details: reruns alone on every interaction (the sidebar stays put)."""
-    table = common.bundle_table(bundle)
+def controls(table: pd.DataFrame) -> tuple[str, str, MapFilters]:
+    """Colour-by, search and filters, each bound to a query parameter (colour, q, body, years, split)."""
     colour_column, search_column = st.columns([2, 3])
     colour = colour_column.selectbox(
         "Colour by",
@@ -140,34 +139,52 @@ def explorer(bundle: Bundle) -> None:
         bind="query-params",
     )
     query = search_column.text_input("Search make or model", key="q", bind="query-params", placeholder="e.g. Audi")
-    filters = filters_ui(table)
+    return colour, query, filters_ui(table)
+
+
+def draw_map(
+    bundle: Bundle, table: pd.DataFrame, colour: str, query: str, filters: MapFilters, chosen: int | None
+) -> None:
+    """The WebGL map of the filtered cars, search matches ringed and the chosen car marked."""
     rows = filter_rows(table, filters)
     matches = np.flatnonzero(search_mask(table, query))
-    chosen = find_row(table, common.query_value("id"))
     overlay = MapOverlay(highlight=matches, highlight_name=f"“{query}”", marked=chosen)
-    mapped = map_figure(
-        table, rows, COLOUR_OPTIONS[colour], year_bins=bundle.year_bins, overlay=overlay, height=common.scaled(620)
+    height = common.scaled(620)
+    view = (str(bundle.path), colour, filters, query, chosen, height)  # a selection alone keeps the figure
+    mapped = common.memo(
+        "explore_map",
+        view,
+        lambda: map_figure(
+            table, rows, COLOUR_OPTIONS[colour], year_bins=bundle.year_bins, overlay=overlay, height=height
+        ),
     )
     st.session_state[TRACES_KEY] = mapped.trace_rows
+    found = f" · {fmt.count(len(matches))} match “{query}”" if query.strip() else ""
     st.caption(
-        f"{fmt.count(len(rows))} of {fmt.count(len(table))} cars shown · drag a box or lasso to select, click a car "
-        "for its details" + (f" · {fmt.count(len(matches))} match “{query}”" if query.strip() else "")
+        f"{fmt.count(len(rows))} of {fmt.count(len(table))} cars shown · click a car for its details; to select "
+        f"cars, pick box or lasso select in the chart's toolbar and draw{found}"
     )
     st.plotly_chart(
         mapped.figure,
         key=CHART_KEY,
         on_select=remember_selection,
         selection_mode=("points", "box", "lasso"),
-        config=widgets.chart_config("embedding map"),
+        config=widgets.chart_config("embedding map") | {"scrollZoom": True},
         width="stretch",
     )
     widgets.html_download(mapped.figure, "embedding map", CHART_KEY)
     if len(matches):
-        st.button(
-            f"Select the {fmt.count(len(matches))} matches",
-            on_click=select_ids,
-            args=(table["id"].iloc[matches].tolist(),),
-        )
+        ids = table["id"].iloc[matches].tolist()
+        st.button(f"Select the {fmt.count(len(matches))} matches", on_click=select_ids, args=(ids,))
+
+
+@st.fragment
+def explorer(bundle: Bundle) -> None:
+    """Controls, map, details and selection: reruns alone on every interaction (the sidebar stays put)."""
+    table = common.bundle_table(bundle)
+    colour, query, filters = controls(table)
+    chosen = find_row(table, common.query_value("id"))
+    draw_map(bundle, table, colour, query, filters, chosen)
     if chosen is not None:
         show_details(bundle, table, chosen)
     show_selection(bundle, table, st.session_state.get(SELECTION_KEY, []))

@@ -12,8 +12,8 @@ from core.explore import (
     COLOUR_OPTIONS,
     cars_per_year_bin,
     group_examples,
+    group_title,
     largest_groups,
-    morph_frame,
     most_typical_per_group,
 )
 from core.figures import map_figure
@@ -23,11 +23,6 @@ from ui import format as fmt
 SLIDE_KEY = "slide"
 PER_BIN = 4
 ROW_EXAMPLES = 3
-
-
-def group_titles(bundle: Bundle) -> dict[str, str]:
-    frame = common.on_bundle(bundle, "morph_frame", lambda: morph_frame(bundle.morphs))
-    return dict(zip(frame["key"], frame["title"], strict=True))
 
 
 def question(bundle: Bundle) -> None:
@@ -60,13 +55,12 @@ def cars_by_year(bundle: Bundle) -> None:
 def typical_cars(bundle: Bundle) -> None:
     st.title("The most typical car of every group")
     table = common.bundle_table(bundle)
-    titles = group_titles(bundle)
     best = most_typical_per_group(table)
     widgets.gallery(
         bundle,
         table,
         best.index,
-        lambda r: f"{titles.get(r['group'], r['group'])}: {r['label']}",
+        lambda r: f"{group_title(r['group'], bundle.year_bins)}: {r['label']}",
         root=common.image_root(),
         width=200,
     )
@@ -75,7 +69,7 @@ def typical_cars(bundle: Bundle) -> None:
 def typical_rows(bundle: Bundle) -> None:
     st.title("Most typical, average, least typical")
     table = common.bundle_table(bundle)
-    frame = common.on_bundle(bundle, "morph_frame", lambda: morph_frame(bundle.morphs))
+    frame = common.bundle_morphs(bundle)
     columns = st.columns([2, 3, 3, 3])
     for column, heading in zip(columns, ("Group", "Most typical", "Average", "Least typical"), strict=True):
         column.subheader(heading)
@@ -137,7 +131,7 @@ def step(delta: int) -> None:
 
 def controls() -> int:
     """Previous / slide numbers / next (arrow keys work too); returns the 1-based slide."""
-    back, numbers, forward = st.columns([1, 6, 1], vertical_alignment="center")
+    back, numbers, forward = st.columns([2, 6, 2], vertical_alignment="center")
     back.button("Previous", on_click=step, args=(-1,), shortcut="Left", icon=":material/arrow_back:")
     forward.button("Next", on_click=step, args=(1,), shortcut="Right", icon=":material/arrow_forward:")
     with numbers:

@@ -8,13 +8,17 @@ import pandas as pd
 import streamlit as st
 
 from core.artifacts import Bundle
-from core.explore import group_examples, morph_frame, morph_similarity
+from core.explore import group_examples, morph_similarity
 from core.figures import heatmap, typicality_histogram
 from ui import common, scoring, widgets
 from ui import format as fmt
 
 EXAMPLES = 5
 HISTOGRAM_BINS = 10
+NO_MEMBERS = (
+    "No car of the collection is predicted into {title}: cars join a group by their predicted body type and year "
+    "bin, while the morph was made from the training cars labelled so."
+)
 
 
 def typicality_counts(values: np.ndarray) -> list[int]:
@@ -80,13 +84,16 @@ def group_rows(bundle: Bundle, group: pd.Series) -> None:
     morph_column, rows_column = st.columns([1, 4])
     morph_column.image(scoring.morph_picture(bundle, int(group["morph"]), 200), caption=f"Morph of {group['title']}")
     with rows_column:
+        if examples.most.empty:
+            st.info(NO_MEMBERS.format(title=group["title"]))
         for title, members in (
             ("Most typical", examples.most),
             ("Average", examples.average),
             ("Least typical", examples.least),
         ):
-            st.markdown(f"**{title}**")
-            widgets.gallery(bundle, table, members.index, example_caption, root=common.image_root(), width=150)
+            if len(members):
+                st.markdown(f"**{title}**")
+                widgets.gallery(bundle, table, members.index, example_caption, root=common.image_root(), width=150)
     values = bundle.morphs.typicality_values(int(group["morph"]))
     histogram = typicality_histogram(
         values, f"Typicality of {group['title']}'s training cars", height=common.scaled(260)
@@ -115,7 +122,7 @@ def main() -> None:
         "as the pixel average of their photos). Typicality is a car's cosine similarity to its group's morph."
     )
     bundle = common.require_bundle()
-    morphs = common.on_bundle(bundle, "morph_frame", lambda: morph_frame(bundle.morphs))
+    morphs = common.bundle_morphs(bundle)
     if morphs.empty:
         st.info(f"This bundle has no morphs: no group reached {bundle.manifest.morph_min_members} training cars.")
         return

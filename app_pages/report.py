@@ -50,8 +50,9 @@ def data_section(bundle: Bundle) -> None:
 
 
 def score_table(task: TaskMetrics) -> pd.DataFrame:
-    rows = [{"measure": name, "value": value, "kind": "model"} for name, value in task.scores.items()]
-    rows += [{"measure": name, "value": value, "kind": "baseline"} for name, value in task.baselines.items()]
+    """The task's numbers, then its baselines, as text (counts without decimals)."""
+    rows = [{"measure": name, "value": fmt.measure(value), "kind": "model"} for name, value in task.scores.items()]
+    rows += [{"measure": n, "value": fmt.measure(v), "kind": "baseline"} for n, v in task.baselines.items()]
     return pd.DataFrame(rows, columns=["measure", "value", "kind"])
 
 
@@ -59,12 +60,7 @@ def task_section(task: TaskMetrics, index: int) -> None:
     """A task's numbers against its baselines, its confusion matrix and per-class F1 when recorded."""
     st.subheader(task.name)
     numbers, matrix, f1 = st.columns([2, 3, 2])
-    numbers.dataframe(
-        score_table(task),
-        hide_index=True,
-        width="stretch",
-        column_config={"value": st.column_config.NumberColumn(format="%.3f")},
-    )
+    numbers.dataframe(score_table(task), hide_index=True, width="stretch")
     labels = list(task.labels)
     if task.confusion is not None and len(labels) == len(task.confusion):
         with matrix:

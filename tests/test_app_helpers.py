@@ -1,0 +1,287 @@
+"""The dashboard's pure helpers on the tiny test bundle: core.explore (filters, selections, summaries, morph and
+tour picks), core.figures (map traces and rows), core.report (metrics and curves by shape), ui.format, ui.widgets."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from core.artifacts import Bundle
+from core.explore import (
+    COLOUR_OPTIONS,
+    UNKNOWN,
+    MapFilters,
+    cars_per_year_bin,
+    example_rows,
+    filter_rows,
+    find_row,
+    group_examples,
+    largest_groups,
+    map_table,
+    morph_frame,
+    morph_similarity,
+    most_typical_per_group,
+    neighbour_table,
+    page_count,
+    page_rows,
+    search_mask,
+    selection_csv,
+    selection_rows,
+    summarise_selection,
+    year_span,
+)
+from core.figures import MapOverlay, confusion_heatmap, figure_html, map_figure, modernity_gauge
+from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
+from ui import format as fmt
+from ui import widgets
+
+
+@pytest.fixture(scope="module")
+def table(tiny_bundle: Bundle) -> pd.DataFrame:
+    return map_table(tiny_bundle.images, tiny_bundle.year_bins)
+
+
+# ---------------------------------------------------------------------------------------------- map table
+
+
+def test_map_table_keeps_rows_and_adds_display_columns(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    assert table["id"].tolist() == tiny_bundle.images["id"].tolist()
+    unknown_body = tiny_bundle.images["body_type"] == ""
+    assert (table.loc[unknown_body.to_numpy(), "body_label"] == UNKNOWN).all()
+    known = table["year_value"].notna()
+    assert np.allclose(table.loc[known, "error_years"], table.loc[known, "expected_year"] - table.loc[known, "year"])
+    assert table["year_value"].isna().sum() == (tiny_bundle.images["year"] <= 0).sum()
+    first = table.iloc[0]
+    assert first["hover"] == f"{first['label']} ({int(first['year'])}, {first['body_label']})<br>{first['id']}"
+
+
+def test_filters_and_search(table: pd.DataFrame) -> None:
+    assert len(filter_rows(table, MapFilters())) == len(table)
+    suvs = filter_rows(table, MapFilters(body_types=("SUV",)))
+    assert set(table["body_label"].iloc[suvs]) == {"SUV"}
+    low, high = year_span(table)
+    assert len(filter_rows(table, MapFilters(years=(low, high)))) == len(table), "the full span keeps unknown years"
+    recent = filter_rows(table, MapFilters(years=(2010, high)))
+    assert (table["year"].iloc[recent] >= 2010).all() and len(recent) < len(table)
+    val = filter_rows(table, MapFilters(splits=("val",)))
+    assert set(table["split"].iloc[val]) == {"val"}
+    audi = search_mask(table, "  AUDI tt ")
+    assert table.loc[audi, "label"].tolist() == ["Audi TT Hatchback 2011"]
+    assert not search_mask(table, "").any()
+
+
+def test_selection_event_maps_back_to_rows(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    """Points named as Plotly names them (trace, index in trace) come back as the rows drawn at those positions."""
+    rows = filter_rows(table, MapFilters(splits=("train",)))
+    mapped = map_figure(table, rows, COLOUR_OPTIONS["body_type"], overlay=MapOverlay(star=(0.0, 0.0)))
+    points = []
+    for curve, trace in enumerate(mapped.figure.data[:-1]):  # the star is last
+        for index in range(0, len(trace.x), 2):
+            points.append({"curve_number": curve, "point_index": index, "x": trace.x[index], "y": trace.y[index]})
+    points.append({"curve_number": len(mapped.figure.data) - 1, "point_index": 0})  # the star: no row
+    selected = selection_rows(points, mapped.trace_rows)
+    assert len(selected) == len(points) - 1
+    for point, row in zip(points, selected, strict=False):
+        assert math.isclose(table["umap_x"].iat[row], point["x"], rel_tol=1e-6)
+        assert math.isclose(table["umap_y"].iat[row], point["y"], rel_tol=1e-6)
+    assert selection_rows(points + points[:3], mapped.trace_rows).tolist() == selected.tolist(), "no duplicates"
+    assert selection_rows([{"curve_number": 99, "point_index": 0}], mapped.trace_rows).size == 0
+
+
+def test_map_traces_cover_each_shown_row_once(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    rows = np.arange(len(table))
+    for spec in COLOUR_OPTIONS.values():
+        mapped = map_figure(table, rows, spec, year_bins=tiny_bundle.year_bins)
+        drawn = np.concatenate(mapped.trace_rows)
+        assert sorted(drawn.tolist()) == rows.tolist(), spec.key
+        assert [len(t.x) for t in mapped.figure.data] == [len(r) for r in mapped.trace_rows]
+        assert all(t.type == "scattergl" for t in mapped.figure.data)
+
+
+def test_overlay_traces(table: pd.DataFrame) -> None:
+    overlay = MapOverlay(highlight=np.array([1, 2]), marked=3, star=(0.5, -0.5))
+    mapped = map_figure(table, np.arange(len(table)), COLOUR_OPTIONS["year"], overlay=overlay)
+    highlight, marked, star = mapped.trace_rows[-3:]
+    assert highlight.tolist() == [1, 2] and marked.tolist() == [3] and star.size == 0
+    assert mapped.figure.data[-1].marker.symbol == "star"
+
+
+def test_summary_pages_and_csv(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    rows = np.array([0, 3, 8, 13])
+    summary = summarise_selection(table, rows, tiny_bundle.year_bins)
+    assert summary.count == 4
+    assert sum(summary.by_body_type.values()) == 4 and summary.by_body_type[UNKNOWN] == 1
+    assert math.isclose(summary.mean_modernity, table["modernity"].iloc[rows].mean())
+    assert page_count(0, 24) == 1 and page_count(49, 24) == 3
+    assert page_rows(np.arange(49), 3, 24).tolist() == [48]
+    assert page_rows(np.arange(49), 9, 24).tolist() == [48], "pages past the end show the last page"
+    frame = pd.read_csv(io.BytesIO(selection_csv(table, rows)))
+    assert frame["id"].tolist() == table["id"].iloc[rows].tolist()
+    assert {"modernity", "typicality", "umap_x"} <= set(frame.columns)
+
+
+def test_neighbours_exclude_the_car_itself(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    neighbours = neighbour_table(table, tiny_bundle.placer, tiny_bundle.embeddings[5], 4, exclude=5)
+    assert len(neighbours) == 4 and 5 not in neighbours["row"].tolist()
+    assert neighbours["cosine_distance"].is_monotonic_increasing
+    own = neighbour_table(table, tiny_bundle.placer, tiny_bundle.embeddings[5], 1)
+    assert own["row"].tolist() == [5] and own["cosine_distance"].iat[0] < 1e-5
+    assert find_row(table, table["id"].iat[7]) == 7
+    assert find_row(table, "no-such-id") is None and find_row(table, None) is None
+
+
+# ---------------------------------------------------------------------------------------- morphs and tour
+
+
+def test_morph_frame_and_similarity(tiny_bundle: Bundle) -> None:
+    frame = morph_frame(tiny_bundle.morphs)
+    assert len(frame) == len(tiny_bundle.morphs)
+    assert frame["key"].tolist() == [f"{b}|{y}" for b, y in zip(frame["body_type"], frame["year_bin"], strict=True)]
+    similarity = morph_similarity(tiny_bundle.morphs)
+    assert np.allclose(np.diag(similarity), 1.0) and np.allclose(similarity, similarity.T)
+    assert largest_groups(frame, 1)["count"].iat[0] == frame["count"].max()
+
+
+def test_group_examples_order_by_typicality(table: pd.DataFrame) -> None:
+    key = table.loc[table["group"] != "", "group"].value_counts().index[0]
+    examples = group_examples(table, key, key, n=3)
+    members = table[table["group"] == key]
+    assert examples.most["typicality"].iat[0] == members["typicality"].max()
+    assert examples.least["typicality"].iat[0] == members["typicality"].min()
+    assert examples.most["typicality"].is_monotonic_decreasing
+    median = members["typicality"].median()
+    farthest_average = (examples.average["typicality"] - median).abs().max()
+    others = members.drop(examples.average.index)
+    assert farthest_average <= (others["typicality"] - median).abs().min() + 1e-12
+    best = most_typical_per_group(table)
+    assert best.loc[best["group"] == key, "typicality"].iat[0] == members["typicality"].max()
+
+
+def test_tour_and_try_a_car_picks(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    chosen = cars_per_year_bin(table, tiny_bundle.year_bins, n=2)
+    for label, cars in chosen.items():
+        bin_index = [b.label for b in tiny_bundle.year_bins].index(label)
+        assert (cars["year_bin"] == bin_index).all() and 1 <= len(cars) <= 2
+        assert cars["modernity"].is_monotonic_increasing
+    assert sorted(example_rows(table).tolist()) == list(range(len(table))), "a small collection offers every car"
+    few = example_rows(table, limit=5, year_bins=tiny_bundle.year_bins)
+    assert len(few) == 5 and len(set(few.tolist())) == 5
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+
+EVALUATION = {
+    "stanford_cars": {
+        "split": "test",
+        "n": 10,
+        "modernity": {
+            "accuracy": 0.4,
+            "macro_f1": 0.3,
+            "per_class_f1": [0.1, None, 0.5],
+            "confusion": [[1, 0, 0], [0, 0, 1], [0, 1, 2]],
+            "labels": ["a", "b", "c"],
+            "baselines": {"majority_accuracy": 0.3},
+        },
+        "by_view": {"frontal": {"n": 3, "mae_years": 2.5}},
+    },
+    "map_placement": {"median_distance": 0.4, "nan_value": float("nan"), "flag": True},
+}
+
+
+def test_tasks_found_by_shape() -> None:
+    tasks = {t.name: t for t in collect_tasks(EVALUATION)}
+    assert list(tasks) == [
+        "stanford_cars",
+        "stanford_cars · modernity",
+        "stanford_cars · by_view · frontal",
+        "map_placement",
+    ]
+    modernity = tasks["stanford_cars · modernity"]
+    assert modernity.scores == {"accuracy": 0.4, "macro_f1": 0.3}
+    assert modernity.baselines == {"majority_accuracy": 0.3}
+    assert modernity.confusion == ((1, 0, 0), (0, 0, 1), (0, 1, 2))
+    assert math.isnan(modernity.per_class_f1[1])
+    assert tasks["map_placement"].scores == {"median_distance": 0.4}, "NaN and booleans are not scores"
+    assert collect_tasks({}) == []
+
+
+def test_curves_found_by_shape() -> None:
+    history = [{"epoch": 0, "loss": 2.0, "score": 0.1}, {"epoch": 1, "loss": 1.0, "score": 0.3}]
+    training = {"modernity": {"epoch": 1, "history": history, "args": {"lr": 0.1}}, "gate": {"history": []}}
+    (curve,) = collect_curves(training)
+    assert curve.name == "modernity" and curve.series == ["loss", "score"]
+
+
+def test_counts_and_provenance(tiny_bundle: Bundle) -> None:
+    counts = split_counts(tiny_bundle.images, {})
+    assert counts.loc["stanford_cars", "train"] == (tiny_bundle.images["dataset"] == "stanford_cars").sum()
+    recorded = split_counts(tiny_bundle.images, {"counts": {"x": {"test": 2, "train": 5}}})
+    assert recorded.columns.tolist() == ["train", "test"] and recorded.loc["x", "test"] == 2
+    groups = group_counts(tiny_bundle.images, tiny_bundle.body_types, tiny_bundle.year_bins)
+    assert groups.shape == (len(tiny_bundle.body_types), len(tiny_bundle.year_bins))
+    assert (
+        groups.to_numpy().sum()
+        == ((tiny_bundle.images["year_bin"] >= 0) & (tiny_bundle.images["body_type"] != "")).sum()
+    )
+    facts = provenance_facts({"splits": {"a": "train"}, "counts": {}, "datasets": {"s": "Stanford"}, "seed": 0})
+    assert facts == {"datasets": "s: Stanford", "seed": "0"}
+
+
+# ------------------------------------------------------------------------------------------ figures, format
+
+
+def test_score_and_report_figures(tiny_bundle: Bundle) -> None:
+    gauge = modernity_gauge(2.5, 2009.4, tiny_bundle.year_bins)
+    assert gauge.data[0].value == 2.5 and gauge.layout.height == 260
+    confusion = confusion_heatmap([[3, 1], [0, 0]], ["a", "b"], "c")
+    assert confusion.data[0].z.tolist() == [[0.75, 0.25], [0.0, 0.0]], "row shares; an empty row stays 0"
+    assert "plotly" in figure_html(confusion).lower()
+
+
+def test_formatting() -> None:
+    assert fmt.year(2009.6) == "2010" and fmt.year(float("nan")) == fmt.DASH and fmt.year(-1) == fmt.DASH
+    assert fmt.percent(0.873) == "87 %" and fmt.percent(None) == fmt.DASH
+    assert [fmt.percentile(v) for v in (1, 2, 3, 11, 12, 22, 42.4, 100)] == [
+        "1st percentile", "2nd percentile", "3rd percentile", "11th percentile", "12th percentile",
+        "22nd percentile", "42nd percentile", "100th percentile",
+    ]  # fmt: skip
+    assert fmt.milliseconds(3.21) == "3.2 ms" and fmt.milliseconds(1234.4) == "1,234 ms"
+    assert fmt.measure(14.0) == "14" and fmt.measure(0.5) == "0.500" and fmt.count(12345) == "12,345"
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def test_missing_pictures_become_placeholders(tiny_bundle: Bundle, table: pd.DataFrame, tmp_path: Path) -> None:
+    assert widgets.collection_photo(None, "stanford_cars/images/00098.jpg") is None
+    assert widgets.collection_photo(tmp_path, "stanford_cars/images/00098.jpg") is None
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    assert widgets.collection_photo(tmp_path, "broken.jpg") is None
+    tile = tiny_bundle.manifest.atlas.tile
+    assert widgets.car_picture(tiny_bundle, table, 0, tmp_path).size == (tile, tile), "the atlas thumbnail instead"
+    broken = table.assign(atlas_index=10_000)
+    assert widgets.thumbnail(tiny_bundle, broken, 0).size == (tile, tile)
+
+
+def test_full_size_photo_from_the_image_root(tiny_bundle: Bundle, table: pd.DataFrame, fixture_data_dir: Path) -> None:
+    picture = widgets.car_picture(tiny_bundle, table, 0, fixture_data_dir)
+    with Image.open(fixture_data_dir / table["path"].iat[0]) as original:
+        assert picture.size == original.size
+
+
+def test_detection_overlay_marks_box_and_mask(car_photo: Image.Image) -> None:
+    mask = np.zeros((car_photo.height, car_photo.width), dtype=bool)
+    mask[10:20, 10:20] = True
+    drawn = np.asarray(widgets.detection_overlay(car_photo, (5, 5, 40, 30), mask), dtype=int)
+    original = np.asarray(car_photo, dtype=int)
+    assert (drawn[15, 15] != original[15, 15]).any(), "mask tinted"
+    assert tuple(drawn[5, 20]) == widgets.BOX_COLOUR, "box outlined"
+    assert (drawn[50, 100] == original[50, 100]).all(), "elsewhere unchanged"
+    assert widgets.detection_overlay(car_photo, None, None).size == car_photo.size
