@@ -8,15 +8,16 @@ CI installs it in .ci/run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_app import (
+    ACTIVITY_JS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    RUN_COUNTER_JS,
     VIEWPORT,
     AppPage,
     MutableBundle,
@@ -36,7 +37,10 @@ def chromium() -> Path:
         "playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)"
     )
     if not CHROMIUM.is_file():
-        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does this)")
+        reason = f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium; .ci/run does this)"
+        if os.environ.get("CARMORPH_REQUIRE_BROWSER") == "1":  # CI: a missing browser is a failure, not a skip
+            pytest.fail(reason)
+        pytest.skip(reason)
     return CHROMIUM
 
 
@@ -80,7 +84,7 @@ def open_app(browser: Any, request: pytest.FixtureRequest) -> Iterator[Callable[
 
     def open_page(server: StreamlitServer, path: str = "", label: str = "") -> AppPage:
         context = browser.new_context(viewport=VIEWPORT)
-        context.add_init_script(RUN_COUNTER_JS)
+        context.add_init_script(ACTIVITY_JS)
         contexts.append(context)
         name = slug(request.node.name) + (f"-{label}" if label else "")
         app = AppPage(context.new_page(), name)

@@ -2,9 +2,9 @@
 
 The server is `streamlit run streamlit_app.py` in its own process group on a free port, with the bundle and the
 image root passed through CARMORPH_BUNDLE and CARMORPH_IMAGE_ROOT. `AppPage` wraps a Playwright page: it knows
-when a script run has finished (a counter of Streamlit's script-state changes, installed before the page loads),
-uploads a file and waits for its outcome, reads scores from the Plotly figures, and fails with the page's
-visible text so a failure says what the user saw.
+when a script run has finished (counters of Streamlit's script-state changes and websocket messages, installed
+before the page loads), uploads a file and waits for its outcome, reads scores from the Plotly figures, and fails
+with the page's visible text so a failure says what the user saw.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ SERVER_START_S = 120.0
 LOAD_TIMEOUT_MS = 180_000
 RUN_TIMEOUT_MS = 180_000
 DRAW_TIMEOUT_MS = 60_000
-SETTLE_MS = 500
+SETTLE_MS = 300
+FAST_RUN_GRACE_MS = 2_000
 
 EXCEPTION = '[data-testid="stException"]'
 ERROR = '[data-testid="stAlertContentError"]'
@@ -56,24 +57,60 @@ GAUGE_VALUE = re.compile(r"^(\d+\.\d+) / \d+$")
 GAUGE_TITLE = re.compile(r"Modernity · expected year (\d{4})")
 BODY_TITLE = re.compile(r"^Body type · (.+)$")
 
-# Counts finished script runs: every change of stApp's data-test-script-state away from "running" ends a run.
-RUN_COUNTER_JS = """
-window.__carmorphRuns = 0;
+# Activity of the page, counted from before it loads: ends of script runs (stApp's data-test-script-state leaving
+# "running") and messages from the server's websocket, each with the time of the latest.
+ACTIVITY_JS = """
+window.__carmorph = {runs: 0, messages: 0, lastRun: 0, lastMessage: 0};
+const NativeWebSocket = window.WebSocket;
+window.WebSocket = class extends NativeWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", () => {
+      window.__carmorph.messages += 1;
+      window.__carmorph.lastMessage = performance.now();
+    });
+  }
+};
 new MutationObserver((records) => {
-  for (const record of records) {
-    if (record.oldValue === "running") window.__carmorphRuns += 1;
+  if (records.some((record) => record.oldValue === "running")) {
+    window.__carmorph.runs += 1;
+    window.__carmorph.lastRun = performance.now();
   }
 }).observe(document, {subtree: true, attributes: true, attributeOldValue: true,
                       attributeFilter: ["data-test-script-state"]});
 """
-IDLE_JS = """
-(before) => {
+ACTIVITY_STATE_JS = """
+() => {
   const app = document.querySelector('[data-testid="stApp"]');
-  return !!app && window.__carmorphRuns > before
+  return {...window.__carmorph, now: performance.now(),
+          script: app && app.getAttribute("data-test-script-state"),
+          connection: app && app.getAttribute("data-test-connection-state"),
+          stale: document.querySelectorAll('[data-stale="true"]').length};
+}
+"""
+# Idle after a run that ended since `before`: the script is not running, nothing is stale, and the server has been
+# quiet for `settle` ms (a widget event can chain a second run, e.g. a chart selection). A run too fast to ever show
+# "running" in the DOM still sends messages: after `grace` ms of quiet, messages alone count as a finished run.
+IDLE_JS = """
+([before, settle, grace]) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const seen = window.__carmorph;
+  if (!app || !seen) return false;
+  const quiet = performance.now() - Math.max(seen.lastRun, seen.lastMessage);
+  const ran = seen.runs > before.runs || (seen.messages > before.messages && quiet >= grace);
+  return ran && quiet >= settle
     && app.getAttribute("data-test-script-state") === "notRunning"
     && app.getAttribute("data-test-connection-state") === "CONNECTED"
     && document.querySelectorAll('[data-stale="true"]').length === 0;
 }
+"""
+TEXT_WITHOUT_ICONS_JS = """
+(elements) => elements.map((element) => {
+  const copy = element.cloneNode(true);
+  copy.querySelectorAll('[data-testid="stIconMaterial"], [data-testid="stAlertDynamicIcon"]')
+    .forEach((icon) => icon.remove());
+  return copy.textContent;
+})
 """
 SCROLL_HEIGHT_JS = """
 () => { const main = document.querySelector('[data-testid="stMain"]');
@@ -273,27 +310,22 @@ class AppPage:
     def __init__(self, page: Any, name: str) -> None:
         self.page = page
         self.name = name
-        self._upload_started_from = 0
+        self._upload_started_from: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------ waiting
-    def runs(self) -> int:
-        return int(self.page.evaluate("() => window.__carmorphRuns || 0"))
+    def activity(self) -> dict[str, float]:
+        """Runs and messages seen so far (and the script's state): the mark to wait from."""
+        return self.page.evaluate(ACTIVITY_STATE_JS)
 
-    def wait_for_run(self, before: int, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
-        """Wait until a script run that started after `before` runs has finished, no element is stale, and no
-        further run follows within SETTLE_MS (a widget event can chain a second run, e.g. a chart selection)."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            remaining_ms = max(1_000, int((deadline - time.monotonic()) * 1000))
-            try:
-                self.page.wait_for_function(IDLE_JS, arg=before, timeout=remaining_ms, polling=100)
-            except Exception as error:  # Playwright's TimeoutError: say what the page shows instead
-                self.fail(f"no finished script run within {timeout_ms / 1000:.0f} s ({type(error).__name__})")
-            settled = self.runs()
-            self.page.wait_for_timeout(SETTLE_MS)
-            if self.runs() == settled and self.page.evaluate(IDLE_JS, settled - 1):
-                return
-            before = settled
+    def wait_for_run(self, before: dict[str, float], timeout_ms: int = RUN_TIMEOUT_MS) -> None:
+        """Wait until a script run that ended after the mark `before` leaves the app idle (see IDLE_JS)."""
+        try:
+            self.page.wait_for_function(
+                IDLE_JS, arg=[before, SETTLE_MS, FAST_RUN_GRACE_MS], timeout=timeout_ms, polling=100
+            )
+        except Exception as error:  # Playwright's TimeoutError: say what the page shows instead
+            state = self.activity()
+            self.fail(f"no finished script run within {timeout_ms / 1000:.0f} s ({type(error).__name__}; {state})")
 
     def wait_for(self, selector: str, what: str, timeout_ms: int = DRAW_TIMEOUT_MS) -> None:
         try:
@@ -303,12 +335,12 @@ class AppPage:
 
     def open(self, url: str, timeout_ms: int = LOAD_TIMEOUT_MS) -> AppPage:
         self.page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
-        self.wait_for_run(0, timeout_ms)
+        self.wait_for_run({"runs": 0, "messages": 0}, timeout_ms)
         return self
 
     def act(self, action: Any, timeout_ms: int = RUN_TIMEOUT_MS) -> None:
         """Do something that reruns the script (click, fill, drag) and wait for that run to finish."""
-        before = self.runs()
+        before = self.activity()
         action()
         self.wait_for_run(before, timeout_ms)
 
@@ -320,7 +352,8 @@ class AppPage:
             return f"(page text unavailable: {error})"
 
     def texts(self, selector: str) -> list[str]:
-        return [text.strip() for text in self.page.locator(selector).all_inner_texts()]
+        """The text of each element matching `selector`, without the names of Material icons (e.g. "error")."""
+        return [text.strip() for text in self.page.locator(selector).evaluate_all(TEXT_WITHOUT_ICONS_JS)]
 
     def plot_texts(self) -> list[str]:
         return [text.strip() for text in self.page.locator(PLOT_TEXT).all_text_contents()]
@@ -370,12 +403,10 @@ class AppPage:
         self.start_upload(path)
         return self.finish_upload(timeout_ms)
 
-    def start_upload(self, path: Path) -> int:
-        """Set the file without waiting (for concurrent sessions); returns the run count to wait from."""
-        before = self.runs()
+    def start_upload(self, path: Path) -> None:
+        """Set the file without waiting for the result (concurrent sessions); finish_upload() waits."""
+        self._upload_started_from = self.activity()
         self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
-        self._upload_started_from = before
-        return before
 
     def finish_upload(self, timeout_ms: int = RUN_TIMEOUT_MS) -> Outcome:
         self.wait_for_run(self._upload_started_from, timeout_ms)
@@ -412,7 +443,7 @@ class AppPage:
         size = self.page.viewport_size or VIEWPORT
         height = min(max(int(self.page.evaluate(SCROLL_HEIGHT_JS)), size["height"]), MAX_SHOT_HEIGHT)
         self.page.set_viewport_size({"width": size["width"], "height": height})
-        self.page.wait_for_timeout(400)  # let Plotly re-lay out its figures
+        self.page.wait_for_timeout(250)  # let Plotly re-lay out its figures
         self.page.screenshot(path=str(path))
         self.page.set_viewport_size(size)
         return path
