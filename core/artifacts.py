@@ -708,6 +708,7 @@ def build_bundle(
     map_coordinates: Callable[[np.ndarray], np.ndarray] = pca_coordinates,
     morph_image_size: int = 64,
     batch_size: int = 32,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Bundle:
     """Embed every labelled image with the networks, compute morphs, map, table and atlas, write and load back.
 
@@ -715,6 +716,7 @@ def build_bundle(
     gate the whole frame); paths are relative to `image_root`. Morphs use rows of split "train".
     `map_coordinates` turns the N x 512 embeddings into N x 2 map coordinates (training passes a UMAP fit).
     The networks are rounded to the stored precision first, so the table matches what the app computes.
+    `progress(done, total)` is called after every batch of images (a CLI passes a progress bar).
     """
     from core.imaging import load_image  # imported here: core.imaging is only needed to build, not to load
 
@@ -745,6 +747,8 @@ def build_bundle(
             frames.append(frame)
             crops.append(crop)
         parts.append(predict_images(stored, crops, frames, manifest.transform))
+        if progress is not None:
+            progress(min(start + batch_size, len(labels)), len(labels))
     outputs = NetworkOutputs.concatenate(parts)
     morphs = compute_morphs(
         outputs.features,

@@ -78,7 +78,7 @@ def open_image_header(data: bytes) -> Image.Image:
             warnings.simplefilter("always")
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as error:
-        raise too_many_pixels_error(error) from error
+        raise too_many_pixels_error(configured_max_pixels()) from error
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         raise not_an_image_error(data, error) from error
     for warning in caught:
@@ -87,8 +87,11 @@ def open_image_header(data: bytes) -> Image.Image:
     return image
 
 
-def too_many_pixels_error(error: Exception) -> ImageError:
-    return ImageError(f"The image has too many pixels to decode safely ({error}). Scale it down and retry.")
+def too_many_pixels_error(max_pixels: int) -> ImageError:
+    return ImageError(
+        f"The image has far more pixels than the limit of {max_pixels / 1e6:.1f} megapixels (a possible "
+        "decompression bomb), so it was not decoded. Scale it down (a few megapixels is plenty) and retry."
+    )
 
 
 def not_an_image_error(data: bytes, error: Exception) -> ImageError:
@@ -134,7 +137,7 @@ def decode_first_frame(image: Image.Image) -> None:
             image.seek(0)
         image.load()
     except Image.DecompressionBombError as error:
-        raise too_many_pixels_error(error) from error
+        raise too_many_pixels_error(configured_max_pixels()) from error
     except MemoryError as error:
         raise ImageError("The image is too large to decode in memory. Scale it down and retry.") from error
     except Exception as error:  # OSError, SyntaxError, EOFError, ValueError, struct.error ...

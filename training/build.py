@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from core.artifacts import MANIFEST_FILE, AtlasSpec, Manifest, Thresholds, build_bundle, standard_networks
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
-from core.models import CarNet
+from core.imaging import load_image
+from core.models import CarNet, ImageTransform
 from core.projection import MapPlacer, pca_coordinates
 from training.evaluate import clean, evaluate_folder
 from training.metrics import recall_at_precision
@@ -75,25 +78,41 @@ def placement_error(embeddings: np.ndarray, split: np.ndarray, seed: int) -> dic
             "median_distance_over_spread": float(np.median(distance) / spread)}  # fmt: skip
 
 
-def frontal_threshold(table: pd.DataFrame, data_root: Path, gate: CarNet, size: int, target: float) -> dict[str, float]:
-    """Threshold with the best recall at precision >= target on the validation EPFL frames."""
-    val = table[(table["dataset"] == "epfl_multiview") & (table["split"] == "val")]
-    probs = _gate_frontal(val, data_root, gate, size)
-    recall, threshold = recall_at_precision(val["frontal"].to_numpy(int), probs, target)
-    return {"threshold": threshold, "val_recall": recall, "target_precision": target}
+@dataclass(frozen=True)
+class GateThresholds:
+    """Thresholds chosen on the validation split, and what they reached there."""
+
+    car: float
+    car_val_accuracy: float
+    frontal: float
+    frontal_val_recall: float
+    frontal_target_precision: float
 
 
-def _gate_frontal(rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int) -> np.ndarray:
-    from core.imaging import load_image
-    from core.models import ImageTransform
+def gate_thresholds(table: pd.DataFrame, data_root: Path, gate: CarNet, size: int, precision: float) -> GateThresholds:
+    """Car threshold with the best balanced accuracy on validation cars vs non-cars; frontal threshold with the
+    best recall at precision >= `precision` on the validation EPFL frames."""
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    car_prob, frontal_prob = gate_probabilities(val, data_root, gate, size)
+    is_car = val["car"].to_numpy(int) == 1
+    candidates = np.linspace(0.05, 0.95, 91)
+    balanced = [((car_prob[is_car] >= t).mean() + (car_prob[~is_car] < t).mean()) / 2 for t in candidates]
+    car = float(candidates[int(np.argmax(balanced))])
+    epfl = (val["dataset"] == "epfl_multiview").to_numpy()
+    recall, frontal = recall_at_precision(val.loc[epfl, "frontal"].to_numpy(int), frontal_prob[epfl], precision)
+    return GateThresholds(car, float(max(balanced)), frontal, recall, precision)
 
+
+def gate_probabilities(rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Car and frontal probabilities of the gate on whole frames, as the app computes them."""
     transform = ImageTransform(size)
-    probs = []
+    car, frontal = [], []
     with torch.inference_mode():
-        for start in range(0, len(rows), 64):
-            frames = [load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]]
-            probs.append(torch.sigmoid(gate(transform(frames))["frontal"][:, 0]).numpy())
-    return np.concatenate(probs)
+        for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch"):
+            outputs = gate(transform([load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]]))
+            car.append(torch.sigmoid(outputs["car"][:, 0]).numpy())
+            frontal.append(torch.sigmoid(outputs["frontal"][:, 0]).numpy())
+    return np.concatenate(car), np.concatenate(frontal)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -121,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ):
         networks[key], records[key] = serving_network(path, head)
     size = int(records["modernity"]["args"]["size"])
-    frontal = frontal_threshold(table, args.data, networks["gate"], size, args.frontal_precision)
+    thresholds = gate_thresholds(table, args.data, networks["gate"], size, args.frontal_precision)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
     splits = {
         "epfl_multiview": dict(
@@ -146,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
         networks=standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES), inits),
-        thresholds=Thresholds(car=0.5, frontal=frontal["threshold"]),
+        thresholds=Thresholds(car=thresholds.car, frontal=thresholds.frontal),
         valid_views=args.valid_views,
         segmenter="gate",
         morph_min_members=args.morph_min_members,
@@ -168,11 +187,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             key: {k: v for k, v in record.items() if k != "args"} | {"args": record["args"]}
             for key, record in records.items()
         }
-        | {"frontal_threshold": frontal},
+        | {"thresholds": asdict(thresholds)},
     )
     labels = collection_labels(table)
     mapper = umap_coordinates(args.seed) if args.map == "umap" else pca_coordinates
-    bundle = build_bundle(args.out, labels, args.data, networks, manifest, map_coordinates=mapper)
+    with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
+        bundle = build_bundle(
+            args.out,
+            labels,
+            args.data,
+            networks,
+            manifest,
+            map_coordinates=mapper,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
     metrics: dict[str, Any] = {
         name: evaluate_folder(bundle, args.data / name, "test")
         for name in ("stanford_cars", "epfl_multiview", "negatives")

@@ -85,8 +85,11 @@ def bundle_or_error() -> tuple[Bundle | None, str | None]:
 
 
 def show_missing_bundle(error: str | None) -> None:
-    """Say plainly that no bundle is installed and how to make one."""
-    st.error(f"No model bundle is available, so nothing can be scored or explored yet. {error or ''}")
+    """Say plainly that the bundle is missing or broken, what is wrong, and how to make one."""
+    if config.bundle_dir().is_dir():
+        st.error(f"The model bundle could not be loaded, so nothing can be scored or explored. {error or ''}")
+    else:
+        st.error(f"No model bundle is installed yet, so nothing can be scored or explored. {error or ''}")
     st.markdown(
         f"The app looks for a bundle in `{config.bundle_dir()}` (set `CARMORPH_BUNDLE` to use another directory). "
         "Make one from an image folder with the training CLIs:"

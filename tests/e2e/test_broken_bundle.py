@@ -43,7 +43,7 @@ def expect_one_clear_message(app: AppPage, words: tuple[str, ...]) -> None:
     errors = app.texts(f'[data-testid="stMain"] {ERROR}')
     app.expect(len(errors) == 1, f"expected exactly one error message, got {errors}")
     app.expect(all(word in errors[0] for word in words), f"the message does not name the problem {words}: {errors}")
-    app.expect("No model bundle is available" in errors[0], f"the message does not say what it means: {errors}")
+    app.expect("could not be loaded" in errors[0], f"the message does not say what it means: {errors}")
     app.expect_text("python -m training.build")  # and how to make a bundle
 
 
