@@ -4,10 +4,10 @@
 
 Cold = the first call after loading the bundle; warm = the median over --n further calls cycling through real
 photos (../shared/data when present, else the test fixture). Bare forward = gate + modernity + body-type
-networks on batch-of-one tensors of the bundle's input size, median of --n, interleaved with the warm calls
-(same run, same torch threads, same machine load). The bundle's thresholds are set to 0 so that every call runs
-every stage. Without a bundle at --bundle, an untrained bundle is built from the test fixture in a temporary
-directory.
+networks on the batch-of-one tensor the bundle's transform makes of a real photo, median of --n, interleaved
+with the warm calls (same run, same torch threads, same machine load). The bundle's thresholds are set to 0 so
+that every call runs every stage. Without a bundle at --bundle, an untrained bundle is built from the test
+fixture in a temporary directory.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from core.artifacts import Bundle, Thresholds, build_untrained_bundle, load_bundle  # noqa: E402
 from core.config import SHARED_DATA_DIR, bundle_dir  # noqa: E402
+from core.imaging import load_image  # noqa: E402
 from core.pipeline import score_image  # noqa: E402
 
 FIXTURE_DATA_DIR = PROJECT_ROOT / "tests" / "fixtures" / "data"
@@ -52,11 +53,11 @@ def open_bundle(path: Path | None, workdir: Path) -> Bundle:
 
 
 class BareForward:
-    """Times the three networks' forward passes on a 1 x 3 x S x S tensor (what score_image runs, minus the rest)."""
+    """Times the three networks' forward passes on a real photo preprocessed by the bundle's transform: the very
+    tensor (values, size and memory layout) score_image feeds them, minus everything else it does."""
 
-    def __init__(self, bundle: Bundle):
-        size = bundle.transform.size
-        self.x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    def __init__(self, bundle: Bundle, photo: bytes):
+        self.x = bundle.transform([load_image(photo)])
         self.networks = {"gate": bundle.gate, "modernity": bundle.modernity, "bodytype": bundle.bodytype}
         self.samples: dict[str, list[float]] = {name: [] for name in (*self.networks, "sum")}
 
@@ -82,7 +83,7 @@ def measure(bundle: Bundle, photos: list[bytes], n: int) -> dict[str, object]:
     accept_all = dataclasses.replace(bundle.manifest, thresholds=Thresholds(0.0, 0.0))
     bundle = dataclasses.replace(bundle, manifest=accept_all, cache={})
     cold = score_image(photos[0], bundle)
-    bare = BareForward(bundle)
+    bare = BareForward(bundle, photos[0])
     bare.run(record=False)
     warm = []
     for i in range(n):

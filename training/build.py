@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--gate", type=Path, required=True, help="checkpoint of the gate (car, box, frontal)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default="carmorph-default")
-    p.add_argument("--valid-views", choices=["frontal", "all"], default="frontal", help="views the scores are valid for")
+    p.add_argument(
+        "--valid-views", choices=["frontal", "all"], default="frontal", help="views the scores are valid for"
+    )
     p.add_argument("--frontal-precision", type=float, default=0.95, help="frontal threshold: precision on val")
     p.add_argument("--morph-min-members", type=int, default=10)
     p.add_argument("--map", choices=["umap", "pca"], default="umap", help="map method (pca: quick builds, tests)")
