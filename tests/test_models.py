@@ -1,0 +1,111 @@
+"""core.models: ImageNet weights through torchvision's weights API, offline from a path or the torch cache,
+with a clear error when they are missing; CarNet heads, features and safetensors round trip."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from core.errors import WeightsNotFoundError
+from core.models import CarNet, build_carnet, imagenet_state_dict, imagenet_weights_file, load_carnet, save_carnet
+from training.train import initialise
+
+HEADS = {"year_bin": 5, "body_type": 5}
+
+
+def marked_resnet18_state() -> dict[str, torch.Tensor]:
+    """A torchvision ResNet-18 state dict with a recognisable first convolution (what the tests 'download')."""
+    torch.manual_seed(0)
+    state = resnet18(weights=None).state_dict()
+    state["conv1.weight"].fill_(0.125)
+    return state
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache, and any download attempt failing as it does without internet."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError(f"no route to {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub"
+
+
+def test_imagenet_weights_from_a_given_file_initialise_the_backbone(tmp_path):
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(marked_resnet18_state(), path)
+    model = build_carnet(HEADS, imagenet=True, weights_path=path)
+    assert torch.all(model.backbone.conv1.weight == 0.125)
+    assert model.head_sizes == HEADS  # the ImageNet classifier is not carried over
+
+
+def test_imagenet_weights_from_the_torch_cache_without_network(offline_hub):
+    cached = imagenet_weights_file()
+    assert cached.parent == offline_hub / "checkpoints"
+    cached.parent.mkdir(parents=True)
+    torch.save(marked_resnet18_state(), cached)
+    assert torch.all(imagenet_state_dict()["conv1.weight"] == 0.125)
+
+
+def test_missing_imagenet_weights_name_the_file_to_put_in_place(offline_hub):
+    with pytest.raises(WeightsNotFoundError) as error:
+        build_carnet(HEADS, imagenet=True)
+    message = str(error.value)
+    assert str(imagenet_weights_file()) in message and "download.pytorch.org" in message
+
+
+def test_unreadable_or_absent_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        imagenet_state_dict(tmp_path / "nothing.pth")
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsNotFoundError, match="could not be read"):
+        imagenet_state_dict(broken)
+
+
+def test_training_records_imagenet_initialisation(tmp_path):
+    path = tmp_path / "resnet18-imagenet.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(marked_resnet18_state(), str(path))
+    args = argparse.Namespace(pretrained=True, weights_path=path, init=None)
+    model, origin = initialise(args, HEADS)
+    assert origin == "imagenet"
+    assert torch.all(model.backbone.conv1.weight == 0.125)
+    _, origin = initialise(argparse.Namespace(pretrained=False, weights_path=None, init=None), HEADS)
+    assert origin == "scratch"
+
+
+def test_heads_and_penultimate_features(fixture_tensor):
+    model = CarNet(HEADS).eval()
+    with torch.inference_mode():
+        outputs = model(fixture_tensor)
+    assert outputs["year_bin"].shape == (1, 5) and outputs["body_type"].shape == (1, 5)
+    assert outputs["features"].shape == (1, 512)
+    assert (outputs["features"] >= 0).all()  # avgpool of ReLU maps
+
+
+def test_safetensors_round_trip_keeps_predictions(tmp_path, fixture_tensor):
+    torch.manual_seed(1)
+    model = CarNet(HEADS).eval()
+    save_carnet(model, tmp_path / "net.safetensors")
+    loaded = load_carnet(tmp_path / "net.safetensors", HEADS)
+    with torch.inference_mode():
+        expected, actual = model(fixture_tensor), loaded(fixture_tensor)
+    assert torch.allclose(expected["year_bin"], actual["year_bin"], atol=0.05)  # fp16 storage
+
+
+@pytest.fixture
+def fixture_tensor() -> torch.Tensor:
+    from core.imaging import load_image
+    from core.models import ImageTransform
+
+    photo = next((Path(__file__).parent / "fixtures" / "data" / "stanford_cars" / "images").glob("*.jpg"))
+    return ImageTransform(64)([load_image(photo)])
