@@ -89,7 +89,3 @@ def max_pixels(explicit: int | None = None) -> int:
     if explicit:
         return explicit
     return int(os.environ.get("CARMORPH_MAX_PIXELS", DEFAULT_MAX_PIXELS))
-
-
-def device(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("CARMORPH_DEVICE", "cpu")
