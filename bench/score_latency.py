@@ -58,7 +58,7 @@ class BareForward:
 
     def __init__(self, bundle: Bundle, photo: bytes):
         self.x = bundle.transform([load_image(photo)])
-        self.networks = {"gate": bundle.gate, "modernity": bundle.modernity, "bodytype": bundle.bodytype}
+        self.networks = bundle.networks
         self.samples: dict[str, list[float]] = {name: [] for name in (*self.networks, "sum")}
 
     def run(self, record: bool = True) -> None:

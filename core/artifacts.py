@@ -212,6 +212,11 @@ class Bundle:
         return self.manifest.name
 
     @property
+    def networks(self) -> dict[str, CarNet]:
+        """The three networks by their manifest key (modernity, bodytype, gate)."""
+        return {"modernity": self.modernity, "bodytype": self.bodytype, "gate": self.gate}
+
+    @property
     def year_bins(self) -> tuple[YearBin, ...]:
         return self.manifest.year_bins
 

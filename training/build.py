@@ -51,24 +51,22 @@ def collection_labels(table: pd.DataFrame) -> pd.DataFrame:
     return labels
 
 
-def umap_coordinates(seed: int, neighbours: int = 15) -> Any:
-    """A function fitting a 2-D UMAP (cosine, fixed seed) on embeddings; umap is imported at build time only."""
+def map_reducer(seed: int) -> Any:
+    """The 2-D UMAP of the bundle's map (cosine, 15 neighbours, fixed seed); umap is imported at build time only."""
+    import umap
 
-    def fit(embeddings: np.ndarray) -> np.ndarray:
-        import umap
+    return umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed)
 
-        reducer = umap.UMAP(n_neighbors=neighbours, min_dist=0.1, metric="cosine", random_state=seed)
-        return reducer.fit_transform(embeddings)
 
-    return fit
+def umap_coordinates(seed: int) -> Any:
+    """A function fitting the map's UMAP on embeddings and returning their 2-D coordinates."""
+    return lambda embeddings: map_reducer(seed).fit_transform(embeddings)
 
 
 def placement_error(embeddings: np.ndarray, split: np.ndarray, seed: int) -> dict[str, float]:
     """How far the kNN placement of held-out images lies from umap.transform, on a UMAP fitted without them."""
-    import umap
-
     train, held = split == "train", split != "train"
-    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed).fit(embeddings[train])
+    reducer = map_reducer(seed).fit(embeddings[train])
     reference = reducer.transform(embeddings[held])
     placed = MapPlacer(k=10).fit(embeddings[train], reducer.embedding_).transform(embeddings[held])
     distance = np.linalg.norm(placed - reference, axis=1)
@@ -144,21 +142,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = int(records["modernity"]["args"]["size"])
     thresholds = gate_thresholds(table, args.data, networks["gate"], size, args.frontal_precision)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
-    splits = {
-        "epfl_multiview": dict(
-            zip(
-                table.loc[table.dataset == "epfl_multiview", "path"],
-                table.loc[table.dataset == "epfl_multiview", "split"],
-                strict=True,
-            )
-        ),
-        "negatives": dict(
-            zip(
-                table.loc[table.dataset == "negatives", "path"],
-                table.loc[table.dataset == "negatives", "split"],
-                strict=True,
-            )
-        ),
+    splits = {  # the bundle's split of the datasets outside its collection, for `evaluate --split`
+        dataset: dict(zip(rows["path"], rows["split"], strict=True))
+        for dataset, rows in table.groupby("dataset")
+        if dataset != "stanford_cars"
     }
     counts = table.groupby(["dataset", "split"]).size().unstack(fill_value=0)
     manifest = Manifest(

@@ -24,6 +24,7 @@ from core.artifacts import Bundle, crop_to_box, load_bundle, predict_images
 from core.config import year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
+from core.scoring import softmax
 from training.metrics import classification_metrics, frontal_metrics
 
 BATCH = 64
@@ -44,7 +45,6 @@ def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Serie
 
 def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
     """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one)."""
-    networks = {"modernity": bundle.modernity, "bodytype": bundle.bodytype, "gate": bundle.gate}
     has_box = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns)
     parts = []
     for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
@@ -54,7 +54,7 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
             box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
-        parts.append(predict_images(networks, crops, frames, bundle.transform))
+        parts.append(predict_images(bundle.networks, crops, frames, bundle.transform))
     return {
         key: np.concatenate([getattr(p, key) for p in parts])
         for key in ("year_logits", "body_logits", "frontal_prob", "car_prob")
@@ -64,8 +64,7 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
 def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
     bins = bundle.year_bins
     true = np.array([-1 if (b := year_to_bin(int(y), bins)) is None else b for y in years])
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    probs = np.array([softmax(row) for row in logits])
     expected_year = probs @ np.array([b.centre for b in bins])
     m = classification_metrics(true, probs.argmax(1), len(bins))
     majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()

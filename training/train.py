@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR
-from core.models import IMAGENET_MEAN, IMAGENET_STD, CarNet, build_carnet
+from core.models import CarNet, ImageTransform, build_carnet
 from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
 
@@ -224,9 +224,8 @@ def paste_cars(
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """NCHW float [0, 1] normalised exactly as the serving transform does (core.models.ImageTransform)."""
+    return ImageTransform(x.shape[-1]).normalise(x)
 
 
 def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: torch.Generator) -> tuple:
