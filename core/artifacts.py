@@ -562,14 +562,23 @@ def predict_images(
         crop_batch = transform(list(crops))
         modernity = networks["modernity"](crop_batch)
         bodytype = networks["bodytype"](crop_batch)
-        gate = networks["gate"](transform(list(frames)))
+    car_prob, frontal_prob = gate_probabilities(networks["gate"], frames, transform)
     return NetworkOutputs(
         year_logits=modernity["year_bin"].numpy(),
         body_logits=bodytype["body_type"].numpy(),
         features=bodytype["features"].numpy().astype(np.float32),
-        frontal_prob=torch.sigmoid(gate["frontal"][:, 0]).numpy(),
-        car_prob=torch.sigmoid(gate["car"][:, 0]).numpy(),
+        frontal_prob=frontal_prob,
+        car_prob=car_prob,
     )
+
+
+def gate_probabilities(
+    gate: CarNet, frames: Sequence[Image.Image], transform: ImageTransform
+) -> tuple[np.ndarray, np.ndarray]:
+    """Car and frontal probabilities of the gate on whole frames (one batch), as the app computes them."""
+    with torch.inference_mode():
+        outputs = gate(transform(list(frames)))
+    return torch.sigmoid(outputs["car"][:, 0]).numpy(), torch.sigmoid(outputs["frontal"][:, 0]).numpy()
 
 
 def table_from_labels(
@@ -686,21 +695,36 @@ def annotate_images(labels: pd.DataFrame, outputs: NetworkOutputs, morphs: Morph
     return table.astype({"pred_year_bin": "int64", "atlas_index": "int64", "year": "int64", "year_bin": "int64"})
 
 
+def flip_aligned_mean(stack: np.ndarray, rounds: int = 5) -> np.ndarray:
+    """Pixel mean of N x H x W x 3 images after mirroring each one to face the same side as the others.
+
+    Car crops face left or right; their plain mean is a blurred two-headed car. Starting from the first image,
+    every image takes the orientation (as is or mirrored) closer to the current mean, and the mean is
+    recomputed, a few rounds (a minimal congealing)."""
+    images = stack.astype(np.float32)
+    mirrored = images[:, :, ::-1]
+    mean = images[0]
+    for _ in range(rounds):
+        keep = ((images - mean) ** 2).sum(axis=(1, 2, 3)) <= ((mirrored - mean) ** 2).sum(axis=(1, 2, 3))
+        mean = np.where(keep[:, None, None, None], images, mirrored).mean(axis=0)
+    return mean
+
+
 class _MeanImages:
-    """Running pixel sums of crops per group, squash-resized to size x size."""
+    """Crops per group, squash-resized to size x size, averaged after flip alignment."""
 
     def __init__(self, size: int):
         self.size = size
-        self.sums: dict[tuple[int, int], np.ndarray] = {}
-        self.counts: dict[tuple[int, int], int] = {}
+        self.images: dict[tuple[int, int], list[np.ndarray]] = {}
 
     def add(self, key: tuple[int, int], image: Image.Image) -> None:
-        pixels = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR), dtype=np.float64)
-        self.sums[key] = self.sums.get(key, 0.0) + pixels
-        self.counts[key] = self.counts.get(key, 0) + 1
+        pixels = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        self.images.setdefault(key, []).append(pixels)
 
     def means(self) -> dict[tuple[int, int], np.ndarray]:
-        return {key: np.round(total / self.counts[key]).astype(np.uint8) for key, total in self.sums.items()}
+        return {
+            key: np.round(flip_aligned_mean(np.stack(images))).astype(np.uint8) for key, images in self.images.items()
+        }
 
 
 def build_bundle(

@@ -22,6 +22,7 @@ from core.artifacts import (
     SCHEMA_VERSION,
     Bundle,
     crop_to_box,
+    flip_aligned_mean,
     load_bundle,
     predict_images,
     sha256_file,
@@ -207,3 +208,21 @@ def test_reloaded_bundle_scores_like_the_built_one(bundle_copy: Path, tiny_bundl
     with torch.inference_mode():
         assert torch.equal(bundle.modernity(x)["year_bin"], tiny_bundle.modernity(x)["year_bin"])
     assert bundle.manifest == tiny_bundle.manifest
+
+
+def test_morph_images_mirror_cars_to_face_one_side():
+    """Half the 'cars' face left, half right: the plain mean is two-headed, the aligned mean has one front."""
+    rng = np.random.default_rng(0)
+    facing_left = np.zeros((20, 16, 3))
+    facing_left[:, :5] = 255
+    stack = np.stack(
+        [
+            np.clip((facing_left if i % 2 else facing_left[:, ::-1]) + rng.normal(0, 20, facing_left.shape), 0, 255)
+            for i in range(30)
+        ]
+    ).astype(np.uint8)
+    plain = stack.astype(float).mean(axis=0)
+    aligned = flip_aligned_mean(stack)
+    assert abs(plain[:, :5].mean() - plain[:, -5:].mean()) < 20
+    bright, dark = sorted([aligned[:, :5].mean(), aligned[:, -5:].mean()], reverse=True)
+    assert bright > 240 and dark < 15

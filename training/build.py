@@ -19,7 +19,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from core.artifacts import MANIFEST_FILE, AtlasSpec, Manifest, Thresholds, build_bundle, standard_networks
+from core.artifacts import (
+    MANIFEST_FILE,
+    AtlasSpec,
+    Manifest,
+    Thresholds,
+    build_bundle,
+    gate_probabilities,
+    standard_networks,
+)
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.imaging import load_image
 from core.models import CarNet, ImageTransform
@@ -91,7 +99,7 @@ def gate_thresholds(table: pd.DataFrame, data_root: Path, gate: CarNet, size: in
     """Car threshold with the best balanced accuracy on validation cars vs non-cars; frontal threshold with the
     best recall at precision >= `precision` on the validation EPFL frames."""
     val = table[table["split"] == "val"].reset_index(drop=True)
-    car_prob, frontal_prob = gate_probabilities(val, data_root, gate, size)
+    car_prob, frontal_prob = validation_gate_probabilities(val, data_root, gate, size)
     is_car = val["car"].to_numpy(int) == 1
     candidates = np.linspace(0.05, 0.95, 91)
     balanced = [((car_prob[is_car] >= t).mean() + (car_prob[~is_car] < t).mean()) / 2 for t in candidates]
@@ -101,16 +109,16 @@ def gate_thresholds(table: pd.DataFrame, data_root: Path, gate: CarNet, size: in
     return GateThresholds(car, float(max(balanced)), frontal, recall, precision)
 
 
-def gate_probabilities(rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Car and frontal probabilities of the gate on whole frames, as the app computes them."""
+def validation_gate_probabilities(
+    rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Car and frontal probabilities of the gate on the rows' whole frames, with a progress bar."""
     transform = ImageTransform(size)
-    car, frontal = [], []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch"):
-            outputs = gate(transform([load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]]))
-            car.append(torch.sigmoid(outputs["car"][:, 0]).numpy())
-            frontal.append(torch.sigmoid(outputs["frontal"][:, 0]).numpy())
-    return np.concatenate(car), np.concatenate(frontal)
+    batches = [
+        gate_probabilities(gate, [load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]], transform)
+        for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch")
+    ]
+    return np.concatenate([car for car, _ in batches]), np.concatenate([frontal for _, frontal in batches])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
