@@ -119,7 +119,8 @@ def main() -> None:
     st.title("Morphs")
     st.caption(
         "A morph is the average car of one body type and one year bin: the mean of its members' features (pictured "
-        "as the pixel average of their photos). Typicality is a car's cosine similarity to its group's morph."
+        "as the pixel average of their photos, each mirrored to face the same way). Typicality is a car's cosine "
+        "similarity to its group's morph."
     )
     bundle = common.require_bundle()
     morphs = common.bundle_morphs(bundle)

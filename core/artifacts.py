@@ -643,7 +643,7 @@ def compute_morphs(
     min_members: int,
 ) -> Morphs:
     """Morph per (body type, year bin) with at least `min_members` members (rows where `members` is True and both
-    labels are known, index >= 0): mean feature, pixel mean image, and the members' sorted typicality."""
+    labels are known, index >= 0): mean feature, flip-aligned pixel mean image, and the members' sorted typicality."""
     known = members & (body_index >= 0) & (year_bin >= 0)
     keys = sorted({(int(b), int(y)) for b, y in zip(body_index[known], year_bin[known], strict=True)})
     rows, values = [], []

@@ -54,7 +54,7 @@ class Morphs:
     body_type: np.ndarray  # G int, index into body_types
     year_bin: np.ndarray  # G int, index into year_bins
     count: np.ndarray  # G int, training members
-    images: np.ndarray  # G x S x S x 3 uint8, pixel mean of the members' crops
+    images: np.ndarray  # G x S x S x 3 uint8, pixel mean of the members' crops, flip-aligned
     train_typicality: np.ndarray  # G x M float32, sorted ascending, nan-padded
     body_types: tuple[str, ...]
     year_bins: tuple[YearBin, ...]
