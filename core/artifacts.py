@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from PIL import Image
 
 from core.config import (
     CROP_MARGIN,
-    EMBEDDING_DIM,
     SEED_BODY_TYPES,
     SHARED_YEAR_BINS,
     YearBin,
@@ -31,7 +30,26 @@ from core.config import (
     year_to_bin,
 )
 from core.errors import BundleError
-from core.models import IMAGENET_MEAN, IMAGENET_STD, CarNet, ImageTransform, load_carnet, save_carnet
+from core.gate import (
+    DEFAULT_CAM_THRESHOLD,
+    LEGACY_GATE_HEADS,
+    VIEW_GATE_HEADS,
+    gate_estimates,
+    gate_estimates_from_maps,
+    is_gate_layout,
+)
+from core.models import (
+    ARCHITECTURES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    POOLED_WIDTH,
+    RESNET18,
+    CarNet,
+    ImageTransform,
+    load_carnet,
+    save_backbone,
+    save_carnet,
+)
 from core.projection import MapPlacer, pca_coordinates
 from core.scoring import (
     Morphs,
@@ -41,7 +59,7 @@ from core.scoring import (
     modernity_from_logits,
     typicality,
 )
-from core.viewpoint import VALID_VIEWS
+from core.viewpoint import VIEW_CLASSES, FrontalDecision, accepted_views, frontal_decision, view_rejection
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -54,11 +72,13 @@ NETWORK_FILES = {
     "bodytype": "bodytype.safetensors",
     "gate": "frontal.safetensors",
 }
-GATE_HEADS = {"car": 1, "box": 4, "frontal": 1}
+BACKBONE_FILE = "backbone.safetensors"
 SEGMENTERS = ("gate", "maskrcnn", "detectron2")
 BUILD_HINT = "Build one with `python -m training.build` (see its --help) or set CARMORPH_BUNDLE to a bundle directory."
 
-# images.parquet: the labels a build starts from, then what the build adds (docs/CONTRACTS.md).
+# images.parquet: the labels a build starts from, then what the build adds (docs/CONTRACTS.md). `group`,
+# `typicality` and `typicality_percentile` use the known body type and year bin where the labels have them,
+# predictions only where they do not; `view` is the gate's most likely view class.
 LABEL_COLUMNS = ("id", "path", "dataset", "split", "make", "model", "class_name", "year", "year_bin", "body_type")
 IMAGE_COLUMNS = (
     *LABEL_COLUMNS,
@@ -70,6 +90,7 @@ IMAGE_COLUMNS = (
     "typicality",
     "typicality_percentile",
     "frontal_prob",
+    "view",
     "umap_x",
     "umap_y",
     "atlas_index",
@@ -81,17 +102,27 @@ ATLAS_BACKGROUND = (240, 240, 240)
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """One network of a bundle: its weights file, head sizes, and whether its backbone started from ImageNet."""
+    """One network of a bundle: its weights file, head sizes, where its backbone started (scratch, or imagenet with
+    the source), its architecture, the width of its neck (0: heads on the pooled feature) and, when the bundle's
+    networks share one frozen backbone, that backbone's file (then `file` holds only the neck and heads)."""
 
     file: str
     heads: dict[str, int]
     init: str = "scratch"
+    arch: str = RESNET18
+    neck: int = 0
+    backbone: str = ""
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """Car probability; P(front) for the frontal decision; P(a valid view) for a list of valid views; the car
+    activation map's fraction of its peak that bounds the box (view-head gates)."""
+
     car: float = 0.5
     frontal: float = 0.5
+    view: float = 0.5
+    cam: float = DEFAULT_CAM_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -140,8 +171,8 @@ class Manifest:
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
             "body_types": list(self.body_types),
-            "networks": {k: {"file": n.file, "heads": n.heads, "init": n.init} for k, n in self.networks.items()},
-            "thresholds": {"car": self.thresholds.car, "frontal": self.thresholds.frontal},
+            "networks": {k: asdict(n) for k, n in self.networks.items()},
+            "thresholds": asdict(self.thresholds),
             "valid_views": self.valid_views,
             "segmenter": self.segmenter,
             "morph_min_members": self.morph_min_members,
@@ -169,7 +200,7 @@ class Manifest:
             ),
             body_types=_field(data, "body_types", lambda v: tuple(str(x) for x in v)),
             networks=_field(data, "networks", _network_specs),
-            thresholds=_field(data, "thresholds", lambda v: Thresholds(float(v["car"]), float(v["frontal"]))),
+            thresholds=_field(data, "thresholds", _thresholds),
             valid_views=_field(data, "valid_views", str),
             segmenter=_field(data, "segmenter", str),
             morph_min_members=_field(data, "morph_min_members", int),
@@ -182,12 +213,23 @@ class Manifest:
 
 
 def standard_networks(
-    year_bins: int, body_types: int, inits: Mapping[str, str] | None = None
+    year_bins: int,
+    body_types: int,
+    inits: Mapping[str, str] | None = None,
+    arch: str = RESNET18,
+    necks: Mapping[str, int] | None = None,
+    shared_backbone: bool = False,
 ) -> dict[str, NetworkSpec]:
-    """The three networks of a bundle with head sizes matching the label sets."""
-    heads = {"modernity": {"year_bin": year_bins}, "bodytype": {"body_type": body_types}, "gate": dict(GATE_HEADS)}
-    inits = inits or {}
-    return {key: NetworkSpec(NETWORK_FILES[key], heads[key], inits.get(key, "scratch")) for key in NETWORK_FILES}
+    """The three networks of a bundle with head sizes matching the label sets (the seed's gate layout for a
+    ResNet-18, the view layout otherwise)."""
+    gate = dict(LEGACY_GATE_HEADS if arch == RESNET18 else VIEW_GATE_HEADS)
+    heads = {"modernity": {"year_bin": year_bins}, "bodytype": {"body_type": body_types}, "gate": gate}
+    inits, necks = inits or {}, necks or {}
+    backbone = BACKBONE_FILE if shared_backbone else ""
+    return {
+        key: NetworkSpec(NETWORK_FILES[key], heads[key], inits.get(key, "scratch"), arch, necks.get(key, 0), backbone)
+        for key in NETWORK_FILES
+    }
 
 
 @dataclass(eq=False)
@@ -245,6 +287,15 @@ class Bundle:
         return self.manifest.provenance
 
     @property
+    def shares_backbone(self) -> bool:
+        """All three networks run one backbone module (compute its maps once per image)."""
+        return self.modernity.backbone is self.bodytype.backbone is self.gate.backbone
+
+    @property
+    def accepted_views(self) -> tuple[str, ...]:
+        return accepted_views(self.valid_views)
+
+    @property
     def unit_embeddings(self) -> np.ndarray:
         """L2-normalised float32 copy of the embeddings (what neighbour search uses)."""
         return self.placer.unit_embeddings_
@@ -270,13 +321,13 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     check_manifest(manifest)
     verify_files(directory, manifest)
     images = _read_images(directory / IMAGES_FILE)
-    embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, len(images))
+    embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, len(images), embedding_dim(manifest))
     morphs = _read_morphs(directory / MORPHS_FILE, manifest)
     atlas = _read_atlas(directory / manifest.atlas.file, manifest.atlas, len(images))
     coords = images[["umap_x", "umap_y"]].to_numpy(np.float32)
     if not np.isfinite(coords).all():
         raise BundleError(f"{IMAGES_FILE}: umap_x/umap_y contain missing or infinite values.")
-    networks = {key: load_carnet(directory / spec.file, spec.heads) for key, spec in manifest.networks.items()}
+    networks = load_networks(directory, manifest)
     return Bundle(
         path=directory,
         manifest=manifest,
@@ -290,6 +341,26 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         placer=MapPlacer().fit(embeddings, coords),
         transform=manifest.transform,
     )
+
+
+def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
+    """The three networks in eval mode; networks naming one backbone file share one backbone module."""
+    networks = {
+        key: load_carnet(
+            directory / spec.file,
+            spec.heads,
+            spec.arch,
+            spec.neck,
+            directory / spec.backbone if spec.backbone else None,
+        )
+        for key, spec in manifest.networks.items()
+    }
+    backbones = {spec.backbone for spec in manifest.networks.values()}
+    if backbones != {""} and len(backbones) == 1:
+        shared = networks["bodytype"].backbone
+        for network in networks.values():
+            network.backbone = shared
+    return networks
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -325,17 +396,30 @@ def check_manifest(manifest: Manifest) -> None:
         raise BundleError(f"manifest.json: body_types must be non-empty and unique, got {list(manifest.body_types)}.")
     if manifest.input_size < 16:
         raise BundleError(f"manifest.json: input_size {manifest.input_size} is too small (at least 16 px).")
-    for name, value in (("car", manifest.thresholds.car), ("frontal", manifest.thresholds.frontal)):
+    for name, value in asdict(manifest.thresholds).items():
         if not 0.0 <= value <= 1.0:
             raise BundleError(f"manifest.json: thresholds.{name} = {value} is outside [0, 1].")
-    if manifest.valid_views not in VALID_VIEWS:
-        raise BundleError(f"manifest.json: valid_views must be one of {VALID_VIEWS}, got {manifest.valid_views!r}.")
+    try:
+        views = accepted_views(manifest.valid_views)
+    except ValueError as error:
+        raise BundleError(f"manifest.json: {error}.") from error
+    if (
+        views not in (VIEW_CLASSES, ("front",))
+        and "view" not in manifest.networks.get("gate", NetworkSpec("", {})).heads
+    ):
+        raise BundleError(f"manifest.json: valid_views {manifest.valid_views!r} needs a gate with a view head.")
     if manifest.segmenter not in SEGMENTERS:
         raise BundleError(f"manifest.json: segmenter must be one of {SEGMENTERS}, got {manifest.segmenter!r}.")
     if set(manifest.networks) != set(NETWORK_FILES):
         raise BundleError(f"manifest.json: networks must be {sorted(NETWORK_FILES)}, got {sorted(manifest.networks)}.")
     expected = standard_networks(len(manifest.year_bins), len(manifest.body_types))
     for key, spec in manifest.networks.items():
+        if spec.arch not in ARCHITECTURES:
+            raise BundleError(
+                f"manifest.json: network {key!r} has architecture {spec.arch!r}, not one of {ARCHITECTURES}."
+            )
+        if key == "gate" and is_gate_layout(spec.heads):
+            continue
         if spec.heads != expected[key].heads:
             raise BundleError(
                 f"manifest.json: network {key!r} has heads {spec.heads}, but the label sets need "
@@ -346,6 +430,7 @@ def check_manifest(manifest: Manifest) -> None:
 def verify_files(directory: Path, manifest: Manifest) -> None:
     """Every file the bundle needs is listed, present and has the sha256 the manifest records."""
     needed = [spec.file for spec in manifest.networks.values()]
+    needed += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
     needed += [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE, manifest.atlas.file]
     unlisted = [name for name in needed if name not in manifest.files]
     if unlisted:
@@ -381,12 +466,16 @@ def _read_images(path: Path) -> pd.DataFrame:
     return images
 
 
-def _read_embeddings(path: Path, rows: int) -> np.ndarray:
+def embedding_dim(manifest: Manifest) -> int:
+    """Width of the body-type network's embedding: its neck, else its architecture's pooled feature."""
+    spec = manifest.networks["bodytype"]
+    return spec.neck or POOLED_WIDTH[spec.arch]
+
+
+def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
     embeddings = _load_npy(path)
-    if embeddings.ndim != 2 or embeddings.shape[1] != EMBEDDING_DIM or embeddings.dtype.kind != "f":
-        raise BundleError(
-            f"{path.name} must be an N x {EMBEDDING_DIM} float array, got {embeddings.dtype} {embeddings.shape}."
-        )
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype.kind != "f":
+        raise BundleError(f"{path.name} must be an N x {dim} float array, got {embeddings.dtype} {embeddings.shape}.")
     if len(embeddings) != rows:
         raise BundleError(f"{path.name} has {len(embeddings)} rows but {IMAGES_FILE} has {rows}: they must match.")
     return embeddings.astype(np.float32, copy=False)
@@ -399,7 +488,7 @@ def _read_morphs(path: Path, manifest: Manifest) -> Morphs:
         raise BundleError(f"{path.name} lacks arrays {missing}.")
     groups = len(arrays["features"])
     expected = {
-        "features": (groups, EMBEDDING_DIM),
+        "features": (groups, embedding_dim(manifest)),
         "body_type": (groups,),
         "year_bin": (groups,),
         "count": (groups,),
@@ -478,9 +567,18 @@ def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
             file=str(spec["file"]),
             heads={str(head): int(size) for head, size in spec["heads"].items()},
             init=str(spec.get("init", "scratch")),
+            arch=str(spec.get("arch", RESNET18)),
+            neck=int(spec.get("neck", 0)),
+            backbone=str(spec.get("backbone", "")),
         )
         for key, spec in value.items()
     }
+
+
+def _thresholds(value: Mapping[str, Any]) -> Thresholds:
+    defaults = Thresholds()
+    return Thresholds(**{name: float(value.get(name, getattr(defaults, name))) for name in ("view", "cam")},
+                      car=float(value["car"]), frontal=float(value["frontal"]))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -507,7 +605,9 @@ def write_bundle(
     for key, spec in manifest.networks.items():
         if networks[key].head_sizes != spec.heads:
             raise ValueError(f"network {key!r} has heads {networks[key].head_sizes}, manifest says {spec.heads}")
-        save_carnet(networks[key], directory / spec.file, half=half)
+        save_carnet(networks[key], directory / spec.file, half=half, backbone=not spec.backbone)
+        if spec.backbone:
+            save_backbone(networks[key], directory / spec.backbone)
     missing = [column for column in IMAGE_COLUMNS if column not in images.columns]
     if missing:
         raise ValueError(f"images table lacks columns {missing}")
@@ -524,6 +624,7 @@ def write_bundle(
     )
     atlas.convert("RGB").save(directory / manifest.atlas.file, "JPEG", quality=85)
     names = [spec.file for spec in manifest.networks.values()] + [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE]
+    names += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
     names.append(manifest.atlas.file)
     written = Manifest.from_dict(
         manifest.to_dict()
@@ -542,13 +643,25 @@ class NetworkOutputs:
 
     year_logits: np.ndarray  # N x K
     body_logits: np.ndarray  # N x B
-    features: np.ndarray  # N x 512 float32, body-type network (the embedding)
+    features: np.ndarray  # N x D float32, body-type network (the embedding)
     frontal_prob: np.ndarray  # N, gate on the whole frame
     car_prob: np.ndarray  # N, gate on the whole frame
+    view_probs: np.ndarray  # N x 4 over VIEW_CLASSES, gate on the whole frame (NaN without a view head)
 
     @staticmethod
     def concatenate(parts: Sequence[NetworkOutputs]) -> NetworkOutputs:
         return NetworkOutputs(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(NetworkOutputs)))
+
+    def view_decision(self, i: int, thresholds: Thresholds) -> FrontalDecision:
+        views = None if np.isnan(self.view_probs[i]).any() else self.view_probs[i]
+        return frontal_decision(float(self.frontal_prob[i]), thresholds.frontal, views)
+
+    def accepted(self, thresholds: Thresholds, valid_views: str) -> np.ndarray:
+        """Per image: does the bundle's valid-views policy accept the gate's view estimate (as the app decides)."""
+        return np.array(
+            [view_rejection(self.view_decision(i, thresholds), valid_views, thresholds.view) is None
+             for i in range(len(self.car_prob))], dtype=bool
+        )  # fmt: skip
 
 
 def predict_images(
@@ -556,29 +669,31 @@ def predict_images(
     crops: Sequence[Image.Image],
     frames: Sequence[Image.Image],
     transform: ImageTransform,
+    cam_threshold: float = DEFAULT_CAM_THRESHOLD,
 ) -> NetworkOutputs:
-    """One batch through the three networks: modernity and body type on the car crops, the gate on the frames."""
+    """One batch through the three networks: modernity and body type on the car crops, the gate on the frames.
+    A backbone shared by the networks runs once per image (twice where the crop is not the whole frame)."""
+    modernity, bodytype, gate = networks["modernity"], networks["bodytype"], networks["gate"]
     with torch.inference_mode():
         crop_batch = transform(list(crops))
-        modernity = networks["modernity"](crop_batch)
-        bodytype = networks["bodytype"](crop_batch)
-    car_prob, frontal_prob = gate_probabilities(networks["gate"], frames, transform)
+        maps = bodytype.feature_maps(crop_batch)
+        body = bodytype.forward_from_maps(maps)
+        shared = modernity.backbone is bodytype.backbone
+        year = (modernity.forward_from_maps(maps) if shared else modernity(crop_batch))["year_bin"]
+        frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
+        if frames_are_crops and gate.backbone is bodytype.backbone:
+            estimates = gate_estimates_from_maps(gate, maps, cam_threshold)
+        else:
+            estimates = gate_estimates(gate, transform(list(frames)), cam_threshold)
+    views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
-        year_logits=modernity["year_bin"].numpy(),
-        body_logits=bodytype["body_type"].numpy(),
-        features=bodytype["features"].numpy().astype(np.float32),
-        frontal_prob=frontal_prob,
-        car_prob=car_prob,
+        year_logits=year.numpy(),
+        body_logits=body["body_type"].numpy(),
+        features=body["features"].numpy().astype(np.float32),
+        frontal_prob=estimates.frontal,
+        car_prob=estimates.car,
+        view_probs=views.astype(np.float32),
     )
-
-
-def gate_probabilities(
-    gate: CarNet, frames: Sequence[Image.Image], transform: ImageTransform
-) -> tuple[np.ndarray, np.ndarray]:
-    """Car and frontal probabilities of the gate on whole frames (one batch), as the app computes them."""
-    with torch.inference_mode():
-        outputs = gate(transform(list(frames)))
-    return torch.sigmoid(outputs["car"][:, 0]).numpy(), torch.sigmoid(outputs["frontal"][:, 0]).numpy()
 
 
 def table_from_labels(
@@ -658,7 +773,7 @@ def compute_morphs(
     size = next(iter(mean_images.values())).shape[0] if mean_images else 1
     padded = [np.pad(v, (0, width - len(v)), constant_values=np.nan) for v in values]
     return Morphs(
-        features=np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), EMBEDDING_DIM),
+        features=np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), features.shape[1]),
         body_type=np.array([r[0] for r in rows], dtype=np.int64),
         year_bin=np.array([r[1] for r in rows], dtype=np.int64),
         count=np.array([r[2] for r in rows], dtype=np.int64),
@@ -670,22 +785,30 @@ def compute_morphs(
     )
 
 
-def annotate_images(labels: pd.DataFrame, outputs: NetworkOutputs, morphs: Morphs, coords: np.ndarray) -> pd.DataFrame:
+def annotate_images(
+    labels: pd.DataFrame, outputs: NetworkOutputs, morphs: Morphs, coords: np.ndarray, thresholds: Thresholds
+) -> pd.DataFrame:
     """The labels table with the predictions, scores, typicality and map position of every image (the same
-    scoring functions the app uses, so the table and a fresh score of the same image agree)."""
+    scoring functions the app uses, so a fresh score of an unlabelled image agrees with its row). A car's group
+    is its known body type and year bin; the predicted ones stand in only where a label is unknown."""
     columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS[len(LABEL_COLUMNS) :]}
+    known_body = [morphs.body_types.index(b) if b in morphs.body_types else -1 for b in labels["body_type"]]
+    known_bin = labels["year_bin"].to_numpy(dtype=np.int64)
     for i in range(len(labels)):
         modernity = modernity_from_logits(outputs.year_logits[i], morphs.year_bins)
         body = body_type_from_logits(outputs.body_logits[i], morphs.body_types)
-        typical = typicality(outputs.features[i], morphs, body.index, modernity.predicted_bin)
+        body_index = known_body[i] if known_body[i] >= 0 else body.index
+        year_bin = int(known_bin[i]) if known_bin[i] >= 0 else modernity.predicted_bin
+        typical = typicality(outputs.features[i], morphs, body_index, year_bin)
         columns["pred_year_bin"].append(modernity.predicted_bin)
         columns["modernity"].append(modernity.score)
         columns["expected_year"].append(modernity.expected_year)
         columns["pred_body_type"].append(body.label)
-        columns["group"].append(group_key(body.label, modernity.predicted_bin) if typical.has_morph else "")
+        columns["group"].append(group_key(morphs.body_types[body_index], year_bin) if typical.has_morph else "")
         columns["typicality"].append(typical.cosine if typical.has_morph else math.nan)
         columns["typicality_percentile"].append(typical.percentile if typical.has_morph else math.nan)
         columns["frontal_prob"].append(float(outputs.frontal_prob[i]))
+        columns["view"].append(outputs.view_decision(i, thresholds).view or "")
         columns["umap_x"].append(float(coords[i, 0]))
         columns["umap_y"].append(float(coords[i, 1]))
         columns["atlas_index"].append(i)
@@ -745,6 +868,7 @@ def build_bundle(
     gate the whole frame); paths are relative to `image_root`. Morphs use rows of split "train".
     `map_coordinates` turns the N x 512 embeddings into N x 2 map coordinates (training passes a UMAP fit).
     The networks are rounded to the stored precision first, so the table matches what the app computes.
+    Morphs and their images use only training cars whose view the bundle accepts (`valid_views`).
     `progress(done, total)` is called after every batch of images (a CLI passes a progress bar).
     """
     from core.imaging import load_image  # imported here: core.imaging is only needed to build, not to load
@@ -753,12 +877,13 @@ def build_bundle(
     if missing:
         raise ValueError(f"labels lack columns {missing}")
     labels = labels.reset_index(drop=True)
-    stored = {key: _stored_precision(model) for key, model in networks.items()}
+    half = not any(spec.backbone for spec in manifest.networks.values())
+    stored = stored_networks(networks, half)
     body_index = np.array(
         [manifest.body_types.index(b) if b in manifest.body_types else -1 for b in labels["body_type"]]
     )
     year_bin = labels["year_bin"].to_numpy(dtype=np.int64)
-    members = (labels["split"] == "train").to_numpy() & (body_index >= 0) & (year_bin >= 0)
+    labelled = (labels["split"] == "train").to_numpy() & (body_index >= 0) & (year_bin >= 0)
     columns = atlas_columns(len(labels))
     tile = manifest.atlas.tile
     atlas = Image.new("RGB", (columns * tile, math.ceil(len(labels) / columns) * tile), ATLAS_BACKGROUND)
@@ -771,14 +896,17 @@ def build_bundle(
             box = [float(labels.at[i, c]) for c in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(labels.columns) else None
             crop = crop_to_box(frame, box)
             atlas.paste(atlas_tile(crop, tile), ((i % columns) * tile, (i // columns) * tile))
-            if members[i]:
-                mean_images.add((int(body_index[i]), int(year_bin[i])), crop)
             frames.append(frame)
             crops.append(crop)
-        parts.append(predict_images(stored, crops, frames, manifest.transform))
+        part = predict_images(stored, crops, frames, manifest.transform, manifest.thresholds.cam)
+        for offset, accepted in enumerate(part.accepted(manifest.thresholds, manifest.valid_views)):
+            if accepted and labelled[start + offset]:
+                mean_images.add((int(body_index[start + offset]), int(year_bin[start + offset])), crops[offset])
+        parts.append(part)
         if progress is not None:
             progress(min(start + batch_size, len(labels)), len(labels))
     outputs = NetworkOutputs.concatenate(parts)
+    members = labelled & outputs.accepted(manifest.thresholds, manifest.valid_views)
     morphs = compute_morphs(
         outputs.features,
         body_index,
@@ -790,12 +918,19 @@ def build_bundle(
         manifest.morph_min_members,
     )
     coords = np.asarray(map_coordinates(outputs.features), dtype=np.float32)
-    table = annotate_images(labels, outputs, morphs, coords)
+    table = annotate_images(labels, outputs, morphs, coords, manifest.thresholds)
     final = Manifest.from_dict(
         manifest.to_dict() | {"atlas": {"file": manifest.atlas.file, "tile": tile, "columns": columns}}
     )
     write_bundle(
-        directory, final, networks=stored, images=table, embeddings=outputs.features, morphs=morphs, atlas=atlas
+        directory,
+        final,
+        networks=stored,
+        images=table,
+        embeddings=outputs.features,
+        morphs=morphs,
+        atlas=atlas,
+        half=half,
     )
     return load_bundle(directory)
 
@@ -835,14 +970,18 @@ def build_untrained_bundle(
     return build_bundle(directory, labels, data_root, networks, manifest, morph_image_size=32)
 
 
-def _stored_precision(model: CarNet) -> CarNet:
-    """A copy in eval mode whose float weights are rounded through fp16, exactly as the bundle stores them."""
-    rounded = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for tensor in rounded.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.copy_(tensor.half().float())
-    return rounded
+def stored_networks(networks: Mapping[str, CarNet], half: bool) -> dict[str, CarNet]:
+    """Copies in eval mode as the bundle stores them: float weights rounded through fp16 when `half`; networks
+    that shared one backbone module still share one copy of it."""
+    copies = copy.deepcopy(dict(networks))
+    for model in copies.values():
+        model.eval()
+        if half:
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    if tensor.is_floating_point():
+                        tensor.copy_(tensor.half().float())
+    return copies
 
 
 def _column(labels: pd.DataFrame, name: str, default: Any) -> pd.Series:

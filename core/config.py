@@ -46,14 +46,16 @@ DVM_YEAR_BINS: tuple[YearBin, ...] = (
     YearBin(2015, 2017, 2016.0),
 )
 
-# Bins for the shared data (Stanford Cars, 1991-2012, 60 % of it 2012): the most balanced ordinal cut
-# that keeps each year whole. Counts in the shared data: 609 / 959 / 738 / 650 / 4,435.
+# Bins for the shared data (Stanford Cars 1991-2012, 60 % of it 2012; DVM-CAR Porsche 2000-2019): the most
+# balanced ordinal cut that keeps each year whole and keeps 2012 (4,846 cars) in one bin; the last bin reaches
+# 2020 so cars of 2020 still have a bin. Counts in the shared data: 2,564 / 3,743 / 5,511 / 3,470 / 2,103;
+# centres are the mean year of each bin's cars.
 SHARED_YEAR_BINS: tuple[YearBin, ...] = (
-    YearBin(1991, 2006, 2000.0),
-    YearBin(2007, 2007, 2007.0),
-    YearBin(2008, 2009, 2008.6),
-    YearBin(2010, 2011, 2010.4),
-    YearBin(2012, 2012, 2012.0),
+    YearBin(1991, 2006, 2002.5),
+    YearBin(2007, 2010, 2008.3),
+    YearBin(2011, 2012, 2011.9),
+    YearBin(2013, 2016, 2014.5),
+    YearBin(2017, 2020, 2017.8),
 )
 
 

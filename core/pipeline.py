@@ -1,6 +1,6 @@
 """score_image(): the one path from an uploaded image to a ScoreResult.
 
-decode -> segment (find the car) -> crop -> frontal gate -> modernity and body-type networks on the crop
+decode -> segment (find the car) -> crop -> view gate -> modernity and body-type networks on the crop
 -> typicality against the group's morph -> position on the bundle's map. A car that is not there or not in a
 valid view is a *rejection* (accepted=False with a reason), not an exception; unusable input raises a
 CarmorphError subclass (e.g. ImageError); anything else is a bug.
@@ -18,6 +18,7 @@ from PIL import Image
 
 from core.artifacts import Bundle
 from core.config import CROP_MARGIN
+from core.gate import gate_estimates
 from core.imaging import load_image
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
@@ -43,7 +44,7 @@ class ScoreResult:
     modernity: Modernity | None = None
     body_type: BodyType | None = None
     typicality: Typicality | None = None
-    embedding: np.ndarray | None = None  # 512-d penultimate feature of the body-type network
+    embedding: np.ndarray | None = None  # the body-type network's embedding (its neck, or its pooled feature)
     map_position: tuple[float, float] | None = None
     neighbours: Neighbours | None = None  # nearest bundle images (rows of bundle.images), closest first
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds, plus "total"
@@ -93,7 +94,7 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
         return result
     result.box, result.mask, result.crop = found.box, found.mask, found.crop(picture, CROP_MARGIN)
     result.frontal = _frontal(found, picture, bundle, clock)
-    result.reason = view_rejection(result.frontal, bundle.valid_views)
+    result.reason = view_rejection(result.frontal, bundle.valid_views, bundle.thresholds.view)
     if result.reason is None:
         _score_crop(result, bundle, clock)
         result.accepted = True
@@ -106,7 +107,10 @@ def bundle_segmenter(bundle: Bundle) -> Segmenter:
     key = f"segmenter:{bundle.segmenter}"
     if key not in bundle.cache:
         if bundle.segmenter == "gate":
-            bundle.cache[key] = GateSegmenter(bundle.gate, bundle.transform, bundle.thresholds.car)
+            thresholds = bundle.thresholds
+            bundle.cache[key] = GateSegmenter(
+                bundle.gate, bundle.transform, thresholds.car, cam_threshold=thresholds.cam
+            )
         else:
             bundle.cache[key] = make_segmenter(bundle.segmenter, score_threshold=bundle.thresholds.car)
     return bundle.cache[key]
@@ -119,13 +123,13 @@ def _car_threshold(segmenter: Segmenter, bundle: Bundle) -> float:
 
 def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _Clock) -> FrontalDecision:
     """From the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
-    probability = found.frontal_probability
+    probability, views = found.frontal_probability, found.view_probabilities
     if probability is None:
-        with torch.inference_mode():
-            logit = bundle.gate(bundle.transform([picture]))["frontal"][0, 0]
-        probability = float(torch.sigmoid(logit))
+        estimates = gate_estimates(bundle.gate, bundle.transform([picture]), bundle.thresholds.cam)
+        probability = float(estimates.frontal[0])
+        views = None if estimates.views is None else tuple(float(p) for p in estimates.views[0])
         clock.lap("frontal")
-    return frontal_decision(probability, bundle.thresholds.frontal)
+    return frontal_decision(probability, bundle.thresholds.frontal, views)
 
 
 def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
@@ -133,10 +137,17 @@ def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
     batch = bundle.transform([result.crop])
     clock.lap("preprocess")
     with torch.inference_mode():
-        year_logits = bundle.modernity(batch)["year_bin"][0]
-        clock.lap("modernity")
-        outputs = bundle.bodytype(batch)
-        clock.lap("bodytype")
+        if bundle.shares_backbone:
+            maps = bundle.bodytype.feature_maps(batch)
+            clock.lap("backbone")
+            year_logits = bundle.modernity.forward_from_maps(maps)["year_bin"][0]
+            outputs = bundle.bodytype.forward_from_maps(maps)
+            clock.lap("heads")
+        else:
+            year_logits = bundle.modernity(batch)["year_bin"][0]
+            clock.lap("modernity")
+            outputs = bundle.bodytype(batch)
+            clock.lap("bodytype")
     result.modernity = modernity_from_logits(year_logits, bundle.year_bins)
     result.body_type = body_type_from_logits(outputs["body_type"][0], bundle.body_types)
     result.embedding = outputs["features"][0].numpy()

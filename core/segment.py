@@ -30,11 +30,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
 from core.errors import BackendUnavailableError, WeightsNotFoundError
+from core.gate import DEFAULT_CAM_THRESHOLD, LEGACY_GATE_HEADS, gate_estimates, is_gate_layout
 from core.models import CarNet, ImageTransform, load_carnet, load_state_dict_file
 
 Box = tuple[float, float, float, float]
-
-GATE_HEADS: dict[str, int] = {"car": 1, "box": 4, "frontal": 1}
 COCO_CAR = 3  # torchvision's COCO category ids (1-based, 0 = background): 3 car, 8 truck
 COCO_TRUCK = 8
 DETECTRON2_COCO_CAR = 2  # detectron2's contiguous 0-based COCO ids: 2 car, 7 truck
@@ -61,6 +60,7 @@ class Segmentation:
     backend: str
     image_size: tuple[int, int]
     frontal_probability: float | None = None
+    view_probabilities: tuple[float, ...] | None = None  # over core.viewpoint.VIEW_CLASSES, from a view head
 
     def __post_init__(self) -> None:
         if self.found and self.box is None:
@@ -78,8 +78,9 @@ class Segmentation:
         image_size: tuple[int, int],
         confidence: float = 0.0,
         frontal_probability: float | None = None,
+        view_probabilities: tuple[float, ...] | None = None,
     ) -> Segmentation:
-        return cls(False, None, None, float(confidence), backend, image_size, frontal_probability)
+        return cls(False, None, None, float(confidence), backend, image_size, frontal_probability, view_probabilities)
 
     def crop_box(self, margin: float = 0.0) -> tuple[int, int, int, int]:
         """Integer crop box: `box` widened by `margin` x its width/height on each side, clamped to the image."""
@@ -257,12 +258,12 @@ def _grabcut_rect(
 
 
 class GateSegmenter:
-    """The bundle's gate CarNet (heads car, box, frontal) on the whole image, then a GrabCut mask in the box.
+    """The bundle's gate CarNet on the whole image, then a GrabCut mask in the box.
 
-    One forward pass gives the car probability (sigmoid of `car`), the box (sigmoid of `box`: normalised x1, y1,
-    x2, y2) and the frontal probability (sigmoid of `frontal`, returned as `frontal_probability`). `found` is
-    car probability >= `car_threshold`. The model is put in eval mode. GrabCut runs on a copy at most
-    `grabcut_side` px on its longer side (a few ms); `mask=False` skips it (mask None).
+    One forward pass gives the car probability, the box and the view (core.gate.gate_estimates: heads car, box,
+    frontal, or car and view with the box from the car head's activation map). `found` is car probability >=
+    `car_threshold`. The model is put in eval mode. GrabCut runs on a copy at most `grabcut_side` px on its
+    longer side (a few ms); `mask=False` skips it (mask None).
     """
 
     name: str = "gate"
@@ -276,11 +277,12 @@ class GateSegmenter:
         grabcut_side: int = 64,
         grabcut_iterations: int = 2,
         min_box_fraction: float = 0.05,
+        cam_threshold: float = DEFAULT_CAM_THRESHOLD,
     ):
-        missing = {"car", "box"} - set(model.head_sizes)
-        if missing:
+        if not is_gate_layout(model.head_sizes):
             raise BackendUnavailableError(
-                f"The gate network lacks the head(s) {sorted(missing)} the gate segmenter needs."
+                f"The gate network has heads {sorted(model.head_sizes)}; the gate segmenter needs car, box and "
+                "frontal, or car and view."
             )
         self.model = model.eval()
         self.transform = transform
@@ -289,26 +291,23 @@ class GateSegmenter:
         self.grabcut_side = grabcut_side
         self.grabcut_iterations = grabcut_iterations
         self.min_box_fraction = min_box_fraction
+        self.cam_threshold = cam_threshold
 
     @classmethod
     def from_file(cls, path: Path, transform: ImageTransform, **kwargs: Any) -> GateSegmenter:
-        """From a gate safetensors file (a bundle's frontal.safetensors)."""
-        return cls(load_carnet(Path(path), GATE_HEADS), transform, **kwargs)
+        """From a seed-layout gate safetensors file (heads car, box, frontal)."""
+        return cls(load_carnet(Path(path), LEGACY_GATE_HEADS), transform, **kwargs)
 
     def segment(self, image: Image.Image) -> Segmentation:
-        outputs = self._forward(image)
-        car_probability = float(torch.sigmoid(outputs["car"][0, 0]))
-        frontal = float(torch.sigmoid(outputs["frontal"][0, 0])) if "frontal" in outputs else None
-        if car_probability < self.car_threshold:
-            return Segmentation.not_found(self.name, image.size, car_probability, frontal)
-        box = box_from_normalised(torch.sigmoid(outputs["box"][0]).tolist(), *image.size, self.min_box_fraction)
-        mask = grabcut_mask(image, box, self.grabcut_side, self.grabcut_iterations) if self.mask else None
-        return Segmentation(True, box, mask, car_probability, self.name, image.size, frontal)
-
-    def _forward(self, image: Image.Image) -> dict[str, torch.Tensor]:
         device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            return self.model(self.transform([image]).to(device))
+        estimates = gate_estimates(self.model, self.transform([image]).to(device), self.cam_threshold)
+        car_probability, frontal = float(estimates.car[0]), float(estimates.frontal[0])
+        views = None if estimates.views is None else tuple(float(p) for p in estimates.views[0])
+        if car_probability < self.car_threshold:
+            return Segmentation.not_found(self.name, image.size, car_probability, frontal, views)
+        box = box_from_normalised(estimates.boxes[0].tolist(), *image.size, self.min_box_fraction)
+        mask = grabcut_mask(image, box, self.grabcut_side, self.grabcut_iterations) if self.mask else None
+        return Segmentation(True, box, mask, car_probability, self.name, image.size, frontal, views)
 
 
 # --- torchvision Mask R-CNN -----------------------------------------------------------------------------------

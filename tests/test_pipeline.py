@@ -89,7 +89,8 @@ def test_a_view_that_is_not_frontal_is_rejected(tiny_bundle: Bundle, frontal_row
     result = score_image(Path(frontal_row["path"]), variant(tiny_bundle, car=0.0, frontal=1.0))
     assert not result.accepted and not result.frontal.is_frontal
     assert result.reason.startswith("Not a frontal view (frontal probability ")
-    assert result.reason.endswith("the models were validated on frontal views only.")
+    assert result.reason.endswith("the models are validated on front views only.")
+    assert result.reason.count("validated") == 1
     assert result.crop is not None and result.modernity is None
 
 

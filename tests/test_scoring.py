@@ -132,9 +132,23 @@ def test_view_policy():
     side_view = frontal_decision(0.12, 0.5)
     assert view_rejection(side_view, "frontal") == (
         "Not a frontal view (frontal probability 0.12 < threshold 0.50): "
-        "the models were validated on frontal views only."
+        "the models are validated on front views only."
     )
     assert view_rejection(side_view, "all") is None
     assert view_rejection(frontal_decision(0.9, 0.5), "frontal") is None
     with pytest.raises(ValueError):
-        view_rejection(side_view, "rear")
+        view_rejection(side_view, "sideways")
+
+
+def test_a_list_of_valid_views_accepts_by_the_probability_of_any_of_them():
+    # front 0.3, three-quarter 0.4, side 0.2, rear 0.1: a valid view (front or three-quarter) with probability 0.7
+    three_quarter = frontal_decision(0.3, 0.5, (0.3, 0.4, 0.2, 0.1))
+    assert three_quarter.view == "three_quarter" and not three_quarter.is_frontal
+    assert view_rejection(three_quarter, "front,three_quarter", view_threshold=0.6) is None
+    assert view_rejection(three_quarter, "front,three_quarter", view_threshold=0.75) == (
+        "Seen at a three-quarter angle (probability of a valid view 0.70 < threshold 0.75): "
+        "the models are validated on front and three-quarter views only."
+    )
+    side = frontal_decision(0.05, 0.5, (0.05, 0.15, 0.7, 0.1))
+    assert view_rejection(side, "front,three_quarter", view_threshold=0.5).startswith("Seen from the side (")
+    assert view_rejection(side, "front,three_quarter,side,rear") is None

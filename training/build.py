@@ -25,32 +25,49 @@ from core.artifacts import (
     Manifest,
     Thresholds,
     build_bundle,
-    gate_probabilities,
     standard_networks,
 )
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
+from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
-from core.models import CarNet, ImageTransform
+from core.models import LITE0, RESNET18, CarNet, ImageTransform, lite0_weights_source
 from core.projection import MapPlacer, pca_coordinates
+from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
-from training.metrics import recall_at_precision
 
 
 def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str, Any]]:
-    """The checkpoint's backbone with only the serving head `head` (auxiliary heads dropped), and its record."""
+    """The checkpoint's network with only the serving head `head` (auxiliary heads dropped), and its record."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    heads = {"car": 1, "box": 4, "frontal": 1} if head == "gate" else {head: checkpoint["heads"][head]}
-    model = CarNet(heads)
-    state = {k: v for k, v in checkpoint["model"].items() if k.startswith("backbone.") or k.split(".")[1] in heads}
-    model.load_state_dict(state)
+    args = checkpoint["args"]
+    if head == "gate":
+        heads = {k: v for k, v in checkpoint["heads"].items() if k in ("car", "box", "frontal", "view")}
+    else:
+        heads = {head: checkpoint["heads"][head]}
+    model = CarNet(heads, args.get("arch", RESNET18), int(args.get("neck", 0)))
+    kept = ("backbone.", "neck.", *(f"heads.{name}." for name in heads))
+    model.load_state_dict({k: v for k, v in checkpoint["model"].items() if k.startswith(kept)})
     record = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"], "history": checkpoint["history"],
               "args": checkpoint["args"]}  # fmt: skip
     return model.eval(), record
 
 
+def share_frozen_backbone(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> bool:
+    """Give the networks one backbone module when all were trained on the same frozen backbone (training.heads):
+    the bundle then stores it once and runs it once per image."""
+    if not all(record["args"].get("frozen_backbone") for record in records.values()):
+        return False
+    reference = networks["bodytype"].backbone.state_dict()
+    for network in networks.values():
+        if any(not torch.equal(v, reference[k]) for k, v in network.backbone.state_dict().items()):
+            raise SystemExit("the checkpoints claim one frozen backbone but their backbone weights differ")
+        network.backbone = networks["bodytype"].backbone
+    return True
+
+
 def collection_labels(table: pd.DataFrame) -> pd.DataFrame:
-    """The Stanford rows of the prepared table as bundle label columns with car boxes in pixels."""
-    cars = table[table["dataset"] == "stanford_cars"].reset_index(drop=True)
+    """The car photos with a model year (Stanford, DVM-CAR) as bundle label columns with car boxes in pixels."""
+    cars = table[(table["car"] == 1) & (table["year"] > 0)].reset_index(drop=True)
     labels = cars[
         ["id", "path", "dataset", "split", "make", "model", "class_name", "year", "year_bin", "body_type"]
     ].copy()
@@ -86,39 +103,148 @@ def placement_error(embeddings: np.ndarray, split: np.ndarray, seed: int) -> dic
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Thresholds chosen on the validation split, and what they reached there."""
+    """Thresholds chosen on the validation split, and what they reached there (per view-labelled data set)."""
 
     car: float
     car_val_accuracy: float
     frontal: float
-    frontal_val_recall: float
-    frontal_target_precision: float
+    frontal_val: dict[str, dict[str, float]]
+    view: float
+    view_val: dict[str, dict[str, float]]
+    target_precision: float
+    cam: float
+    cam_val_iou: float
 
 
-def gate_thresholds(table: pd.DataFrame, data_root: Path, gate: CarNet, size: int, precision: float) -> GateThresholds:
-    """Car threshold with the best balanced accuracy on validation cars vs non-cars; frontal threshold with the
-    best recall at precision >= `precision` on the validation EPFL frames."""
-    val = table[table["split"] == "val"].reset_index(drop=True)
-    car_prob, frontal_prob = validation_gate_probabilities(val, data_root, gate, size)
-    is_car = val["car"].to_numpy(int) == 1
+@dataclass(frozen=True)
+class ValidationGate:
+    """The gate's estimates on the validation frames, and the maps of the EPFL frames (for the box threshold)."""
+
+    rows: pd.DataFrame
+    estimates: GateEstimates
+    epfl_maps: torch.Tensor
+
+
+def validation_gate(table: pd.DataFrame, data_root: Path, gate: CarNet, transform: ImageTransform) -> ValidationGate:
+    """The gate on every validation row's whole frame, with a progress bar."""
+    rows = table[table["split"] == "val"].reset_index(drop=True)
+    parts, maps = [], []
+    for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch"):
+        batch = rows.iloc[start : start + 64]
+        with torch.inference_mode():
+            batch_maps = gate.feature_maps(transform([load_image(data_root / p) for p in batch["path"]]))
+        parts.append(gate_estimates_from_maps(gate, batch_maps))
+        maps.append(batch_maps[(batch["dataset"] == "epfl_multiview").to_numpy()])
+    estimates = GateEstimates(
+        *(None if getattr(parts[0], f) is None else np.concatenate([getattr(p, f) for p in parts])
+          for f in ("car", "frontal", "views", "boxes"))
+    )  # fmt: skip
+    return ValidationGate(rows, estimates, torch.cat(maps))
+
+
+def per_source_threshold(
+    rows: pd.DataFrame, positive: np.ndarray, known: np.ndarray, prob: np.ndarray, precision: float
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The threshold whose worst recall over the view-labelled data sets is highest while every data set keeps
+    precision >= `precision` (or, when none does, the highest worst precision); with what each data set reached."""
+    sources = sorted(rows.loc[known, "dataset"].unique())
+    candidates = np.unique(np.round(prob[known], 4))
+
+    def reached(t: float) -> dict[str, dict[str, float]]:
+        out = {}
+        for source in sources:
+            rows_s = known & (rows["dataset"] == source).to_numpy()
+            pred, true = prob[rows_s] >= t, positive[rows_s]
+            hits = float((pred & true).sum())
+            out[source] = {"precision": hits / max(1, pred.sum()), "recall": hits / max(1, true.sum()),
+                           "n": int(rows_s.sum())}  # fmt: skip
+        return out
+
+    def rank(t: float) -> tuple[bool, float]:
+        r = reached(t)
+        feasible = all(v["precision"] >= precision for v in r.values())
+        worst = min(v["recall"] if feasible else v["precision"] for v in r.values())
+        return feasible, worst
+
+    best = max(candidates, key=rank)
+    return float(best), reached(float(best))
+
+
+def cam_threshold(val: ValidationGate, gate: CarNet) -> tuple[float, float]:
+    """The activation-map threshold with the best mean IoU against the validation EPFL boxes (view-head gates)."""
+    if "view" not in gate.head_sizes:
+        return DEFAULT_CAM_THRESHOLD, float("nan")
+    epfl = val.rows[val.rows["dataset"] == "epfl_multiview"]
+    truth = epfl[["box_x1", "box_y1", "box_x2", "box_y2"]].to_numpy(np.float32)
+    weight = gate.heads["car"].weight[0].detach()
+    scores = {t: float(box_iou(cam_boxes(val.epfl_maps, weight, t), truth).mean()) for t in np.arange(0.1, 0.75, 0.05)}
+    best = max(scores, key=scores.__getitem__)
+    return float(round(best, 2)), scores[best]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of normalised x1, y1, x2, y2 boxes."""
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return w * h / np.maximum(area(a) + area(b) - w * h, 1e-9)
+
+
+def gate_thresholds(val: ValidationGate, gate: CarNet, valid_views: str, precision: float) -> GateThresholds:
+    """Car threshold with the best balanced accuracy on validation cars vs non-cars; frontal and valid-view
+    thresholds by `per_source_threshold` at precision >= `precision` on the view-labelled validation frames
+    (EPFL angles, DVM-CAR's view lists); the box threshold by `cam_threshold`."""
+    rows, estimates = val.rows, val.estimates
+    is_car = rows["car"].to_numpy(int) == 1
     candidates = np.linspace(0.05, 0.95, 91)
+    car_prob = estimates.car
     balanced = [((car_prob[is_car] >= t).mean() + (car_prob[~is_car] < t).mean()) / 2 for t in candidates]
     car = float(candidates[int(np.argmax(balanced))])
-    epfl = (val["dataset"] == "epfl_multiview").to_numpy()
-    recall, frontal = recall_at_precision(val.loc[epfl, "frontal"].to_numpy(int), frontal_prob[epfl], precision)
-    return GateThresholds(car, float(max(balanced)), frontal, recall, precision)
+    view = rows["view"].to_numpy()
+    known = view != ""
+    frontal, frontal_val = per_source_threshold(rows, view == "front", known, estimates.frontal, precision)
+    views = accepted_views(valid_views)
+    if estimates.views is not None and views not in (VIEW_CLASSES, ("front",)):
+        valid_prob = estimates.views[:, [VIEW_CLASSES.index(v) for v in views]].sum(1)
+        view_threshold, view_val = per_source_threshold(rows, np.isin(view, views), known, valid_prob, precision)
+    else:
+        view_threshold, view_val = 0.5, {}
+    cam, iou = cam_threshold(val, gate)
+    return GateThresholds(
+        car, float(max(balanced)), frontal, frontal_val, view_threshold, view_val, precision, cam, iou
+    )
 
 
-def validation_gate_probabilities(
-    rows: pd.DataFrame, data_root: Path, gate: CarNet, size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Car and frontal probabilities of the gate on the rows' whole frames, with a progress bar."""
-    transform = ImageTransform(size)
-    batches = [
-        gate_probabilities(gate, [load_image(data_root / p) for p in rows["path"].iloc[start : start + 64]], transform)
-        for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch")
-    ]
-    return np.concatenate([car for car, _ in batches]), np.concatenate([frontal for _, frontal in batches])
+DATASET_NOTES = {
+    "stanford_cars": "Stanford Cars (Krause et al. 2013), training split, cropped to the car",
+    "epfl_multiview": "EPFL Multi-View Car (Ozuysal et al. 2009), 18 cars on a turntable",
+    "negatives": "ImageNet samples, BSDS500, Sun-Hays80, Urban100: photographs without cars",
+    "dvm_porsche": "DVM-CAR (Huang et al. 2021), 10,000 Porsche advert images 2000-2019, backgrounds removed",
+}
+
+
+def load_networks_from_checkpoints(args: argparse.Namespace) -> tuple[dict[str, CarNet], dict[str, dict], bool]:
+    networks, records = {}, {}
+    for key, path, head in (
+        ("modernity", args.modernity, "year_bin"),
+        ("bodytype", args.bodytype, "body_type"),
+        ("gate", args.gate, "gate"),
+    ):
+        networks[key], records[key] = serving_network(path, head)
+    return networks, records, share_frozen_backbone(networks, records)
+
+
+def overall_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """n-weighted means over the data sets of modernity accuracy and MAE, body-type accuracy and car accuracy."""
+
+    def weighted(task: str, key: str) -> dict[str, float]:
+        parts = [(m[task][key], m[task]["n"]) for m in metrics.values() if task in m and m[task].get("n")]
+        total = sum(n for _, n in parts)
+        return {key: sum(v * n for v, n in parts) / total, "n": total} if total else {}
+
+    return {"modernity": weighted("modernity", "accuracy") | weighted("modernity", "mae_years"),
+            "body_type": weighted("body_type", "accuracy"), "car": weighted("car", "accuracy"),
+            "note": "n-weighted means of the per-data-set test metrics"}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -127,66 +253,72 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root (image root of the bundle)")
     p.add_argument("--modernity", type=Path, required=True, help="checkpoint with a year_bin head")
     p.add_argument("--bodytype", type=Path, required=True, help="checkpoint with a body_type head")
-    p.add_argument("--gate", type=Path, required=True, help="checkpoint of the gate (car, box, frontal)")
+    p.add_argument("--gate", type=Path, required=True, help="checkpoint of the gate (car, box, frontal / car, view)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default="carmorph-default")
     p.add_argument(
-        "--valid-views", choices=["frontal", "all"], default="frontal", help="views the scores are valid for"
+        "--valid-views",
+        default="frontal",
+        help="views the scores are valid for: all, frontal, or a comma-separated list of front, three_quarter, "
+        "side, rear (needs a gate with a view head)",
     )
-    p.add_argument("--frontal-precision", type=float, default=0.95, help="frontal threshold: precision on val")
+    p.add_argument("--frontal-precision", type=float, default=0.95, help="view thresholds: precision on val")
     p.add_argument("--morph-min-members", type=int, default=10)
     p.add_argument("--map", choices=["umap", "pca"], default="umap", help="map method (pca: quick builds, tests)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        accepted_views(args.valid_views)
+    except ValueError as error:
+        p.error(str(error))
 
     table = pd.read_parquet(args.table)
-    networks, records = {}, {}
-    for key, path, head in (
-        ("modernity", args.modernity, "year_bin"),
-        ("bodytype", args.bodytype, "body_type"),
-        ("gate", args.gate, "gate"),
-    ):
-        networks[key], records[key] = serving_network(path, head)
-    size = int(records["modernity"]["args"]["size"])
-    thresholds = gate_thresholds(table, args.data, networks["gate"], size, args.frontal_precision)
+    networks, records, shared = load_networks_from_checkpoints(args)
+    first = records["modernity"]["args"]
+    size, arch = int(first["size"]), first.get("arch", RESNET18)
+    transform = ImageTransform(size, *(tuple(first[k]) for k in ("mean", "std") if k in first))
+    val = validation_gate(table, args.data, networks["gate"], transform)
+    thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
+    labels = collection_labels(table)
     splits = {  # the bundle's split of the datasets outside its collection, for `evaluate --split`
         dataset: dict(zip(rows["path"], rows["split"], strict=True))
         for dataset, rows in table.groupby("dataset")
-        if dataset != "stanford_cars"
+        if dataset not in set(labels["dataset"])
     }
     counts = table.groupby(["dataset", "split"]).size().unstack(fill_value=0)
+    necks = {key: int(record["args"].get("neck", 0)) for key, record in records.items()}
+    provenance = {
+        "data_root": str(args.data),
+        "datasets": {name: note for name, note in DATASET_NOTES.items() if name in counts.index},
+        "counts": {d: {s: int(v) for s, v in row.items()} for d, row in counts.iterrows()},
+        "split": "grouped 70/20/10 by car model class (Stanford: make + model + year; DVM-CAR: Genmodel + year), "
+        f"sequence (EPFL), image (negatives); seed {args.seed}",
+        "splits": splits,
+        "initialisation": inits,
+    }
+    if arch == LITE0:
+        provenance["pretrained_weights"] = lite0_weights_source().as_dict() | {"architecture": "tf_efficientnet_lite0"}
     manifest = Manifest(
         name=args.name,
         input_size=size,
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
-        networks=standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES), inits),
-        thresholds=Thresholds(car=thresholds.car, frontal=thresholds.frontal),
+        networks=standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES), inits, arch, necks, shared),
+        thresholds=Thresholds(thresholds.car, thresholds.frontal, thresholds.view, thresholds.cam),
         valid_views=args.valid_views,
         segmenter="gate",
         morph_min_members=args.morph_min_members,
         atlas=AtlasSpec(tile=64),
-        provenance={
-            "data_root": str(args.data),
-            "datasets": {
-                "stanford_cars": "Stanford Cars (Krause et al. 2013), training split, cropped to the car",
-                "epfl_multiview": "EPFL Multi-View Car (Ozuysal et al. 2009), 18 cars on a turntable",
-                "negatives": "ImageNet samples, BSDS500, Sun-Hays80, Urban100: photographs without cars",
-            },
-            "counts": {d: {s: int(v) for s, v in row.items()} for d, row in counts.iterrows()},
-            "split": "grouped 70/20/10 by car model class (Stanford), sequence (EPFL), image (negatives); seed "
-            + str(args.seed),
-            "splits": splits,
-            "initialisation": inits,
-        },
+        mean=transform.mean,
+        std=transform.std,
+        provenance=provenance,
         training={
             key: {k: v for k, v in record.items() if k != "args"} | {"args": record["args"]}
             for key, record in records.items()
         }
         | {"thresholds": asdict(thresholds)},
     )
-    labels = collection_labels(table)
     mapper = umap_coordinates(args.seed) if args.map == "umap" else pca_coordinates
     with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
         bundle = build_bundle(
@@ -199,16 +331,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             progress=lambda done, total: bar.update(done - bar.n),
         )
     metrics: dict[str, Any] = {
-        name: evaluate_folder(bundle, args.data / name, "test")
-        for name in ("stanford_cars", "epfl_multiview", "negatives")
+        name: evaluate_folder(bundle, args.data / name, "test") for name in counts.index if (args.data / name).is_dir()
     }
+    metrics["overall"] = overall_metrics(metrics)
     if args.map == "umap":
         metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
     manifest_path = args.out / MANIFEST_FILE
     data = json.loads(manifest_path.read_text())
     data["metrics"] = clean(metrics)
     manifest_path.write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(clean({k: v for k, v in metrics.items()}), indent=1)[:4000])
+    print(json.dumps(clean({k: v for k, v in metrics.items()}), indent=1)[:6000])
 
 
 if __name__ == "__main__":

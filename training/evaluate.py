@@ -1,7 +1,11 @@
-"""Evaluate a bundle on a folder laid out like ../shared/data/<dataset>/ (labels.csv + images/) and print JSON.
+"""Evaluate a bundle on a data set folder and print JSON: a folder laid out like ../shared/data/<dataset>/
+(labels.csv + images/) or a DVM-CAR folder (Ad_table.csv, images found by DVM's file names).
 
 Tasks follow the labels the folder has: `modernity` and `body_type` (year and body_type columns), `frontal`
-(a frontal column), `car` (every folder: cars are positives, a `car` column marks negatives). With `--split`,
+(a frontal column, an EPFL angle, or a `views.csv` beside the labels: frontal = `front`), `car` (every folder:
+cars are positives, a `car` column marks negatives). Where views are known, `by_view` has the modernity and
+body-type metrics per labelled view (and `by_predicted_view` per view the gate estimates); `by_make` splits
+modernity into Porsche and other makes (after 2012 the shared data's cars are all Porsches). With `--split`,
 only rows of that split of the bundle's own grouped split are used (folders the bundle was trained on);
 metrics on training rows are inflated, and the output says so.
 """
@@ -20,19 +24,33 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from core.artifacts import Bundle, crop_to_box, load_bundle, predict_images
+from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, predict_images
 from core.config import year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
 from core.scoring import softmax
+from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
+from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
 
 BATCH = 64
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
+    """The folder's labels with `file` (relative to the folder), `path` (folder name + file) and `view`."""
+    if is_dvm_folder(folder):
+        labels = read_dvm(folder)
+        labels["file"] = labels["path"].str.removeprefix(folder.name + "/")
+        return labels.drop(columns=["group", "year_bin"])
     labels = pd.read_csv(folder / "labels.csv")
     labels["path"] = folder.name + "/" + labels["file"]
+    views = read_views(folder)
+    from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""
+    labels["view"] = labels["file"].map(views).fillna(from_angle if "angle_deg" in labels else "")
+    labelled = labels["file"].isin(views.keys())
+    if labelled.any() or "frontal" not in labels:
+        frontal = labels["view"].map(frontal_from_view)
+        labels["frontal"] = frontal.where(labelled, labels["frontal"]) if "frontal" in labels else frontal
     return labels
 
 
@@ -54,10 +72,16 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
             box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
-        parts.append(predict_images(bundle.networks, crops, frames, bundle.transform))
+        parts.append(predict_images(bundle.networks, crops, frames, bundle.transform, bundle.thresholds.cam))
+    outputs = NetworkOutputs.concatenate(parts)
+    predicted_views = [outputs.view_decision(i, bundle.thresholds).view or "" for i in range(len(labels))]
     return {
-        key: np.concatenate([getattr(p, key) for p in parts])
-        for key in ("year_logits", "body_logits", "frontal_prob", "car_prob")
+        "year_logits": outputs.year_logits,
+        "body_logits": outputs.body_logits,
+        "frontal_prob": outputs.frontal_prob,
+        "car_prob": outputs.car_prob,
+        "view": np.array(predicted_views),
+        "accepted": outputs.accepted(bundle.thresholds, bundle.valid_views),
     }
 
 
@@ -104,11 +128,13 @@ def body_type_metrics(bundle: Bundle, body: pd.Series, logits: np.ndarray) -> di
     }
 
 
-def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame) -> dict[str, Any]:
-    """Modernity and body-type metrics on the views the gate calls frontal versus the others."""
-    frontal = outputs["frontal_prob"] >= bundle.thresholds.frontal
+def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame, views: np.ndarray) -> dict[str, Any]:
+    """Modernity and body-type metrics per view class of `views` (labelled or estimated), and on the images the
+    bundle accepts ("accepted") and refuses ("refused")."""
+    groups = [(view, views == view) for view in VIEW_CLASSES]
+    groups += [("accepted", outputs["accepted"]), ("refused", ~outputs["accepted"])]
     result = {}
-    for name, rows in (("frontal", frontal), ("other", ~frontal)):
+    for name, rows in groups:
         if rows.sum() == 0:
             continue
         mod = modernity_metrics(bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows])
@@ -119,6 +145,31 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
             "modernity_accuracy": mod["accuracy"],
             "mae_years": mod["mae_years"],
             "body_type_accuracy": body["accuracy"],
+        }
+    return result
+
+
+def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray) -> dict[str, Any]:
+    """Modernity of Porsches and of other makes: does "new" mean "Porsche"? Mean signed error of the expected
+    year, MAE, and the share of cars put in a bin after 2012 (every post-2012 car of the shared data is a
+    Porsche)."""
+    makes = labels["make"].fillna("").str.lower().to_numpy() if "make" in labels else np.full(len(labels), "")
+    centres = np.array([b.centre for b in bundle.year_bins])
+    probs = np.array([softmax(row) for row in logits])
+    expected = probs @ centres
+    late = np.array([b.start > 2012 for b in bundle.year_bins])
+    years = labels["year"].to_numpy(float)
+    result = {}
+    for name, rows in (("porsche", makes == "porsche"), ("other", (makes != "porsche") & (makes != ""))):
+        rows = rows & (years > 0)
+        if rows.sum() == 0:
+            continue
+        result[name] = {
+            "n": int(rows.sum()),
+            "mean_error_years": float((expected[rows] - years[rows]).mean()),
+            "mae_years": float(np.abs(expected[rows] - years[rows]).mean()),
+            "share_predicted_after_2012": float(late[probs[rows].argmax(1)].mean()),
+            "share_truly_after_2012": float((years[rows] > 2012).mean()),
         }
     return result
 
@@ -144,10 +195,15 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
     if "body_type" in labels:
         report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
     if "year" in labels:
-        report["by_view"] = by_view(bundle, outputs, labels)
-    if "frontal" in labels:
-        true = labels["frontal"].to_numpy(int)
-        report["frontal"] = frontal_metrics(true, outputs["frontal_prob"], bundle.thresholds.frontal) | {
+        report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
+        report["by_make"] = by_make(bundle, labels, outputs["year_logits"])
+        if (labels["view"] != "").any():
+            report["by_view"] = by_view(bundle, outputs, labels, labels["view"].to_numpy())
+    if "frontal" in labels and (labels["frontal"] >= 0).any():
+        known = (labels["frontal"] >= 0).to_numpy()
+        true = labels["frontal"].to_numpy(int)[known]
+        outputs_frontal = outputs["frontal_prob"][known]
+        report["frontal"] = frontal_metrics(true, outputs_frontal, bundle.thresholds.frontal) | {
             "threshold": bundle.thresholds.frontal, "n": len(true), "positives": int(true.sum())}  # fmt: skip
     car_true = labels["car"].to_numpy(int) if "car" in labels else np.ones(len(labels), int)
     car_pred = outputs["car_prob"] >= bundle.thresholds.car

@@ -1,8 +1,9 @@
 """Read the image folders into one labelled table with year bins and a grouped 70/20/10 split.
 
-Inputs are folders laid out like ../shared/data (`<dataset>/labels.csv` + `images/`) or DVM-CAR's
-`Confirmed_fronts` folder with its `Ad_table.csv`. No car model (make+model+year class), EPFL sequence
-or DVM generation model appears in two splits.
+Inputs are folders laid out like ../shared/data (`<dataset>/labels.csv` + `images/`, a `views.csv` beside any
+of them) and DVM-CAR folders (`resized_DVM` or `Confirmed_fronts` layout, found by file name, with
+`Ad_table.csv`). No car model class (make + model + year; DVM: Genmodel + year), EPFL sequence or DVM advert
+appears in two splits.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import pandas as pd
 
 from core.config import DVM_YEAR_BINS, SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin, year_to_bin
 
+YEAR_BIN_SETS = {"shared": SHARED_YEAR_BINS, "dvm": DVM_YEAR_BINS}
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
 TABLE_COLUMNS = [
     "id", "path", "dataset", "car", "make", "model", "class_name", "group", "year", "year_bin", "body_type",
-    "body_type_raw", "frontal", "angle_deg", "box_x1", "box_y1", "box_x2", "box_y2", "width", "height",
+    "body_type_raw", "view", "frontal", "angle_deg", "advert", "box_x1", "box_y1", "box_x2", "box_y2", "width",
+    "height",
 ]  # fmt: skip
 
 
@@ -90,39 +93,75 @@ def read_negatives(folder: Path) -> pd.DataFrame:
 
 DVM_NAME = re.compile(
     r"^(?P<maker>[^$]+)\$\$(?P<genmodel>[^$]+)\$\$(?P<year>\d{4})\$\$(?P<colour>[^$]*)\$\$(?P<gid>[^$]+)\$\$"
+    r"(?P<adv>[^$]*)\$\$"
 )
+VIEWS_FILE = "views.csv"
+# EPFL viewing angle (0 = front, ±180 = rear) to the view classes DVM-CAR names, plus side and rear.
+EPFL_VIEW_EDGES = ((30.0, "front"), (75.0, "three_quarter"), (105.0, "side"), (150.0, "three_quarter"), (180.0, "rear"))
 
 
-def read_dvm(folder: Path, ad_table: Path, bins: Sequence[YearBin] = DVM_YEAR_BINS) -> pd.DataFrame:
-    """DVM-CAR `Confirmed_fronts`: names `Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$...$$image_N.jpg`,
-    body type joined from `Ad_table.csv` by Genmodel_ID (its most frequent Bodytype)."""
-    ads = pd.read_csv(ad_table)
+def view_from_angle(angle_deg: float) -> str:
+    """front (|angle| <= 30), three_quarter (front or rear), side (75-105), rear (> 150); "" when unknown."""
+    return next((view for edge, view in EPFL_VIEW_EDGES if abs(angle_deg) <= edge), "")
+
+
+def read_views(folder: Path) -> dict[str, str]:
+    """`views.csv` (file, view) beside a data set: view label per file path relative to the folder."""
+    path = folder / VIEWS_FILE
+    if not path.is_file():
+        return {}
+    views = pd.read_csv(path, dtype=str).dropna()
+    return dict(zip(views["file"], views["view"].str.strip(), strict=True))
+
+
+def frontal_from_view(view: str) -> int:
+    """1 for `front`, 0 for another known view, -1 when unknown."""
+    return -1 if not view else int(view == "front")
+
+
+def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin] = SHARED_YEAR_BINS) -> pd.DataFrame:
+    """DVM-CAR images found by file name (`Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$image_N.jpg`) at any
+    depth, so both `resized_DVM` (`<Maker>/<Genmodel>/<Year>/<Colour>/`) and `Confirmed_fronts` layouts read.
+
+    Body type is joined from `Ad_table.csv` (default: inside `folder`) by Genmodel_ID (its most frequent
+    Bodytype); views from `views.csv` beside the images (every `Confirmed_fronts` image is a front view). A car
+    model class (the split's group) is Genmodel + year, as Stanford's make + model + year."""
+    ads = pd.read_csv(ad_table or folder / "Ad_table.csv")
     ads.columns = [c.strip() for c in ads.columns]
     body_by_model = ads.dropna(subset=["Bodytype"]).groupby("Genmodel_ID")["Bodytype"].agg(lambda s: s.mode().iat[0])
+    views = read_views(folder)
     rows = []
     for path in sorted(folder.rglob("*.jpg")):
         match = DVM_NAME.match(path.name)
         if match is None:
             continue
+        relative = path.relative_to(folder).as_posix()
+        view = "front" if "Confirmed_fronts" in path.parts else views.get(relative, "")
         raw_body = str(body_by_model.get(match["gid"], ""))
         rows.append(
             {
                 "path": str(path.relative_to(folder.parent)),
-                "dataset": "dvm_car",
+                "dataset": folder.name,
                 "car": 1,
                 "make": match["maker"],
                 "model": match["genmodel"],
                 "class_name": f"{match['maker']} {match['genmodel']} {match['year']}",
-                "group": "dvm:" + match["gid"],
+                "group": f"dvm:{match['gid']}:{match['year']}",
+                "advert": f"{match['gid']}$${match['adv']}",
                 "year": int(match["year"]),
                 "body_type": raw_body if raw_body in SEED_BODY_TYPES else "",
                 "body_type_raw": raw_body,
-                "frontal": 1,
+                "view": view,
+                "frontal": frontal_from_view(view),
             }
         )
     table = pd.DataFrame(rows)
     table["year_bin"] = [_bin_or_missing(y, bins) for y in table["year"]]
     return table
+
+
+def is_dvm_folder(folder: Path) -> bool:
+    return (folder / "Ad_table.csv").is_file()
 
 
 def _bin_or_missing(year: int, bins: Sequence[YearBin]) -> int:
@@ -137,6 +176,8 @@ def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float
     images (relative to the target, so small strata still reach val and test), so every stratum is split close to
     70/20/10 and no group is divided. Finer strata (body type x year bin) hold one or two car models each and
     would push the shares far from 70/20/10; walking each stratum in year order spreads year bins instead.
+    DVM-CAR groups (Genmodel + year) are many per model line but body type is per model line, so there the
+    strata are year bins, walked in body-type order.
     """
     rng = np.random.default_rng(seed)
     per_group = table.groupby("group").agg(
@@ -145,13 +186,15 @@ def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float
         body=("body_type", "first"),
         year_bin=("year_bin", "first"),
     )
-    per_group["stratum"] = per_group["stratum"] + "|" + per_group["body"].astype(str)
+    dvm = per_group.index.str.startswith("dvm:")
+    per_group["walk"] = np.where(dvm, per_group["body"].astype(str), per_group["year_bin"].astype(str).str.zfill(3))
+    per_group["stratum"] += "|" + np.where(dvm, per_group["year_bin"].astype(str), per_group["body"].astype(str))
     assignment: dict[str, str] = {}
     for _, groups in per_group.groupby("stratum"):
         filled = dict.fromkeys(fractions, 0)
         total = groups["size"].sum()
         shuffled = groups.iloc[rng.permutation(len(groups))]
-        for name, size in shuffled.sort_values("year_bin", kind="stable")["size"].items():
+        for name, size in shuffled.sort_values("walk", kind="stable")["size"].items():
             need = {split: 1 - filled[split] / (fractions[split] * total) for split in fractions}
             chosen = max(need, key=need.__getitem__)
             assignment[name] = chosen
@@ -159,26 +202,54 @@ def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float
     return table["group"].map(assignment)
 
 
+def read_dataset(folder: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS) -> pd.DataFrame | None:
+    """One data set folder as table rows (not finalised): a DVM-CAR folder (with Ad_table.csv) or a folder with
+    labels.csv read by its columns (EPFL: angles; negatives: a `car` column; else cars with make, model,
+    year, body type), with `views.csv` beside it joined; None when the folder is neither."""
+    if is_dvm_folder(folder):
+        return read_dvm(folder, bins=bins)
+    if not (folder / "labels.csv").is_file():
+        return None
+    columns = set(pd.read_csv(folder / "labels.csv", nrows=0).columns)
+    if "angle_deg" in columns:
+        table = read_epfl(folder)
+    elif "car" in columns:
+        table = read_negatives(folder)
+    else:
+        table = read_stanford(folder, bins)
+    return with_views(table, folder)
+
+
 def prepare(data_root: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS, seed: int = 0) -> pd.DataFrame:
     """One table over every dataset folder found under `data_root`."""
-    readers = {
-        "stanford_cars": lambda f: read_stanford(f, bins),
-        "epfl_multiview": read_epfl,
-        "negatives": read_negatives,
-    }
-    parts = [
-        reader(data_root / name) for name, reader in readers.items() if (data_root / name / "labels.csv").is_file()
-    ]
+    parts = [read_dataset(folder, bins) for folder in sorted(data_root.iterdir()) if folder.is_dir()]
+    parts = [part for part in parts if part is not None]
     if not parts:
-        raise SystemExit(f"No dataset folders (stanford_cars/, epfl_multiview/, negatives/) found in {data_root}")
+        raise SystemExit(
+            f"No dataset folders (stanford_cars/, epfl_multiview/, negatives/, a DVM-CAR folder with Ad_table.csv) "
+            f"found in {data_root}"
+        )
     return finalise(pd.concat(parts, ignore_index=True), seed)
+
+
+def with_views(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """The `view` column: from `views.csv` beside the data set where it names the file, else from EPFL's angle;
+    `frontal` follows a view label where there is one."""
+    views = read_views(folder)
+    files = table["path"].str.removeprefix(folder.name + "/")
+    from_angle = table["angle_deg"].map(view_from_angle) if "angle_deg" in table else pd.Series("", index=table.index)
+    table["view"] = [views.get(file, "") or angle for file, angle in zip(files, from_angle, strict=True)]
+    labelled = files.isin(views.keys())
+    if labelled.any():
+        table.loc[labelled, "frontal"] = table.loc[labelled, "view"].map(frontal_from_view)
+    return table
 
 
 def finalise(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     """Fill defaults, give stable ids and the grouped split."""
     defaults = {"make": "", "model": "", "class_name": "", "year": -1, "year_bin": -1, "body_type": "",
-                "body_type_raw": "", "frontal": -1, "angle_deg": np.nan, "box_x1": np.nan, "box_y1": np.nan,
-                "box_x2": np.nan, "box_y2": np.nan, "width": -1, "height": -1}  # fmt: skip
+                "body_type_raw": "", "view": "", "advert": "", "frontal": -1, "angle_deg": np.nan, "box_x1": np.nan,
+                "box_y1": np.nan, "box_x2": np.nan, "box_y2": np.nan, "width": -1, "height": -1}  # fmt: skip
     for column, value in defaults.items():
         table[column] = table[column].fillna(value) if column in table else value
     table = table.astype({"car": int, "year": int, "year_bin": int, "frontal": int, "width": int, "height": int})
@@ -190,17 +261,25 @@ def finalise(table: pd.DataFrame, seed: int) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root with dataset folders")
-    parser.add_argument("--dvm", type=Path, help="DVM-CAR Confirmed_fronts folder (uses the seed's year bins)")
-    parser.add_argument("--dvm-ads", type=Path, help="DVM-CAR Ad_table.csv (with --dvm)")
+    parser.add_argument("--dvm", type=Path, help="a DVM-CAR folder alone (resized_DVM or Confirmed_fronts layout)")
+    parser.add_argument("--dvm-ads", type=Path, help="DVM-CAR Ad_table.csv (default: inside the --dvm folder)")
+    parser.add_argument(
+        "--year-bins",
+        choices=sorted(YEAR_BIN_SETS),
+        default="shared",
+        help="shared: 1991-2006 ... 2017-2020 (fits the shared data); dvm: the seed's 2000-03 ... 2015-17",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/table.parquet"))
     args = parser.parse_args(argv)
+    bins = YEAR_BIN_SETS[args.year_bins]
     if args.dvm:
-        if not args.dvm_ads:
-            parser.error("--dvm needs --dvm-ads (DVM-CAR's Ad_table.csv)")
-        table = finalise(read_dvm(args.dvm, args.dvm_ads), args.seed)
+        ads = args.dvm_ads or args.dvm / "Ad_table.csv"
+        if not ads.is_file():
+            parser.error(f"no Ad_table.csv at {ads}: pass --dvm-ads")
+        table = finalise(read_dvm(args.dvm, ads, bins), args.seed)
     else:
-        table = prepare(args.data, seed=args.seed)
+        table = prepare(args.data, bins, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out, index=False)
     print(table.groupby(["dataset", "split"]).size().unstack(fill_value=0).to_string())

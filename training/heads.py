@@ -1,0 +1,304 @@
+"""Train the bundle's heads on the frozen teacher's cached features (from `training.teacher`): seconds, not hours.
+
+Three networks share the frozen EfficientNet-Lite0 backbone and differ in what is trained on its pooled
+1280-d feature:
+
+- `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-balanced cross-entropy plus the
+  earth mover's distance over the ordered bins; Stanford and DVM-CAR crops.
+- `bodytype`: neck and the body-type head (the seed's five types; the raw body types as an auxiliary head); the
+  neck's 256-d output is the embedding that morphs and typicality use.
+- `gate`: linear heads (no neck, so a class activation map of the car head gives the box) for car presence
+  (car crops, EPFL frames and composites vs negatives) and the view (front, three_quarter, side, rear: EPFL
+  angles and DVM-CAR's view labels, each source weighted to the same total).
+
+Each network keeps the epoch with the best validation score; checkpoints have the shape `training.train`
+writes, so `training.build` reads both.
+
+  python -m training.heads --table runs/table.parquet --teacher cache/teacher224 --out runs/heads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from core.config import SEED_BODY_TYPES
+from core.models import LITE0, LITE_MEAN, LITE_STD, CarNet, build_carnet, lite0_weights_source
+from core.viewpoint import VIEW_CLASSES
+from training.metrics import classification_metrics, recall_at_precision
+from training.train import class_weights, emd_loss
+
+NECK = 256
+
+
+@dataclass
+class Split:
+    """Cached pooled features (N x 1280 float32) and integer targets (-1 = unknown) with per-row weights."""
+
+    features: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    datasets: np.ndarray
+
+
+def teacher_features(teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
+    return pd.read_parquet(teacher / f"{view}_index.parquet"), np.load(teacher / f"{view}.npy").astype(np.float32)
+
+
+def joined(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """Table rows in the order of a teacher view's index (by path)."""
+    by_path = table.set_index("path")
+    return by_path.loc[index["path"]].reset_index()
+
+
+def encode(values: pd.Series, labels: Sequence[str]) -> np.ndarray:
+    lookup = {label: i for i, label in enumerate(labels)}
+    return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+
+
+def car_splits(table: pd.DataFrame, teacher: Path, body_raw: Sequence[str]) -> dict[str, Split]:
+    """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks."""
+    index, features = teacher_features(teacher, "crop")
+    rows = joined(table, index)
+    keep = (rows["year"] > 0).to_numpy()
+    rows, features = rows[keep].reset_index(drop=True), features[keep]
+    out = {}
+    for split in ("train", "val", "test"):
+        mask = (rows["split"] == split).to_numpy()
+        part = rows[mask]
+        out[split] = Split(
+            torch.from_numpy(features[mask]),
+            {
+                "year_bin": torch.from_numpy(part["year_bin"].to_numpy(np.int64)),
+                "body_type": torch.from_numpy(encode(part["body_type"], SEED_BODY_TYPES)),
+                "body_raw": torch.from_numpy(encode(part["body_type_raw"], body_raw)),
+            },
+            torch.ones(int(mask.sum())),
+            part["dataset"].to_numpy(),
+        )
+    return out
+
+
+def gate_splits(table: pd.DataFrame, teacher: Path) -> dict[str, Split]:
+    """Car crops, whole frames and composites: car presence for all, the view where a source labels it."""
+    parts = []
+    for view in ("crop", "frame", "composite"):
+        index, features = teacher_features(teacher, view)
+        rows = joined(table, index)
+        car = np.ones(len(rows), np.int64) if view == "composite" else rows["car"].to_numpy(np.int64)
+        views = encode(rows["view"], VIEW_CLASSES) if view != "composite" else np.full(len(rows), -1)
+        parts.append((rows["split"].to_numpy(), rows["dataset"].to_numpy(), features, car, views))
+    split, dataset, features, car, views = (np.concatenate(column) for column in zip(*parts, strict=True))
+    weights = source_weights(dataset, views)
+    return {
+        name: Split(
+            torch.from_numpy(features[split == name]),
+            {"car": torch.from_numpy(car[split == name]), "view": torch.from_numpy(views[split == name])},
+            torch.from_numpy(weights[split == name]),
+            dataset[split == name],
+        )
+        for name in ("train", "val", "test")
+    }
+
+
+def source_weights(dataset: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Weights (mean 1 over view-labelled rows) giving every data set with view labels the same total weight."""
+    weights = np.ones(len(dataset), np.float32)
+    labelled = views >= 0
+    sources = np.unique(dataset[labelled])
+    for source in sources:
+        rows = labelled & (dataset == source)
+        weights[rows] = labelled.sum() / (len(sources) * rows.sum())
+    return weights
+
+
+Loss = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+def car_loss(main: str, class_weight: torch.Tensor, aux_weight: float = 0.3) -> Loss:
+    def loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], _: torch.Tensor) -> torch.Tensor:
+        known = targets[main] >= 0
+        logits, target = outputs[main][known], targets[main][known]
+        total = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=0.1)
+        if main == "year_bin":
+            total = total + emd_loss(logits, target)
+        if "body_raw" in outputs and (targets["body_raw"] >= 0).any():
+            aux = targets["body_raw"] >= 0
+            total = total + aux_weight * F.cross_entropy(outputs["body_raw"][aux], targets["body_raw"][aux])
+        return total
+
+    return loss
+
+
+def gate_loss(
+    outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], weights: torch.Tensor
+) -> torch.Tensor:
+    total = F.binary_cross_entropy_with_logits(outputs["car"][:, 0], targets["car"].float())
+    known = targets["view"] >= 0
+    if known.any():
+        per_row = F.cross_entropy(outputs["view"][known], targets["view"][known], reduction="none")
+        total = total + (per_row * weights[known]).sum() / weights[known].sum()
+    return total
+
+
+@torch.inference_mode()
+def outputs_of(model: CarNet, split: Split) -> dict[str, np.ndarray]:
+    model.eval()
+    return {k: v.numpy() for k, v in model.forward_from_pooled(split.features).items()}
+
+
+def per_dataset_macro_f1(split: Split, logits: np.ndarray, head: str) -> dict[str, float]:
+    true = split.targets[head].numpy()
+    return {
+        str(d): classification_metrics(
+            true[split.datasets == d], logits[split.datasets == d].argmax(1), logits.shape[1]
+        ).macro_f1
+        for d in np.unique(split.datasets[true >= 0])
+    }
+
+
+def car_metrics(head: str) -> Callable[[CarNet, Split], dict[str, float]]:
+    """Validation metrics of a car network; `score` (what selects the epoch) is the mean over data sets of the
+    main head's macro-F1 (modernity) or accuracy (body type)."""
+
+    def metrics(model: CarNet, split: Split) -> dict[str, float]:
+        logits = outputs_of(model, split)[head]
+        true = split.targets[head].numpy()
+        overall = classification_metrics(true, logits.argmax(1), logits.shape[1])
+        f1 = per_dataset_macro_f1(split, logits, head)
+        result = {"accuracy": overall.accuracy, "macro_f1": overall.macro_f1} | {f"f1_{d}": v for d, v in f1.items()}
+        if head == "year_bin":
+            result["score"] = float(np.mean(list(f1.values())))
+        else:
+            known = true >= 0
+            result["score"] = float((logits.argmax(1) == true)[known].mean())
+        return result
+
+    return metrics
+
+
+def gate_metrics(model: CarNet, split: Split) -> dict[str, float]:
+    """Car accuracy at 0.5 and front-view recall at precision >= 0.95, per view-labelled data set (score: sum)."""
+    out = outputs_of(model, split)
+    car_prob = 1 / (1 + np.exp(-out["car"][:, 0]))
+    car = split.targets["car"].numpy()
+    result = {"car_accuracy": float(((car_prob >= 0.5) == (car == 1)).mean())}
+    view = split.targets["view"].numpy()
+    front = torch.softmax(torch.from_numpy(out["view"]), 1)[:, VIEW_CLASSES.index("front")].numpy()
+    recalls = []
+    for source in np.unique(split.datasets[view >= 0]):
+        rows = (view >= 0) & (split.datasets == source)
+        is_front = (view[rows] == VIEW_CLASSES.index("front")).astype(int)
+        recall, _ = recall_at_precision(is_front, front[rows], 0.95)
+        result[f"front_recall_at_p95_{source}"] = recall
+        recalls.append(recall)
+    result["score"] = result["car_accuracy"] + float(np.mean(recalls))
+    return result
+
+
+def fit(
+    model: CarNet, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args: argparse.Namespace
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """AdamW with cosine decay and input dropout; returns the best epoch's state and the history."""
+    trainable = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    train = data["train"]
+    steps_per_epoch = max(1, len(train.features) // args.batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(args.seed)
+    best, best_state, history = -np.inf, {}, []
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train.features), generator=generator)
+        for step in range(steps_per_epoch):
+            idx = order[step * args.batch_size : (step + 1) * args.batch_size]
+            x = F.dropout(train.features[idx], p=args.input_dropout, training=True)
+            targets = {k: v[idx] for k, v in train.targets.items()}
+            loss = loss_fn(model.forward_from_pooled(x), targets, train.weights[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        record = {"epoch": epoch, "loss": float(loss.detach()), **metrics_fn(model, data["val"])}
+        history.append(record)
+        if record["score"] > best:
+            best, best_state = record["score"], {k: v.clone() for k, v in model.state_dict().items()}
+    return best_state, history
+
+
+def save_checkpoint(
+    path: Path, model: CarNet, neck: int, history: list[dict], args: argparse.Namespace, origin: str
+) -> None:
+    best = max(history, key=lambda r: r["score"])
+    saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    saved_args |= {"size": args.size, "arch": LITE0, "neck": neck, "origin": origin, "mean": list(LITE_MEAN),
+                   "std": list(LITE_STD), "frozen_backbone": True}  # fmt: skip
+    torch.save({"model": model.state_dict(), "epoch": best["epoch"], "history": history, "args": saved_args,
+                "heads": model.head_sizes, "best": best["score"]}, path)  # fmt: skip
+
+
+def train_network(
+    key: str, heads: dict[str, int], neck: int, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args
+) -> None:
+    tic = time.time()
+    torch.manual_seed(args.seed)
+    model = build_carnet(heads, imagenet=True, arch=LITE0, neck=neck)  # the checkpoint holds the whole network
+    state, history = fit(model, data, loss_fn, metrics_fn, args)
+    model.load_state_dict(state)
+    source = lite0_weights_source()
+    origin = f"imagenet:{source.package}=={source.version}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.out / f"{key}.pt", model, neck, history, args, origin)
+    best = max(history, key=lambda r: r["score"])
+    print(json.dumps({"network": key, "seconds": round(time.time() - tic, 1), "best": best}), flush=True)
+    with open(args.out / "log.jsonl", "a") as log:
+        log.write(json.dumps({"network": key, "history": history}) + "\n")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
+    p.add_argument("--teacher", type=Path, default=Path("cache/teacher224"), help="from training.teacher")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--networks", nargs="+", choices=["modernity", "bodytype", "gate"],
+                   default=["modernity", "bodytype", "gate"])  # fmt: skip
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--input-dropout", type=float, default=0.3)
+    p.add_argument("--size", type=int, default=224, help="the teacher's input size the features were made at")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    table = pd.read_parquet(args.table)
+    body_raw = sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
+    if {"modernity", "bodytype"} & set(args.networks):
+        cars = car_splits(table, args.teacher, body_raw)
+    if "modernity" in args.networks:
+        weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
+        train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
+                      args)  # fmt: skip
+    if "bodytype" in args.networks:
+        weight = class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES))
+        heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
+        train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
+    if "gate" in args.networks:
+        heads = {"car": 1, "view": len(VIEW_CLASSES)}
+        train_network("gate", heads, 0, gate_splits(table, args.teacher), gate_loss, gate_metrics, args)
+
+
+if __name__ == "__main__":
+    main()
