@@ -696,6 +696,31 @@ def predict_images(
     )
 
 
+def predict_pooled(networks: Mapping[str, CarNet], pooled: np.ndarray) -> NetworkOutputs:
+    """The three networks' outputs from their shared backbone's pooled features of images whose crop is the whole
+    frame (a cache of that backbone's outputs, computed once): the same numbers as predict_images on those images,
+    without the backbone pass. Boxes need the maps, so none are computed."""
+    if not networks["modernity"].backbone is networks["bodytype"].backbone is networks["gate"].backbone:
+        raise ValueError("predict_pooled needs networks that share one backbone")
+    x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
+    with torch.inference_mode():
+        year = networks["modernity"].forward_from_pooled(x)["year_bin"]
+        body = networks["bodytype"].forward_from_pooled(x)
+        gate = networks["gate"].forward_from_pooled(x)
+    views = torch.softmax(gate["view"], 1).numpy() if "view" in gate else None
+    frontal = (
+        views[:, VIEW_CLASSES.index("front")] if views is not None else torch.sigmoid(gate["frontal"][:, 0]).numpy()
+    )
+    return NetworkOutputs(
+        year_logits=year.numpy(),
+        body_logits=body["body_type"].numpy(),
+        features=body["features"].numpy().astype(np.float32),
+        frontal_prob=frontal,
+        car_prob=torch.sigmoid(gate["car"][:, 0]).numpy(),
+        view_probs=(views if views is not None else np.full((len(x), len(VIEW_CLASSES)), np.nan)).astype(np.float32),
+    )
+
+
 def table_from_labels(
     labels: pd.DataFrame, dataset: str, year_bins: Sequence[YearBin], split: str = "train"
 ) -> pd.DataFrame:
@@ -861,6 +886,7 @@ def build_bundle(
     morph_image_size: int = 64,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    pooled: np.ndarray | None = None,
 ) -> Bundle:
     """Embed every labelled image with the networks, compute morphs, map, table and atlas, write and load back.
 
@@ -870,6 +896,8 @@ def build_bundle(
     The networks are rounded to the stored precision first, so the table matches what the app computes.
     Morphs and their images use only training cars whose view the bundle accepts (`valid_views`).
     `progress(done, total)` is called after every batch of images (a CLI passes a progress bar).
+    `pooled` (row i = the shared backbone's pooled feature of row i's crop, which must be its whole frame) skips
+    the backbone pass (`predict_pooled`); the images are still read for the atlas and the morph images.
     """
     from core.imaging import load_image  # imported here: core.imaging is only needed to build, not to load
 
@@ -898,7 +926,10 @@ def build_bundle(
             atlas.paste(atlas_tile(crop, tile), ((i % columns) * tile, (i // columns) * tile))
             frames.append(frame)
             crops.append(crop)
-        part = predict_images(stored, crops, frames, manifest.transform, manifest.thresholds.cam)
+        if pooled is None:
+            part = predict_images(stored, crops, frames, manifest.transform, manifest.thresholds.cam)
+        else:
+            part = predict_pooled(stored, pooled[start : start + len(crops)])
         for offset, accepted in enumerate(part.accepted(manifest.thresholds, manifest.valid_views)):
             if accepted and labelled[start + offset]:
                 mean_images.add((int(body_index[start + offset]), int(year_bin[start + offset])), crops[offset])
@@ -963,6 +994,7 @@ def build_untrained_bundle(
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
         networks=specs,
+        valid_views="all",  # an untrained gate says nothing of views: every image is a morph member
         morph_min_members=morph_min_members,
         atlas=AtlasSpec(tile=32),
         provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},

@@ -372,9 +372,10 @@ def cars_per_year_bin(table: pd.DataFrame, year_bins: Sequence[YearBin], n: int 
     split_rank = table["split"].map({"test": 0, "val": 1}).fillna(2)
     chosen: dict[str, pd.DataFrame] = {}
     for index, year_bin in enumerate(year_bins):
-        members = table[table["year_bin"] == index].assign(_rank=split_rank)
-        if members.empty:
+        in_bin = table["year_bin"] == index
+        if not in_bin.any():  # a bin the collection has no car of (checked first: assign on an empty frame adds rows)
             continue
+        members = table[in_bin].assign(_rank=split_rank[in_bin])
         pool = members[members["_rank"] == members["_rank"].min()].sort_values("modernity", kind="stable")
         picks = np.unique(np.round(np.linspace(0, len(pool) - 1, min(n, len(pool)))).astype(int))
         chosen[year_bin.label] = pool.iloc[picks].drop(columns="_rank")

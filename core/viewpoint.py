@@ -75,7 +75,7 @@ def describe_views(views: Sequence[str]) -> str:
     """'front and three-quarter views' for ("front", "three_quarter")."""
     names = [VIEW_NAMES[v] for v in views]
     joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    return f"{joined} view{'s' if len(names) > 1 else ''}"
+    return f"{joined} views"
 
 
 def view_rejection(decision: FrontalDecision, valid_views: str, view_threshold: float = 0.5) -> str | None:

@@ -73,7 +73,7 @@ def test_tiny_bundle_exposes_what_the_app_needs(tiny_bundle: Bundle):
     assert bundle.body_types == ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
     assert bundle.transform == ImageTransform(64)
     assert (bundle.thresholds.car, bundle.thresholds.frontal) == (0.5, 0.5)
-    assert (bundle.valid_views, bundle.segmenter) == ("frontal", "gate")
+    assert (bundle.valid_views, bundle.segmenter) == ("all", "gate")
     assert bundle.provenance["note"] == "untrained networks (seed 0): for tests only"
     assert all(not net.training for net in (bundle.modernity, bundle.bodytype, bundle.gate))
     assert list(bundle.images.columns) == list(IMAGE_COLUMNS)
@@ -88,9 +88,9 @@ def test_tiny_bundle_exposes_what_the_app_needs(tiny_bundle: Bundle):
 def test_morphs_cover_the_groups_with_enough_training_members(tiny_bundle: Bundle):
     morphs = tiny_bundle.morphs
     groups = {morphs.group_label(int(b), int(y)) for b, y in zip(morphs.body_type, morphs.year_bin, strict=True)}
-    assert groups == {"SUV · 2012", "Saloon · 2012"}
-    assert morphs.count.tolist() == [2, 2]
-    assert morphs.images.shape == (2, 32, 32, 3) and morphs.images.dtype == np.uint8
+    assert groups == {"Hatchback · 2011-2012", "SUV · 2011-2012", "Saloon · 2011-2012"}  # 2011 and 2012 cars
+    assert morphs.count.tolist() == [2, 2, 2]
+    assert morphs.images.shape == (3, 32, 32, 3) and morphs.images.dtype == np.uint8
     for row in range(len(morphs)):
         values = morphs.typicality_values(row)
         assert len(values) == 2 and np.all(np.diff(values) >= 0) and np.all(values <= 1.0 + 1e-6)
@@ -199,7 +199,7 @@ def test_morph_feature_dimension_is_checked(bundle_copy: Path, tiny_bundle: Bund
 
     replace_file(bundle_copy, MORPHS_FILE, write)
     message = refused(bundle_copy)
-    assert MORPHS_FILE in message and "features" in message and "(2, 256)" in message
+    assert MORPHS_FILE in message and "features" in message and "(3, 256)" in message
 
 
 def test_reloaded_bundle_scores_like_the_built_one(bundle_copy: Path, tiny_bundle: Bundle):

@@ -20,7 +20,7 @@ from core.scoring import (
 )
 from core.viewpoint import frontal_decision, frontal_decision_from_logit, view_rejection
 
-# SHARED_YEAR_BINS centres: 2000.0, 2007.0, 2008.6, 2010.4, 2012.0
+# SHARED_YEAR_BINS centres: 2002.5, 2008.3, 2011.9, 2014.5, 2017.8
 
 
 def logits_for(probabilities: list[float]) -> np.ndarray:
@@ -31,23 +31,23 @@ def logits_for(probabilities: list[float]) -> np.ndarray:
 def test_uniform_logits_give_the_middle_score_and_the_mean_centre():
     result = modernity_from_logits(np.zeros(5), SHARED_YEAR_BINS)
     assert result.score == pytest.approx(2.0)
-    assert result.expected_year == pytest.approx((2000.0 + 2007.0 + 2008.6 + 2010.4 + 2012.0) / 5)  # 2007.6
+    assert result.expected_year == pytest.approx((2002.5 + 2008.3 + 2011.9 + 2014.5 + 2017.8) / 5)  # 2011.0
     assert result.probabilities == pytest.approx((0.2,) * 5)
 
 
 def test_modernity_is_the_probability_weighted_bin_index():
     result = modernity_from_logits(logits_for([0.4, 0.3, 0.2, 0.1, 0.0]), SHARED_YEAR_BINS)
     assert result.score == pytest.approx(0.3 * 1 + 0.2 * 2 + 0.1 * 3)  # 1.0
-    assert result.expected_year == pytest.approx(0.4 * 2000 + 0.3 * 2007 + 0.2 * 2008.6 + 0.1 * 2010.4)  # 2004.86
+    assert result.expected_year == pytest.approx(0.4 * 2002.5 + 0.3 * 2008.3 + 0.2 * 2011.9 + 0.1 * 2014.5)  # 2007.32
     assert (result.predicted_bin, result.predicted_label) == (0, "1991-2006")
 
 
 def test_modernity_reaches_the_ends_of_its_range():
     newest = modernity_from_logits(torch.tensor([[-50.0, -50.0, -50.0, -50.0, 50.0]]), SHARED_YEAR_BINS)
-    assert newest.score == pytest.approx(4.0) and newest.expected_year == pytest.approx(2012.0)
-    assert newest.predicted_label == "2012"
+    assert newest.score == pytest.approx(4.0) and newest.expected_year == pytest.approx(2017.8)
+    assert newest.predicted_label == "2017-2020"
     oldest = modernity_from_logits(np.array([50.0, -50.0, -50.0, -50.0, -50.0]), SHARED_YEAR_BINS)
-    assert oldest.score == pytest.approx(0.0) and oldest.expected_year == pytest.approx(2000.0)
+    assert oldest.score == pytest.approx(0.0) and oldest.expected_year == pytest.approx(2002.5)
 
 
 def test_logit_count_must_match_the_bins():
@@ -102,7 +102,7 @@ def make_morphs() -> Morphs:
 
 def test_typicality_against_the_group_morph():
     result = typicality(np.array([1.0, 1.0, 0.0, 0.0]), make_morphs(), body_index=1, year_bin=4)
-    assert result.group == "SUV · 2012" and result.has_morph and result.reason is None
+    assert result.group == "SUV · 2017-2020" and result.has_morph and result.reason is None
     assert result.cosine == pytest.approx(math.sqrt(0.5))  # 0.707: above 0.6, below 0.8 -> 1 of 3
     assert result.percentile == pytest.approx(100 / 3)
     assert result.members == 3
@@ -110,15 +110,15 @@ def test_typicality_against_the_group_morph():
 
 def test_typicality_percentile_ignores_the_padding():
     result = typicality(np.array([0.0, 3.0, 0.0, 0.0]), make_morphs(), body_index=3, year_bin=1)
-    assert result.group == "Saloon · 2007"
+    assert result.group == "Saloon · 2007-2010"
     assert result.cosine == pytest.approx(1.0) and result.percentile == pytest.approx(100.0)
 
 
 def test_group_without_a_morph_says_so():
     result = typicality(np.ones(4), make_morphs(), body_index=4, year_bin=1)
     assert not result.has_morph and result.cosine is None and result.percentile is None
-    assert result.group == "Convertible · 2007"
-    assert result.reason == "No morph for Convertible · 2007: fewer than 2 training cars in this group."
+    assert result.group == "Convertible · 2007-2010"
+    assert result.reason == "No morph for Convertible · 2007-2010: fewer than 2 training cars in this group."
 
 
 def test_frontal_decision_uses_the_threshold_inclusively():

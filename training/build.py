@@ -25,6 +25,8 @@ from core.artifacts import (
     Manifest,
     Thresholds,
     build_bundle,
+    crop_to_box,
+    predict_pooled,
     standard_networks,
 )
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
@@ -125,21 +127,75 @@ class ValidationGate:
     epfl_maps: torch.Tensor
 
 
-def validation_gate(table: pd.DataFrame, data_root: Path, gate: CarNet, transform: ImageTransform) -> ValidationGate:
-    """The gate on every validation row's whole frame, with a progress bar."""
+def validation_gate(
+    table: pd.DataFrame,
+    data_root: Path,
+    networks: dict[str, CarNet],
+    transform: ImageTransform,
+    cache: FeatureCache | None,
+) -> ValidationGate:
+    """The gate on every validation row's whole frame (from the feature cache where there is one), with a progress
+    bar; the EPFL frames always through the network, for their activation maps."""
     rows = table[table["split"] == "val"].reset_index(drop=True)
+    gate, epfl = networks["gate"], (rows["dataset"] == "epfl_multiview").to_numpy()
     parts, maps = [], []
     for start in tqdm(range(0, len(rows), 64), desc="gate on val", unit="batch"):
         batch = rows.iloc[start : start + 64]
-        with torch.inference_mode():
-            batch_maps = gate.feature_maps(transform([load_image(data_root / p) for p in batch["path"]]))
-        parts.append(gate_estimates_from_maps(gate, batch_maps))
-        maps.append(batch_maps[(batch["dataset"] == "epfl_multiview").to_numpy()])
+        in_epfl = epfl[start : start + 64]
+        if cache is None or in_epfl.any():
+            with torch.inference_mode():
+                batch_maps = gate.feature_maps(transform([load_image(data_root / p) for p in batch["path"]]))
+            maps.append(batch_maps[in_epfl])
+        if cache is None:
+            parts.append(gate_estimates_from_maps(gate, batch_maps))
+        else:
+            outputs = predict_pooled(networks, cache.frames(batch))
+            parts.append(GateEstimates(outputs.car_prob, outputs.frontal_prob, outputs.view_probs, None))
     estimates = GateEstimates(
         *(None if getattr(parts[0], f) is None else np.concatenate([getattr(p, f) for p in parts])
           for f in ("car", "frontal", "views", "boxes"))
     )  # fmt: skip
     return ValidationGate(rows, estimates, torch.cat(maps))
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Pooled features of the shared frozen backbone from `training.teacher` (crop and frame views, by path)."""
+
+    crop: dict[str, np.ndarray]
+    frame: dict[str, np.ndarray]
+
+    @classmethod
+    def read(cls, folder: Path) -> FeatureCache:
+        def view(name: str) -> dict[str, np.ndarray]:
+            index = pd.read_parquet(folder / f"{name}_index.parquet")
+            features = np.load(folder / f"{name}.npy").astype(np.float32)
+            return dict(zip(index["path"], features, strict=True))
+
+        return cls(view("crop"), view("frame"))
+
+    def crops(self, rows: pd.DataFrame) -> np.ndarray:
+        return np.stack([self.crop[p] for p in rows["path"]])
+
+    def frames(self, rows: pd.DataFrame) -> np.ndarray:
+        """Whole frames: the frame view where it was computed (EPFL, negatives), else the crop (the whole image)."""
+        return np.stack([self.frame.get(p, self.crop.get(p)) for p in rows["path"]])
+
+
+def check_cache(cache: FeatureCache, networks: dict[str, CarNet], labels: pd.DataFrame, data_root: Path,
+                transform: ImageTransform, sample: int = 32, seed: int = 0) -> float:  # fmt: skip
+    """Largest absolute difference between cached features and the bundle's own backbone on sampled rows (what the
+    app computes); refuses a cache that another backbone or transform made."""
+    rows = labels.sample(min(sample, len(labels)), random_state=seed)
+    images = [crop_to_box(load_image(data_root / r["path"]), [r[f"bbox_{c}"] for c in ("x1", "y1", "x2", "y2")])
+              for _, r in rows.iterrows()]  # fmt: skip
+    with torch.inference_mode():
+        maps = networks["bodytype"].feature_maps(transform(images))
+        fresh = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(maps, 1), 1).numpy()
+    difference = float(np.abs(fresh - cache.crops(rows)).max())
+    if difference > 0.05:
+        raise SystemExit(f"--features: the cache differs from the bundle's backbone by up to {difference:.3f}")
+    return difference
 
 
 def per_source_threshold(
@@ -167,6 +223,30 @@ def per_source_threshold(
         return feasible, worst
 
     best = max(candidates, key=rank)
+    return float(best), reached(float(best))
+
+
+def balanced_threshold(
+    rows: pd.DataFrame, positive: np.ndarray, known: np.ndarray, prob: np.ndarray
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The threshold with the best mean over view-labelled data sets of their balanced accuracy (the recall of
+    valid views, averaged with the rejection of invalid ones where a data set has both): a refused valid view
+    costs the user as much as a scored invalid one."""
+    sources = sorted(rows.loc[known, "dataset"].unique())
+    masks = {source: known & (rows["dataset"] == source).to_numpy() for source in sources}
+
+    def reached(t: float) -> dict[str, dict[str, float]]:
+        out = {}
+        for source, rows_s in masks.items():
+            pred, true = prob[rows_s] >= t, positive[rows_s]
+            rates = [pred[true].mean()] + ([(~pred[~true]).mean()] if (~true).any() else [])
+            rejection = float(rates[1]) if len(rates) > 1 else float("nan")
+            out[source] = {"valid_recall": float(rates[0]), "invalid_rejection": rejection,
+                           "balanced_accuracy": float(np.mean(rates)), "n": int(rows_s.sum())}  # fmt: skip
+        return out
+
+    candidates = np.round(np.linspace(0.05, 0.95, 91), 2)
+    best = max(candidates, key=lambda t: np.mean([v["balanced_accuracy"] for v in reached(t).values()]))
     return float(best), reached(float(best))
 
 
@@ -206,7 +286,7 @@ def gate_thresholds(val: ValidationGate, gate: CarNet, valid_views: str, precisi
     views = accepted_views(valid_views)
     if estimates.views is not None and views not in (VIEW_CLASSES, ("front",)):
         valid_prob = estimates.views[:, [VIEW_CLASSES.index(v) for v in views]].sum(1)
-        view_threshold, view_val = per_source_threshold(rows, np.isin(view, views), known, valid_prob, precision)
+        view_threshold, view_val = balanced_threshold(rows, np.isin(view, views), known, valid_prob)
     else:
         view_threshold, view_val = 0.5, {}
     cam, iou = cam_threshold(val, gate)
@@ -266,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--morph-min-members", type=int, default=10)
     p.add_argument("--map", choices=["umap", "pca"], default="umap", help="map method (pca: quick builds, tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--features",
+        type=Path,
+        help="training.teacher cache of the shared frozen backbone: skips its pass over the collection (checked on a "
+        "sample against the backbone itself)",
+    )
     args = p.parse_args(argv)
     try:
         accepted_views(args.valid_views)
@@ -277,10 +363,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     first = records["modernity"]["args"]
     size, arch = int(first["size"]), first.get("arch", RESNET18)
     transform = ImageTransform(size, *(tuple(first[k]) for k in ("mean", "std") if k in first))
-    val = validation_gate(table, args.data, networks["gate"], transform)
+    cache = FeatureCache.read(args.features) if args.features and shared else None
+    val = validation_gate(table, args.data, networks, transform, cache)
     thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
     labels = collection_labels(table)
+    cache_difference = check_cache(cache, networks, labels, args.data, transform) if cache else None
     splits = {  # the bundle's split of the datasets outside its collection, for `evaluate --split`
         dataset: dict(zip(rows["path"], rows["split"], strict=True))
         for dataset, rows in table.groupby("dataset")
@@ -317,7 +405,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             key: {k: v for k, v in record.items() if k != "args"} | {"args": record["args"]}
             for key, record in records.items()
         }
-        | {"thresholds": asdict(thresholds)},
+        | {
+            "thresholds": asdict(thresholds),
+            "feature_cache": {"path": str(args.features), "max_abs_difference": cache_difference},
+        },
     )
     mapper = umap_coordinates(args.seed) if args.map == "umap" else pca_coordinates
     with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
@@ -329,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             manifest,
             map_coordinates=mapper,
             progress=lambda done, total: bar.update(done - bar.n),
+            pooled=cache.crops(labels) if cache else None,
         )
     metrics: dict[str, Any] = {
         name: evaluate_folder(bundle, args.data / name, "test") for name in counts.index if (args.data / name).is_dir()

@@ -93,6 +93,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=int, default=128)
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--limit", type=int, help="train on a seeded sample of this many images per epoch (CPU budget)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     student = student.to(memory_format=torch.channels_last)
     classifier = imagenet_classifier().requires_grad_(False)
     images, targets = data["train"]
-    steps = len(images) // args.batch_size
+    per_epoch = min(len(images), args.limit or len(images))
+    steps = per_epoch // args.batch_size
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=max(1, args.epochs * steps))
     start, history, last = 0, [], args.out / "last.pt"
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for epoch in range(start, args.epochs):
         generator.manual_seed(args.seed * 1000 + epoch)
         student.train()
-        tic, order = time.time(), torch.randperm(len(images), generator=generator).numpy()
+        tic, order = time.time(), torch.randperm(len(images), generator=generator).numpy()[:per_epoch]
         bar = tqdm(range(steps), desc=f"distil epoch {epoch}", unit="batch")
         for step in bar:
             idx = np.sort(order[step * args.batch_size : (step + 1) * args.batch_size])

@@ -17,6 +17,7 @@ from core.explore import COLOUR_OPTIONS, group_members
 from core.figures import MapOverlay, map_figure, modernity_gauge, probability_bars, typicality_histogram
 from core.pipeline import ScoreResult, score_image
 from core.scoring import group_key
+from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
 from ui import common, widgets
 from ui import format as fmt
 
@@ -69,6 +70,22 @@ def _advice(reason: str) -> str:
     return REJECTION_ADVICE["no car"] if reason.lower().startswith("no car") else REJECTION_ADVICE["view"]
 
 
+def view_check(bundle: Bundle, decision: FrontalDecision) -> str:
+    """The estimated view (each view's probability where the gate estimates all four), and the views accepted."""
+    ok = view_rejection(decision, bundle.valid_views, bundle.thresholds.view) is None
+    accepted = "every view" if bundle.valid_views == "all" else describe_views(bundle.accepted_views)
+    if decision.view is None:
+        estimate = (f"frontal probability {fmt.percent(decision.probability)} "
+                    f"(threshold {fmt.percent(decision.threshold)})")  # fmt: skip
+    else:
+        shares = ", ".join(
+            f"{VIEW_NAMES[view]} {fmt.percent(p)}"
+            for view, p in zip(VIEW_CLASSES, decision.view_probabilities, strict=True)
+        )
+        estimate = f"{VIEW_NAMES[decision.view]} ({shares})"
+    return f"{PASSED if ok else NOT_FRONTAL} **View**: {estimate} · accepted: {accepted}"
+
+
 def show_gate(bundle: Bundle, result: ScoreResult) -> None:
     """Car and view checks with probabilities and thresholds; a plain reason when the image was rejected."""
     thresholds = bundle.thresholds
@@ -78,11 +95,7 @@ def show_gate(bundle: Bundle, result: ScoreResult) -> None:
         f"(threshold {fmt.percent(thresholds.car)})"
     )
     if result.frontal is not None:
-        views = "any view is accepted" if bundle.valid_views == "all" else "only frontal views are accepted"
-        st.markdown(
-            f"{PASSED if result.frontal.is_frontal else NOT_FRONTAL} **Frontal view**: probability "
-            f"{fmt.percent(result.frontal.probability)} (threshold {fmt.percent(result.frontal.threshold)}; {views})"
-        )
+        st.markdown(view_check(bundle, result.frontal))
     if not result.accepted and result.reason:
         st.warning(f"**Not scored.** {result.reason} {_advice(result.reason)}", icon=":material/block:")
 

