@@ -45,7 +45,7 @@ def test_shared_split_is_grouped_and_close_to_70_20_10():
     assert share["train"] == pytest.approx(0.7, abs=0.04)
     assert share["val"] == pytest.approx(0.2, abs=0.03)
     assert share["test"] == pytest.approx(0.1, abs=0.03)
-    # stratified: every seed body type and year bin (Stanford's end in 2012, DVM-CAR's reach 2019) reaches the test split
+    # stratified: every seed body type and year bin (Stanford's end in 2012, DVM-CAR's 2019) reaches the test split
     test = cars[cars["split"] == "test"]
     assert set(test["year_bin"]) == {0, 1, 2}
     dvm = table[table["dataset"] == "dvm_porsche"]
