@@ -988,6 +988,7 @@ def build_untrained_bundle(
     specs = standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES))
     torch.manual_seed(seed)
     networks = {key: CarNet(spec.heads) for key, spec in specs.items()}
+    _lean_towards_largest_group(networks, labels)
     manifest = Manifest(
         name=name,
         input_size=input_size,
@@ -1000,6 +1001,16 @@ def build_untrained_bundle(
         provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},
     )
     return build_bundle(directory, labels, data_root, networks, manifest, morph_image_size=32)
+
+
+def _lean_towards_largest_group(networks: Mapping[str, CarNet], labels: pd.DataFrame) -> None:
+    """Bias untrained year-bin and body-type heads towards the training split's largest labelled group, so that
+    whatever a test uploads lands in a group with a morph (random heads may pick a year bin with no cars)."""
+    train = labels[(labels["split"] == "train") & (labels["year_bin"] >= 0) & labels["body_type"].isin(SEED_BODY_TYPES)]
+    body, year_bin = train.groupby(["body_type", "year_bin"]).size().idxmax()
+    with torch.no_grad():
+        networks["modernity"].heads["year_bin"].bias[int(year_bin)] += 10.0
+        networks["bodytype"].heads["body_type"].bias[SEED_BODY_TYPES.index(body)] += 10.0
 
 
 def stored_networks(networks: Mapping[str, CarNet], half: bool) -> dict[str, CarNet]:
