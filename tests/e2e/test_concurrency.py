@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_app import OUTPUT_DIR, AppPage, StreamlitServer, running_streamlit
+from conftest import ACCEPT_ALL
+from e2e_app import OUTPUT_DIR, AppPage, StreamlitServer, bundle_variant, running_streamlit
 
 from core.pipeline import score_image
 
@@ -29,6 +30,23 @@ SESSIONS = 8
 DISTINCT_GAP = 0.015
 MATCH_TOLERANCE = 0.0065
 FIGURES_FILE = OUTPUT_DIR / "concurrency.json"
+
+
+@pytest.fixture(scope="module")
+def accept_bundle_dir(tmp_path_factory: pytest.TempPathFactory, fixture_data_dir: Path) -> Path:
+    """An untrained bundle whose scores differ from photo to photo (no lean towards one group), accepting all."""
+    from core.artifacts import build_untrained_bundle
+
+    root = tmp_path_factory.mktemp("concurrency")
+    build_untrained_bundle(root / "spread", fixture_data_dir, name="tiny-test-bundle", lean=False)
+    return bundle_variant(root / "spread", root / "accept", thresholds=ACCEPT_ALL)
+
+
+@pytest.fixture(scope="module")
+def accept_bundle(accept_bundle_dir: Path):
+    from core.artifacts import load_bundle
+
+    return load_bundle(accept_bundle_dir)
 
 
 @pytest.fixture(scope="module")
