@@ -36,6 +36,7 @@ from core.gate import (
     VIEW_GATE_HEADS,
     gate_estimates,
     gate_estimates_from_maps,
+    gate_probabilities,
     is_gate_layout,
 )
 from core.models import (
@@ -706,18 +707,15 @@ def predict_pooled(networks: Mapping[str, CarNet], pooled: np.ndarray) -> Networ
     with torch.inference_mode():
         year = networks["modernity"].forward_from_pooled(x)["year_bin"]
         body = networks["bodytype"].forward_from_pooled(x)
-        gate = networks["gate"].forward_from_pooled(x)
-    views = torch.softmax(gate["view"], 1).numpy() if "view" in gate else None
-    frontal = (
-        views[:, VIEW_CLASSES.index("front")] if views is not None else torch.sigmoid(gate["frontal"][:, 0]).numpy()
-    )
+        gate = gate_probabilities(networks["gate"].forward_from_pooled(x))
+    views = gate.views if gate.views is not None else np.full((len(x), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
         year_logits=year.numpy(),
         body_logits=body["body_type"].numpy(),
         features=body["features"].numpy().astype(np.float32),
-        frontal_prob=frontal,
-        car_prob=torch.sigmoid(gate["car"][:, 0]).numpy(),
-        view_probs=(views if views is not None else np.full((len(x), len(VIEW_CLASSES)), np.nan)).astype(np.float32),
+        frontal_prob=gate.frontal,
+        car_prob=gate.car,
+        view_probs=views.astype(np.float32),
     )
 
 

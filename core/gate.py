@@ -53,15 +53,24 @@ def gate_estimates_from_maps(
     """The gate's estimates from its backbone's maps of the frames (reused when another network computed them)."""
     with torch.inference_mode():
         outputs = gate.forward_from_maps(maps)
+        if "view" in outputs:
+            boxes = cam_boxes(maps, gate.heads["car"].weight[0], cam_threshold)
+        else:
+            boxes = torch.sigmoid(outputs["box"]).numpy()
+    return gate_probabilities(outputs, boxes)
+
+
+def gate_probabilities(outputs: Mapping[str, torch.Tensor], boxes: np.ndarray | None = None) -> GateEstimates:
+    """Car, frontal and view probabilities from the gate's head outputs (P(front) from a view head, else the
+    frontal head); `boxes` as computed by the caller (None where no maps were at hand)."""
+    with torch.inference_mode():
         car = torch.sigmoid(outputs["car"][:, 0]).numpy()
         if "view" in outputs:
             views = torch.softmax(outputs["view"], dim=1).numpy()
             frontal = views[:, VIEW_CLASSES.index("front")]
-            boxes = cam_boxes(maps, gate.heads["car"].weight[0], cam_threshold)
         else:
             views = None
             frontal = torch.sigmoid(outputs["frontal"][:, 0]).numpy()
-            boxes = torch.sigmoid(outputs["box"]).numpy()
     return GateEstimates(car=car, frontal=frontal, views=views, boxes=boxes)
 
 
