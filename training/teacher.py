@@ -12,7 +12,9 @@ The default backbone is the teacher, EfficientNet-Lite0 with the ImageNet-1k wei
   (car-in-a-scene positives for the gate, with their boxes).
 
 Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupted run resumes where it stopped;
-`OUT/<view>.npy` and `OUT/index.parquet` are written at the end.
+`OUT/<view>.npy` and `OUT/index.parquet` are written at the end. With `--tail-maps` (teacher only) the maps that
+enter the teacher's last stage (192 x 7 x 7 at 224 px) are kept too (`OUT/<view>_maps/`), so that
+`training.finetune` can train that stage without running the rest of the network again.
 
   python -m training.teacher --table runs/table.parquet --out cache/teacher224
   python -m training.teacher --backbone runs/distill/best.pt --size 112 --out cache/distilled112
@@ -155,25 +157,51 @@ def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, nec
     return model
 
 
+def lite0_stem(model: CarNet, x: torch.Tensor) -> torch.Tensor:
+    """The teacher up to its last stage: the maps `lite0_tail` continues from."""
+    b = model.backbone
+    return b.blocks[:-1](b.bn1(b.conv_stem(x)))
+
+
+def lite0_tail(model: CarNet, maps: torch.Tensor) -> torch.Tensor:
+    """The teacher's last stage and head convolution, pooled: `lite0_tail(lite0_stem(x))` is the pooled feature."""
+    b = model.backbone
+    return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(b.bn2(b.conv_head(b.blocks[-1](maps))), 1), 1)
+
+
 @torch.inference_mode()
-def pooled_features(model: CarNet, images: list[Image.Image], transform: ImageTransform) -> np.ndarray:
+def batch_features(model: CarNet, images: list[Image.Image], transform: ImageTransform, maps: bool):
+    """Pooled features (fp16) of a batch, and the last stage's input maps (fp16) when `maps`, else None."""
     x = transform(images).contiguous(memory_format=torch.channels_last)
-    return model(x)["features"].numpy().astype(np.float16)
+    if not maps:
+        return model(x)["features"].numpy().astype(np.float16), None
+    stem = lite0_stem(model, x)
+    return lite0_tail(model, stem).numpy().astype(np.float16), stem.contiguous().numpy().astype(np.float16)
 
 
-def extract_view(model: CarNet, loaders: list, transform: ImageTransform, folder: Path, batch: int) -> np.ndarray:
+def _save(path: Path, array: np.ndarray) -> None:
+    np.save(path.with_suffix(".tmp.npy"), array)
+    path.with_suffix(".tmp.npy").rename(path)
+
+
+def extract_view(
+    model: CarNet, loaders: list, transform: ImageTransform, folder: Path, batch: int, maps: bool = False
+) -> np.ndarray:
     """Features of every image of one view, chunk by chunk (existing chunks are kept: resume)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    maps_folder = folder.with_name(f"{folder.name}_maps")
+    for f in (folder, maps_folder) if maps else (folder,):
+        f.mkdir(parents=True, exist_ok=True)
     chunks = range(0, len(loaders), CHUNK)
     for start in tqdm(chunks, desc=folder.name, unit="chunk"):
-        path = folder / f"{start // CHUNK:05d}.npy"
-        if path.is_file():
+        name = f"{start // CHUNK:05d}.npy"
+        if (folder / name).is_file() and (not maps or (maps_folder / name).is_file()):
             continue
         part = loaders[start : start + CHUNK]
-        feats = [pooled_features(model, [load() for load in part[i : i + batch]], transform)
-                 for i in range(0, len(part), batch)]  # fmt: skip
-        np.save(path.with_suffix(".tmp.npy"), np.concatenate(feats))
-        path.with_suffix(".tmp.npy").rename(path)
+        outs = [batch_features(model, [load() for load in part[i : i + batch]], transform, maps)
+                for i in range(0, len(part), batch)]  # fmt: skip
+        if maps:
+            _save(maps_folder / name, np.concatenate([m for _, m in outs]))
+        _save(folder / name, np.concatenate([f for f, _ in outs]))
     return np.concatenate([np.load(folder / f"{start // CHUNK:05d}.npy") for start in chunks])
 
 
@@ -188,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tail-maps", action="store_true", help="also keep the maps entering the last stage")
     args = p.parse_args(argv)
+    if args.tail_maps and args.backbone:
+        p.error("--tail-maps is for the teacher (EfficientNet-Lite0) only")
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
@@ -199,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for view in args.views:
         tic = time.time()
         index, loaders = view_images(table, args.data, view, args.seed)
-        features = extract_view(model, loaders, transform, args.out / view, args.batch_size)
+        features = extract_view(model, loaders, transform, args.out / view, args.batch_size, args.tail_maps)
         np.save(args.out / f"{view}.npy", features)
         index.to_parquet(args.out / f"{view}_index.parquet", index=False)
         print(f"{view}: {len(index)} images in {time.time() - tic:.0f} s", flush=True)
