@@ -18,7 +18,7 @@ from core.config import SHARED_DATA_DIR
 from core.gate import cam_boxes
 from core.models import LITE0, LITE_MEAN, LITE_STD, ImageTransform, build_carnet, imagenet_classifier, lite0_state_dict
 from core.pipeline import score_image
-from training import build, evaluate, heads, prepare, teacher
+from training import build, evaluate, finetune, heads, prepare, teacher
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
@@ -110,3 +110,22 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     report = json.loads(capsys.readouterr().out)
     assert set(report["by_predicted_view"]) <= {"front", "three_quarter", "side", "rear", "accepted", "refused"}
     assert report["by_make"]["other"]["share_truly_after_2012"] == 0.0
+
+
+def test_the_fine_tuned_last_stage_gives_a_cache_its_network_reproduces(tmp_path):
+    prepare.main(["--data", str(FIXTURE_DATA), "--out", str(tmp_path / "table.parquet")])
+    table_args = ["--table", str(tmp_path / "table.parquet")]
+    teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "t"), "--size", "64",
+                  "--tail-maps"])  # fmt: skip
+    finetune.main([*table_args, "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "ft"), "--epochs", "2",
+                   "--lr", "1e-2"])  # fmt: skip
+    info = teacher.BackboneInfo.read(tmp_path / "ft")
+    assert info.origin.endswith("+finetuned-last-stage") and Path(info.checkpoint).is_file()
+    before, after = np.load(tmp_path / "t" / "crop.npy"), np.load(tmp_path / "ft" / "crop.npy")
+    assert before.shape == after.shape and not np.allclose(before, after, atol=1e-2)
+    index = pd.read_parquet(tmp_path / "ft" / "crop_index.parquet")
+    model = teacher.frozen_backbone(info).eval()
+    _, loaders = teacher.view_images(pd.read_parquet(tmp_path / "table.parquet"), FIXTURE_DATA, "crop", 0)
+    features, _ = teacher.batch_features(model, [load() for load in loaders[:4]], info.transform(), maps=False)
+    assert len(index) == len(after)
+    np.testing.assert_allclose(features.astype(np.float32), after[:4].astype(np.float32), atol=2e-2, rtol=2e-2)
