@@ -39,6 +39,9 @@ CHROMIUM_ARGS = (
 )
 VIEWPORT = {"width": 1400, "height": 1000}
 MAX_SHOT_HEIGHT = 9000
+# Only where to listen and not to open a browser: everything else comes from .streamlit/config.toml, exactly as a
+# user's `streamlit run streamlit_app.py` gets it (tests/test_server_config.py keeps it so).
+SERVER_FLAGS = ("--server.headless=true", "--server.address=127.0.0.1")
 SERVER_START_S = 120.0
 # The first run of a fresh server imports torch and loads the bundle, on 2 shared cores: generous, but bounded.
 LOAD_TIMEOUT_MS = 180_000
@@ -192,13 +195,8 @@ def start_streamlit(name: str, bundle: Path, image_root: Path) -> StreamlitServe
         "streamlit",
         "run",
         "streamlit_app.py",
-        "--server.headless=true",
+        *SERVER_FLAGS,
         f"--server.port={port}",
-        "--server.address=127.0.0.1",
-        "--server.fileWatcherType=none",
-        "--browser.gatherUsageStats=false",
-        # Tests want the whole story when something does escape (the app itself must never let it).
-        "--client.showErrorDetails=full",
     ]
     with log_path.open("w") as log:
         process = subprocess.Popen(
