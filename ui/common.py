@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from core import config
 from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
@@ -63,7 +64,9 @@ h1 { font-size: 3.2rem !important; } h2 { font-size: 2.4rem !important; } h3 { f
 
 @st.cache_resource(show_spinner="Loading the model bundle …", max_entries=4)
 def _load_cached(path: str, stamp: float) -> Bundle:
-    """One loaded bundle per (directory, manifest time): rebuilding a bundle in place reloads it."""
+    """One loaded bundle per (directory, manifest time): rebuilding a bundle in place reloads it. The process's
+    torch threads are set here, before the first network runs ($CARMORPH_THREADS, default 1)."""
+    torch.set_num_threads(config.serving_threads())
     return load_bundle(path)
 
 
