@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from core.artifacts import Bundle
 from core.config import year_to_bin
 from core.explore import COLOUR_OPTIONS, map_table, morph_frame
-from core.report import collect_curves, collect_tasks
+from core.report import collect_curves, collect_tasks, measure_name
 from training.metrics import classification_metrics
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
@@ -69,7 +69,8 @@ def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
     return {
         "stanford_cars": {
             "split": "all",
-            "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins),
+            "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins)
+            | {"mae_years": 2.5, "baselines": {"constant_year": 2012, "constant_mae_years": 2.9}},
             "body_type": task_report(body_true, body_pred, body_names),
         },
         "epfl_multiview": {"frontal": {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "threshold": 0.5}},
@@ -321,14 +322,17 @@ def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundle
     tasks = collect_tasks(manifest["metrics"])
     at = app(bundle="report", page="app_pages/report.py")
     assert_clean(at)
-    headings = [s.value for s in at.subheader]
-    assert [t.name for t in tasks] == headings
-    tables = [frame.value for frame in at.dataframe]
-    for task in tasks:
-        shown = next(t for t in tables if set(task.scores) <= set(t["measure"]))
-        assert set(task.baselines) <= set(shown["measure"])
-    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
     curves = collect_curves(manifest["training"])
+    headings = [s.value for s in at.subheader]
+    assert [t.name for t in tasks if t.confusion is not None] + [c.name for c in curves] == headings
+    table = at.dataframe[0].value  # one table of every task's numbers
+    for task in tasks:
+        shown = table[table["task"] == task.name]
+        assert [measure_name(k) for k in (*task.scores, *task.baselines)] == shown["measure"].tolist()
+    assert not table["measure"].str.contains("_").any(), "metric names are words, not raw keys"
+    constant = table[table["measure"] == "constant year"]["value"].tolist()
+    assert constant == ["2012"], f"a year reads as a year: {constant}"
+    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
     assert len(charts(at)) == 2 + with_matrices + 2 * len(curves), "data, matrices, loss and validation curves"
     assert "Training curves" in [h.value for h in at.header]
 
