@@ -286,6 +286,8 @@ def test_full_size_photo_from_the_image_root(tiny_bundle: Bundle, table: pd.Data
     picture = widgets.car_picture(tiny_bundle, table, 0, fixture_data_dir)
     with Image.open(fixture_data_dir / table["path"].iat[0]) as original:
         assert picture.size == original.size
+    fitted = widgets.car_picture(tiny_bundle, table, 0, fixture_data_dir, side=40)
+    assert max(fitted.size) == 40, "galleries get photos shrunk to what they show"
 
 
 def test_detection_overlay_marks_box_and_mask(car_photo: Image.Image) -> None:

@@ -362,6 +362,18 @@ def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
     assert at.title[0].value == "The embedding map"
 
 
+@pytest.mark.parametrize("asked", ["99", "0", "two"])
+def test_an_unknown_slide_is_said_plainly(app: Callable[..., AppTest], asked: str) -> None:
+    at = app(page="app_pages/tour.py", params={"slide": asked})
+    assert_clean(at)
+    assert [w.value for w in at.warning] == [f"There is no slide {asked}: the tour has slides 1 to 6. This is slide 1."]
+    assert at.title[0].value.startswith("How modern is a car's design")
+
+
+def test_a_known_slide_has_no_warning(app: Callable[..., AppTest]) -> None:
+    assert not app(page="app_pages/tour.py", params={"slide": "6"}).warning
+
+
 def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:
     at = app(bundle="accept", page="app_pages/tour.py", params={"slide": "6"})
     at.file_uploader(key="tour_upload").set_value(("car.jpg", fixture_image_bytes("stanford_cars", 3), "image/jpeg"))
