@@ -185,7 +185,7 @@ def test_page_parameter_opens_that_page_with_its_view(app: Callable[..., AppTest
     assert_clean(at)
     assert at.title[0].value == "Explore the embedding map"
     assert at.selectbox(key="colour").value == "split"
-    assert at.multiselect(key="body").value == ["SUV"]
+    assert at.button_group(key="body").value == ["SUV"]
 
 
 # --------------------------------------------------------------------------------------------------- score
@@ -265,13 +265,13 @@ def test_explore_reacts_to_a_selection(app: Callable[..., AppTest], tiny_bundle:
 
 def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     chosen = tiny_bundle.images.iloc[3]
-    # A selectbox with format_func binds its label ("Body type"); multiselects and text inputs their values.
+    # A selectbox with format_func binds its label ("Body type"); pills and text inputs their values.
     params = {"colour": "Body type", "body": ["SUV", "Saloon"], "split": "train", "q": "audi", "id": chosen["id"]}
     at = app(page="app_pages/explore.py", params=params)
     assert_clean(at)
     assert at.selectbox(key="colour").value == "body_type"
-    assert at.multiselect(key="body").value == ["SUV", "Saloon"]
-    assert at.multiselect(key="split").value == ["train"]
+    assert at.button_group(key="body").value == ["SUV", "Saloon"]
+    assert at.button_group(key="split").value == ["train"]
     assert at.text_input(key="q").value == "audi"
     shown = texts(at)
     assert chosen["class_name"] in [s.value for s in at.subheader], "the car's details are open"
