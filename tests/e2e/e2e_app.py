@@ -56,7 +56,7 @@ WARNING = '[data-testid="stAlertContentWarning"]'
 FILE_CHIP = '[data-testid="stFileChipName"]'
 UPLOAD_INPUT = '[data-testid="stFileUploader"] input[type="file"]'
 PLOT_TEXT = ".js-plotly-plot svg text"
-WAITING_FOR_PHOTO = "Waiting for a photo."
+UPLOAD_ENDPOINT = "/_stcore/upload_file/"
 GAUGE_VALUE = re.compile(r"^(\d+\.\d+) / \d+$")
 GAUGE_TITLE = re.compile(r"Modernity · expected year (\d{4})")
 BODY_TITLE = re.compile(r"^Body type · (.+)$")
@@ -103,17 +103,6 @@ IDLE_JS = """
   const quiet = performance.now() - Math.max(seen.lastRun, seen.lastMessage);
   const ran = seen.runs > before.runs || (seen.messages > before.messages && quiet >= grace);
   return ran && quiet >= settle
-    && app.getAttribute("data-test-script-state") === "notRunning"
-    && app.getAttribute("data-test-connection-state") === "CONNECTED"
-    && document.querySelectorAll('[data-stale="true"]').length === 0;
-}
-"""
-# Settled: no script running, nothing stale, connected, and the server quiet for `settle` ms.
-SETTLED_JS = """
-(settle) => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  const seen = window.__carmorph;
-  return !!app && !!seen && performance.now() - Math.max(seen.lastRun, seen.lastMessage) >= settle
     && app.getAttribute("data-test-script-state") === "notRunning"
     && app.getAttribute("data-test-connection-state") === "CONNECTED"
     && document.querySelectorAll('[data-stale="true"]').length === 0;
@@ -414,19 +403,20 @@ class AppPage:
         return self.finish_upload(timeout_ms)
 
     def start_upload(self, path: Path) -> None:
-        """Set the file without waiting for the result (concurrent sessions); finish_upload() waits."""
+        """Set the file and wait until it has reached the server; finish_upload() waits for its run.
+
+        The mark to wait from is taken once the upload's PUT has been answered: on a busy machine the messages that
+        come before it (the upload URLs) and a quiet spell while the file travels looked like a finished run, and
+        the page was read while it still said "Waiting for a photo."."""
+        try:
+            with self.page.expect_response(lambda r: UPLOAD_ENDPOINT in r.url, timeout=RUN_TIMEOUT_MS):
+                self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
+        except Exception as error:
+            self.fail(f"{path.name} never reached the server ({type(error).__name__})")
         self._upload_started_from = self.activity()
-        self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
 
     def finish_upload(self, timeout_ms: int = RUN_TIMEOUT_MS) -> Outcome:
-        """Wait for what the page shows, not for time: on a busy machine a run can look finished before the upload's
-        own run has started (the file chip shows, the page still waits), so wait until the waiting line is gone."""
         self.wait_for_run(self._upload_started_from, timeout_ms)
-        try:
-            self.page.get_by_text(WAITING_FOR_PHOTO).wait_for(state="detached", timeout=timeout_ms)
-            self.page.wait_for_function(SETTLED_JS, arg=SETTLE_MS, timeout=timeout_ms, polling=100)
-        except Exception as error:
-            self.fail(f"the page did not take up the upload within {timeout_ms / 1000:.0f} s ({type(error).__name__})")
         scored = self.has_heading("How modern")
         if scored:
             self.expect_text("Modernity · expected year")
