@@ -15,18 +15,21 @@ from core.report import initialisation_line
 from ui import common
 
 PAGES = (
-    st.Page("app_pages/score.py", title="Score a car", icon=":material/photo_camera:", url_path="score", default=True),
+    st.Page("app_pages/score.py", title="Score a car", icon=":material/photo_camera:", url_path="start", default=True),
     st.Page("app_pages/explore.py", title="Explore the map", icon=":material/scatter_plot:", url_path="explore"),
     st.Page("app_pages/morphs.py", title="Morphs", icon=":material/grid_view:", url_path="morphs"),
     st.Page("app_pages/report.py", title="Model report", icon=":material/monitoring:", url_path="report"),
     st.Page("app_pages/tour.py", title="Tour", icon=":material/slideshow:", url_path="tour"),
 )
+# The default page is served at "/" only (its own url_path, "start", is reserved but never shown), so a shared
+# /score link found no page and showed "Page not found": this hidden page answers /score with the same script.
+SCORE_LINK = st.Page("app_pages/score.py", title="Score a car", url_path="score", visibility="hidden")
 
 
 def route_page_parameter(current: st.Page) -> None:
     """`?page=<name>` opens that page with the other parameters kept (the page is also the URL path: /explore)."""
     wanted = st.query_params.get("page")
-    target = next((page for page in PAGES if page.url_path == wanted), None)
+    target = next((page for page in (*PAGES, SCORE_LINK) if page.url_path == wanted), None)
     if target is not None and target.url_path != current.url_path:
         params = {key: st.query_params.get_all(key) for key in st.query_params if key != "page"}
         st.switch_page(target, query_params=params)
@@ -67,8 +70,8 @@ def sidebar(bundle: Bundle | None) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="carmorph", page_icon=":material/directions_car:", layout="wide")
-    page = st.navigation(list(PAGES), position="top" if common.presenting() else "sidebar")
+    st.set_page_config(page_title="carmorph", page_icon=common.app_icon(), layout="wide")
+    page = st.navigation([*PAGES, SCORE_LINK], position="top" if common.presenting() else "sidebar")
     route_page_parameter(page)  # before any widget binds its parameter: bound parameters cannot be passed on
     bundle, _ = common.bundle_or_error()
     sidebar(bundle)

@@ -41,10 +41,15 @@ def filters_ui(table: pd.DataFrame) -> MapFilters:
     )
     split_options = [s for s in ("train", "val", "test") if (table["split"] == s).any()]
     low, high = year_span(table)
-    body, years, split = st.columns([3, 2, 2])
-    bodies = body.multiselect("Body types", body_options, default=body_options, key="body", bind="query-params")
+    # Pills on a row of their own: every body type stays readable (a multiselect's chips overflowed and hid some).
+    bodies = st.pills(
+        "Body types", body_options, selection_mode="multi", default=body_options, key="body", bind="query-params"
+    )
+    years, split = st.columns([3, 2])
     span = years.slider("Model years", low, high, (low, high), key="years", bind="query-params") if high > low else None
-    splits = split.multiselect("Splits", split_options, default=split_options, key="split", bind="query-params")
+    splits = split.pills(
+        "Splits", split_options, selection_mode="multi", default=split_options, key="split", bind="query-params"
+    )
     return MapFilters(body_types=tuple(bodies), years=span, splits=tuple(splits))
 
 

@@ -43,16 +43,14 @@ def morph_cell(bundle: Bundle, cell: pd.Series) -> None:
 
 
 def grid(bundle: Bundle, morphs: pd.DataFrame) -> None:
-    """Body types down, year bins across; an empty cell is a group with too few training cars."""
-    labels = [b.label for b in bundle.year_bins]
-    widths = [1] + [2] * len(labels)
-    for column, label in zip(st.columns(widths), ["", *labels], strict=True):
-        column.markdown(f"**{label}**")
+    """Year bins across, one row per body type under its name (a full-width heading, so a long name never wraps
+    mid-word); an empty cell is a group with too few training cars."""
+    for column, year_bin in zip(st.columns(len(bundle.year_bins)), bundle.year_bins, strict=True):
+        column.markdown(f"**{year_bin.label}**")
     cells = {(row.body_type, row.year_bin): row for row in morphs.itertuples(index=False)}
     for body in bundle.body_types:
-        columns = st.columns(widths, vertical_alignment="center")
-        columns[0].markdown(f"**{body}**")
-        for index, column in enumerate(columns[1:]):
+        st.markdown(f"#### {body}")
+        for index, column in enumerate(st.columns(len(bundle.year_bins))):
             cell = cells.get((body, index))
             with column:
                 if cell is None:

@@ -3,7 +3,10 @@ training curves, provenance)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core.artifacts import Bundle
@@ -14,6 +17,8 @@ from core.report import (
     collect_tasks,
     group_counts,
     initialisation_line,
+    is_year,
+    measure_name,
     provenance_facts,
     split_counts,
 )
@@ -26,54 +31,67 @@ NO_METRICS = (
 )
 
 
+def figure(bundle: Bundle, name: str, build: Callable[[int], go.Figure], height: int) -> None:
+    """A report figure at the page's scale, built once per bundle and height (every visit reuses it)."""
+    scaled = common.scaled(height)
+    shown = common.on_bundle(bundle, f"report:{name}:{scaled}", lambda: build(scaled))
+    widgets.show_figure(shown, name, f"report:{name}")
+
+
 def data_section(bundle: Bundle) -> None:
     st.header("Data")
     splits, groups = st.columns(2)
     with splits:
         counts = split_counts(bundle.images, bundle.provenance)
-        widgets.show_figure(
-            stacked_counts(counts, "Images per dataset and split", common.scaled(340)), "split sizes", "report:splits"
-        )
+        figure(bundle, "split sizes", lambda h: stacked_counts(counts, "Images per dataset and split", h), 340)
     with groups:
         table = group_counts(bundle.images, bundle.body_types, bundle.year_bins)
-        figure = heatmap(
-            table.to_numpy(),
-            list(table.columns),
-            list(table.index),
-            "Collection cars per body type and year bin",
-            value_format=".0f",
-            x_title="year bin",
-            y_title="body type",
-            height=common.scaled(340),
+        figure(
+            bundle,
+            "cars per group",
+            lambda h: heatmap(
+                table.to_numpy(),
+                list(table.columns),
+                list(table.index),
+                "Collection cars per body type and year bin",
+                value_format=".0f",
+                x_title="year bin",
+                y_title="body type",
+                height=h,
+            ),
+            340,
         )
-        widgets.show_figure(figure, "cars per group", "report:groups")
 
 
-def score_table(task: TaskMetrics) -> pd.DataFrame:
-    """The task's numbers, then its baselines, as text (counts without decimals)."""
-    rows = [{"measure": name, "value": fmt.measure(value), "kind": "model"} for name, value in task.scores.items()]
-    rows += [{"measure": n, "value": fmt.measure(v), "kind": "baseline"} for n, v in task.baselines.items()]
-    return pd.DataFrame(rows, columns=["measure", "value", "kind"])
+def metrics_table(tasks: list[TaskMetrics]) -> pd.DataFrame:
+    """Every task's numbers, then its baselines, one row each, with readable names (years as years)."""
+    rows = [
+        {"task": task.name, "measure": measure_name(key), "value": fmt.measure(value, is_year(key)), "kind": kind}
+        for task in tasks
+        for kind, values in (("model", task.scores), ("baseline", task.baselines))
+        for key, value in values.items()
+    ]
+    return pd.DataFrame(rows, columns=["task", "measure", "value", "kind"])
 
 
-def task_section(task: TaskMetrics, index: int) -> None:
-    """A task's numbers against its baselines, its confusion matrix and per-class F1 when recorded."""
-    st.subheader(task.name)
-    numbers, matrix, f1 = st.columns([2, 3, 2])
-    numbers.dataframe(score_table(task), hide_index=True, width="stretch")
+def task_figures(bundle: Bundle, task: TaskMetrics, index: int) -> None:
+    """A task's confusion matrix and per-class F1, when recorded (the task is the heading, so titles stay short)."""
     labels = list(task.labels)
-    if task.confusion is not None and len(labels) == len(task.confusion):
+    confusion = task.confusion is not None and len(labels) == len(task.confusion)
+    f1 = task.per_class_f1 is not None and len(labels) == len(task.per_class_f1)
+    if not (confusion or f1):
+        return
+    st.subheader(task.name)
+    matrix, bars_column = st.columns([3, 2])
+    if confusion:
         with matrix:
-            figure = confusion_heatmap(task.confusion, labels, f"Confusion · {task.name}", common.scaled(360))
-            widgets.show_figure(figure, f"confusion {task.name}", f"report:confusion:{index}")
-    if task.per_class_f1 is not None and len(labels) == len(task.per_class_f1):
-        with f1:
-            figure = bars(
-                dict(zip(labels, task.per_class_f1, strict=True)),
-                f"F1 per class · {task.name}",
-                height=common.scaled(360),
+            figure(
+                bundle, f"confusion {index}", lambda h: confusion_heatmap(task.confusion, labels, "Confusion", h), 360
             )
-            widgets.show_figure(figure, f"f1 {task.name}", f"report:f1:{index}")
+    if f1:
+        scores = dict(zip(labels, task.per_class_f1, strict=True))
+        with bars_column:
+            figure(bundle, f"f1 {index}", lambda h: bars(scores, "F1 per class", height=h), 360)
 
 
 def metrics_section(bundle: Bundle) -> None:
@@ -81,8 +99,11 @@ def metrics_section(bundle: Bundle) -> None:
     tasks = collect_tasks(bundle.metrics)
     if not tasks:
         st.info(NO_METRICS)
+        return
+    table = common.on_bundle(bundle, "report:metrics", lambda: metrics_table(tasks))
+    st.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1), 460))
     for index, task in enumerate(tasks):
-        task_section(task, index)
+        task_figures(bundle, task, index)
 
 
 def training_section(bundle: Bundle) -> None:
@@ -93,12 +114,17 @@ def training_section(bundle: Bundle) -> None:
     for index, curve in enumerate(found):
         losses = [c for c in curve.series if "loss" in c]
         others = [c for c in curve.series if c not in losses and c not in ("seconds", "images_per_s")]
+        st.subheader(curve.name)
         loss_column, metric_column = st.columns(2)
         for column, names, what in ((loss_column, losses, "loss"), (metric_column, others, "validation")):
             if names:
                 with column:
-                    figure = curves(curve.history, names, f"{curve.name} · {what}", common.scaled(320))
-                    widgets.show_figure(figure, f"{curve.name} {what}", f"report:curve:{index}:{what}")
+                    figure(
+                        bundle,
+                        f"curve {index} {what}",
+                        lambda h, c=curve, n=names, w=what: curves(c.history, n, w, h),
+                        320,
+                    )
 
 
 def provenance_section(bundle: Bundle) -> None:

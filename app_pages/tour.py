@@ -48,7 +48,7 @@ def cars_by_year(bundle: Bundle) -> None:
                 cars.index,
                 lambda r: f"{r['label']} · modernity {fmt.score(r['modernity'])}",
                 root=common.image_root(),
-                width=220,
+                width="stretch",
             )
 
 
@@ -129,6 +129,15 @@ def step(delta: int) -> None:
     st.session_state[SLIDE_KEY] = min(max(1, current + delta), len(SLIDES))
 
 
+def unknown_slide() -> str | None:
+    """What to say when the URL asks for a slide the tour does not have (?slide=99), read before the bound widget
+    replaces it with slide 1."""
+    wanted = st.query_params.get(SLIDE_KEY)
+    if wanted is None or (wanted.isdigit() and 1 <= int(wanted) <= len(SLIDES)):
+        return None
+    return f"There is no slide {wanted}: the tour has slides 1 to {len(SLIDES)}. This is slide 1."
+
+
 def controls() -> int:
     """Previous / slide numbers / next (arrow keys work too); returns the 1-based slide."""
     back, numbers, forward = st.columns([2, 6, 2], vertical_alignment="center")
@@ -141,7 +150,10 @@ def controls() -> int:
 def main() -> None:
     common.big_type()
     bundle = common.require_bundle()
+    missing = unknown_slide()
     slide = controls()
+    if missing:
+        st.warning(missing, icon=":material/help:")
     SLIDES[slide - 1](bundle)
 
 

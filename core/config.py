@@ -91,3 +91,11 @@ def max_pixels(explicit: int | None = None) -> int:
     if explicit:
         return explicit
     return int(os.environ.get("CARMORPH_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def serving_threads(explicit: int | None = None) -> int:
+    """torch threads of the app: argument, else $CARMORPH_THREADS, else 1 (a web server runs beside other work, and
+    one thread per scoring keeps concurrent sessions from oversubscribing the cores)."""
+    if explicit:
+        return explicit
+    return max(1, int(os.environ.get("CARMORPH_THREADS", "1")))

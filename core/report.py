@@ -18,6 +18,34 @@ from core.config import YearBin
 
 SEPARATOR = " · "
 MATRIX_KEYS = ("confusion", "per_class_f1", "labels", "baselines")
+# Readable names of the metric keys that training.evaluate writes; any other key is shown with spaces for "_".
+MEASURE_NAMES = {
+    "n": "cars (n)",
+    "n_held_out": "held-out cars (n)",
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "mae_years": "mean absolute error (years)",
+    "mean_error_years": "mean error (years)",
+    "precision": "precision",
+    "recall": "recall",
+    "recall_at_precision_95": "recall at precision 0.95",
+    "threshold": "threshold",
+    "positives": "positives (n)",
+    "modernity_accuracy": "year-bin accuracy",
+    "modernity_macro_f1": "year-bin macro-F1",
+    "body_type_accuracy": "body type accuracy",
+    "share_predicted_after_2012": "share predicted after 2012",
+    "share_truly_after_2012": "share truly after 2012",
+    "chance_accuracy": "chance accuracy",
+    "majority_accuracy": "majority-class accuracy",
+    "majority_macro_f1": "majority-class macro-F1",
+    "constant_year": "constant year",
+    "constant_mae_years": "mean absolute error of the constant year (years)",
+    "median_distance": "median distance",
+    "mean_distance": "mean distance",
+    "map_spread": "map spread",
+    "median_distance_over_spread": "median distance / spread",
+}
 # Provenance entries that are per-image listings, not something to show.
 HIDDEN_PROVENANCE = ("splits",)
 
@@ -46,6 +74,16 @@ class Curve:
         """Numeric columns worth plotting (everything but the epoch counter)."""
         numeric = self.history.select_dtypes("number").columns
         return [c for c in numeric if c != "epoch"]
+
+
+def measure_name(key: str) -> str:
+    """'macro_f1' -> 'macro-F1': the name a person reads for a metric key."""
+    return MEASURE_NAMES.get(key, key.replace("_", " "))
+
+
+def is_year(key: str) -> bool:
+    """Metric keys holding a calendar year (shown as 2012, never 2,012)."""
+    return key == "year" or key.endswith("_year")
 
 
 def _number(value: Any) -> float | None:

@@ -38,6 +38,7 @@ from core.explore import (
 )
 from core.figures import MapOverlay, confusion_heatmap, figure_html, map_figure, modernity_gauge
 from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
+from core.scoring import percentile
 from ui import format as fmt
 from ui import widgets
 
@@ -248,12 +249,23 @@ def test_score_and_report_figures(tiny_bundle: Bundle) -> None:
 def test_formatting() -> None:
     assert fmt.year(2009.6) == "2010" and fmt.year(float("nan")) == fmt.DASH and fmt.year(-1) == fmt.DASH
     assert fmt.percent(0.873) == "87 %" and fmt.percent(None) == fmt.DASH
-    assert [fmt.percentile(v) for v in (1, 2, 3, 11, 12, 22, 42.4, 100)] == [
+    assert [fmt.percentile(v) for v in (1, 2, 3, 11, 12, 22, 42.4, 99.4, 100)] == [
         "1st percentile", "2nd percentile", "3rd percentile", "11th percentile", "12th percentile",
-        "22nd percentile", "42nd percentile", "100th percentile",
+        "22nd percentile", "42nd percentile", "99th percentile", "above every training car",
     ]  # fmt: skip
+    assert fmt.percentile(0) == "below every training car" and fmt.percentile(0.3) == "bottom 0.3 %"
     assert fmt.milliseconds(3.21) == "3.2 ms" and fmt.milliseconds(1234.4) == "1,234 ms"
     assert fmt.measure(14.0) == "14" and fmt.measure(0.5) == "0.500" and fmt.count(12345) == "12,345"
+
+
+@pytest.mark.parametrize("members", [40, 1_000, 3_000])
+def test_the_most_typical_cars_of_a_group_read_different_percentiles(members: int) -> None:
+    """A group's top cars once all read "100th percentile" (rounded); each of its four most typical members, and a
+    car above them all, must read differently."""
+    values = np.sort(np.random.default_rng(0).normal(0.8, 0.05, members))
+    shown = [fmt.percentile(percentile(v, values)) for v in values[-4:]] + [fmt.percentile(percentile(1.0, values))]
+    assert len(set(shown)) == len(shown), shown
+    assert not any("100th" in text for text in shown), shown
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -274,6 +286,8 @@ def test_full_size_photo_from_the_image_root(tiny_bundle: Bundle, table: pd.Data
     picture = widgets.car_picture(tiny_bundle, table, 0, fixture_data_dir)
     with Image.open(fixture_data_dir / table["path"].iat[0]) as original:
         assert picture.size == original.size
+    fitted = widgets.car_picture(tiny_bundle, table, 0, fixture_data_dir, side=40)
+    assert max(fitted.size) == 40, "galleries get photos shrunk to what they show"
 
 
 def test_detection_overlay_marks_box_and_mask(car_photo: Image.Image) -> None:

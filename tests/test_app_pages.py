@@ -20,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 from core.artifacts import Bundle
 from core.config import year_to_bin
 from core.explore import COLOUR_OPTIONS, map_table, morph_frame
-from core.report import collect_curves, collect_tasks
+from core.report import collect_curves, collect_tasks, measure_name
 from training.metrics import classification_metrics
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
@@ -69,7 +69,8 @@ def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
     return {
         "stanford_cars": {
             "split": "all",
-            "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins),
+            "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins)
+            | {"mae_years": 2.5, "baselines": {"constant_year": 2012, "constant_mae_years": 2.9}},
             "body_type": task_report(body_true, body_pred, body_names),
         },
         "epfl_multiview": {"frontal": {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "threshold": 0.5}},
@@ -184,7 +185,7 @@ def test_page_parameter_opens_that_page_with_its_view(app: Callable[..., AppTest
     assert_clean(at)
     assert at.title[0].value == "Explore the embedding map"
     assert at.selectbox(key="colour").value == "split"
-    assert at.multiselect(key="body").value == ["SUV"]
+    assert at.button_group(key="body").value == ["SUV"]
 
 
 # --------------------------------------------------------------------------------------------------- score
@@ -264,13 +265,13 @@ def test_explore_reacts_to_a_selection(app: Callable[..., AppTest], tiny_bundle:
 
 def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bundle: Bundle) -> None:
     chosen = tiny_bundle.images.iloc[3]
-    # A selectbox with format_func binds its label ("Body type"); multiselects and text inputs their values.
+    # A selectbox with format_func binds its label ("Body type"); pills and text inputs their values.
     params = {"colour": "Body type", "body": ["SUV", "Saloon"], "split": "train", "q": "audi", "id": chosen["id"]}
     at = app(page="app_pages/explore.py", params=params)
     assert_clean(at)
     assert at.selectbox(key="colour").value == "body_type"
-    assert at.multiselect(key="body").value == ["SUV", "Saloon"]
-    assert at.multiselect(key="split").value == ["train"]
+    assert at.button_group(key="body").value == ["SUV", "Saloon"]
+    assert at.button_group(key="split").value == ["train"]
     assert at.text_input(key="q").value == "audi"
     shown = texts(at)
     assert chosen["class_name"] in [s.value for s in at.subheader], "the car's details are open"
@@ -321,14 +322,17 @@ def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundle
     tasks = collect_tasks(manifest["metrics"])
     at = app(bundle="report", page="app_pages/report.py")
     assert_clean(at)
-    headings = [s.value for s in at.subheader]
-    assert [t.name for t in tasks] == headings
-    tables = [frame.value for frame in at.dataframe]
-    for task in tasks:
-        shown = next(t for t in tables if set(task.scores) <= set(t["measure"]))
-        assert set(task.baselines) <= set(shown["measure"])
-    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
     curves = collect_curves(manifest["training"])
+    headings = [s.value for s in at.subheader]
+    assert [t.name for t in tasks if t.confusion is not None] + [c.name for c in curves] == headings
+    table = at.dataframe[0].value  # one table of every task's numbers
+    for task in tasks:
+        shown = table[table["task"] == task.name]
+        assert [measure_name(k) for k in (*task.scores, *task.baselines)] == shown["measure"].tolist()
+    assert not table["measure"].str.contains("_").any(), "metric names are words, not raw keys"
+    constant = table[table["measure"] == "constant year"]["value"].tolist()
+    assert constant == ["2012"], f"a year reads as a year: {constant}"
+    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
     assert len(charts(at)) == 2 + with_matrices + 2 * len(curves), "data, matrices, loss and validation curves"
     assert "Training curves" in [h.value for h in at.header]
 
@@ -356,6 +360,18 @@ def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
     at = app(page="app_pages/tour.py", params={"slide": "5"})
     assert_clean(at)
     assert at.title[0].value == "The embedding map"
+
+
+@pytest.mark.parametrize("asked", ["99", "0", "two"])
+def test_an_unknown_slide_is_said_plainly(app: Callable[..., AppTest], asked: str) -> None:
+    at = app(page="app_pages/tour.py", params={"slide": asked})
+    assert_clean(at)
+    assert [w.value for w in at.warning] == [f"There is no slide {asked}: the tour has slides 1 to 6. This is slide 1."]
+    assert at.title[0].value.startswith("How modern is a car's design")
+
+
+def test_a_known_slide_has_no_warning(app: Callable[..., AppTest]) -> None:
+    assert not app(page="app_pages/tour.py", params={"slide": "6"}).warning
 
 
 def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:

@@ -6,6 +6,7 @@ Shareable views use widgets bound to query parameters (`bind="query-params"`), s
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
+import torch
+from PIL import Image, ImageDraw
 
 from core import config
 from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
@@ -26,6 +29,7 @@ T = TypeVar("T")
 IMAGE_ROOT_KEY = "image_root"
 PRESENT_KEY = "present"
 PRESENTATION_SCALE = 1.4
+ICON_COLOUR = (31, 78, 121)
 BUILD_COMMAND = (
     "python -m training.prepare --help       # 1. labels table and grouped split of an image folder\n"
     "python -m training.train --task modernity --out runs/modernity      # 2. the networks (and bodytype, gate)\n"
@@ -63,7 +67,9 @@ h1 { font-size: 3.2rem !important; } h2 { font-size: 2.4rem !important; } h3 { f
 
 @st.cache_resource(show_spinner="Loading the model bundle …", max_entries=4)
 def _load_cached(path: str, stamp: float) -> Bundle:
-    """One loaded bundle per (directory, manifest time): rebuilding a bundle in place reloads it."""
+    """One loaded bundle per (directory, manifest time): rebuilding a bundle in place reloads it. The process's
+    torch threads are set here, before the first network runs ($CARMORPH_THREADS, default 1)."""
+    torch.set_num_threads(config.serving_threads())
     return load_bundle(path)
 
 
@@ -166,6 +172,20 @@ def apply_presentation() -> None:
 def big_type() -> None:
     """Large type for slides (the Tour), whether or not presentation mode is on."""
     st.html(f"<style>{BIG_TYPE_CSS}</style>")
+
+
+@functools.cache
+def app_icon() -> Image.Image:
+    """The tab icon, drawn here: a named Material icon or an emoji would be fetched from a CDN, which fails
+    offline (and no request may leave the machine)."""
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 2, 62, 62), radius=14, fill=ICON_COLOUR)
+    draw.polygon([(12, 38), (18, 24), (46, 24), (52, 38)], fill="white")
+    draw.rectangle((8, 36, 56, 46), fill="white")
+    for x in (18, 46):
+        draw.ellipse((x - 6, 41, x + 6, 53), fill=(30, 30, 30))
+    return icon
 
 
 # ------------------------------------------------------------------------------------------ errors, state

@@ -22,9 +22,19 @@ def percent(value: float | None, digits: int = 0) -> str:
 
 
 def percentile(value: float | None) -> str:
-    """A percentile already in [0, 100]: 42.4 -> '42nd percentile'."""
+    """A percentile already in [0, 100]: 42.4 -> '42nd percentile'. The ends keep two significant digits, so the
+    most typical cars of a group stay apart: 99.95 -> 'top 0.05 %', 0.3 -> 'bottom 0.3 %'; 100 and 0 say that the
+    value lies beyond every training car (never '100th percentile')."""
     if _missing(value):
         return DASH
+    if value >= 100:
+        return "above every training car"
+    if value <= 0:
+        return "below every training car"
+    if value >= 99.5:
+        return f"top {100 - value:.2g} %"
+    if value < 0.5:
+        return f"bottom {value:.2g} %"
     whole = round(value)
     suffix = "th" if 10 <= whole % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(whole % 10, "th")
     return f"{whole:d}{suffix} percentile"
@@ -41,8 +51,10 @@ def score(value: float | None, digits: int = 2) -> str:
     return DASH if _missing(value) else f"{value:.{digits}f}"
 
 
-def measure(value: float) -> str:
-    """A metric value: whole numbers (counts) as integers, others with three decimals."""
+def measure(value: float, is_year: bool = False) -> str:
+    """A metric value: a year as a year (2012), whole numbers (counts) with separators, others with three decimals."""
+    if is_year:
+        return year(value)
     return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
 
 

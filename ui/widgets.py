@@ -3,10 +3,12 @@ image root, placeholders for anything missing (never an error), and Plotly figur
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,8 @@ BOX_COLOUR = (228, 0, 43)
 MASK_COLOUR = np.array([0, 170, 255], dtype=np.float32)
 MASK_ALPHA = 0.4
 GALLERY_WIDTH = 128
+STRETCH_SIDE = 480  # pixels of a gallery picture shown at a column's width
+PHOTO_CACHE = 512  # fitted gallery photos kept in memory (a few MB)
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -50,23 +54,34 @@ def thumbnail(bundle: Bundle, table: pd.DataFrame, row: int) -> Image.Image:
         return placeholder((tile, tile))
 
 
-def collection_photo(root: Path | None, relative_path: str) -> Image.Image | None:
-    """The full-size photo of a collection image under the image root, or None when it is not there."""
+def collection_photo(root: Path | None, relative_path: str, side: int | None = None) -> Image.Image | None:
+    """The photo of a collection image under the image root (fitted into `side` x `side` when given), or None
+    when it is not there."""
     if root is None:
         return None
     path = root / relative_path
     if not path.is_file():
         return None
     try:
-        return load_image(path)
+        return _fitted_photo(path, side) if side else load_image(path)
     except CarmorphError as error:
         logger.info("Cannot show %s: %s", path, error)
         return None
 
 
-def car_picture(bundle: Bundle, table: pd.DataFrame, row: int, root: Path | None) -> Image.Image:
-    """Full size from the image root when present, else the atlas thumbnail."""
-    return collection_photo(root, str(table["path"].iat[row])) or thumbnail(bundle, table, row)
+@functools.lru_cache(maxsize=PHOTO_CACHE)
+def _fitted_photo(path: Path, side: int) -> Image.Image:
+    """A collection photo shrunk to fit `side` x `side`: galleries send these, not multi-megapixel originals."""
+    picture = load_image(path)
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return picture
+
+
+def car_picture(
+    bundle: Bundle, table: pd.DataFrame, row: int, root: Path | None, side: int | None = None
+) -> Image.Image:
+    """From the image root when present (fitted into `side` px, else full size), else the atlas thumbnail."""
+    return collection_photo(root, str(table["path"].iat[row]), side) or thumbnail(bundle, table, row)
 
 
 def detection_overlay(image: Image.Image, box: Sequence[float] | None, mask: np.ndarray | None) -> Image.Image:
@@ -97,15 +112,17 @@ def gallery(
     caption: Callable[[pd.Series], str] = car_caption,
     *,
     root: Path | None = None,
-    width: int = GALLERY_WIDTH,
+    width: int | Literal["stretch"] = GALLERY_WIDTH,
 ) -> None:
-    """Pictures of map-table rows with captions, in one wrapping strip (thumbnails, or full size from `root`)."""
+    """Pictures of map-table rows with captions, in one wrapping strip, or stacked at the column's width with
+    "stretch" (thumbnails, or photos from `root` fitted to twice the shown width, sent as JPEG)."""
     rows = [int(r) for r in rows]
     if not rows:
         st.caption("No cars to show.")
         return
-    pictures = [car_picture(bundle, table, r, root) if root else thumbnail(bundle, table, r) for r in rows]
-    st.image(pictures, caption=[caption(table.iloc[r]) for r in rows], width=width)
+    side = STRETCH_SIDE if width == "stretch" else 2 * width
+    pictures = [car_picture(bundle, table, r, root, side) for r in rows]
+    st.image(pictures, caption=[caption(table.iloc[r]) for r in rows], width=width, output_format="JPEG")
 
 
 # ------------------------------------------------------------------------------------------------- figures

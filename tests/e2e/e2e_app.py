@@ -39,6 +39,9 @@ CHROMIUM_ARGS = (
 )
 VIEWPORT = {"width": 1400, "height": 1000}
 MAX_SHOT_HEIGHT = 9000
+# Only where to listen and not to open a browser: everything else comes from .streamlit/config.toml, exactly as a
+# user's `streamlit run streamlit_app.py` gets it (tests/test_server_config.py keeps it so).
+SERVER_FLAGS = ("--server.headless=true", "--server.address=127.0.0.1")
 SERVER_START_S = 120.0
 # The first run of a fresh server imports torch and loads the bundle, on 2 shared cores: generous, but bounded.
 LOAD_TIMEOUT_MS = 180_000
@@ -53,6 +56,7 @@ WARNING = '[data-testid="stAlertContentWarning"]'
 FILE_CHIP = '[data-testid="stFileChipName"]'
 UPLOAD_INPUT = '[data-testid="stFileUploader"] input[type="file"]'
 PLOT_TEXT = ".js-plotly-plot svg text"
+UPLOAD_ENDPOINT = "/_stcore/upload_file/"
 GAUGE_VALUE = re.compile(r"^(\d+\.\d+) / \d+$")
 GAUGE_TITLE = re.compile(r"Modernity · expected year (\d{4})")
 BODY_TITLE = re.compile(r"^Body type · (.+)$")
@@ -192,13 +196,8 @@ def start_streamlit(name: str, bundle: Path, image_root: Path) -> StreamlitServe
         "streamlit",
         "run",
         "streamlit_app.py",
-        "--server.headless=true",
+        *SERVER_FLAGS,
         f"--server.port={port}",
-        "--server.address=127.0.0.1",
-        "--server.fileWatcherType=none",
-        "--browser.gatherUsageStats=false",
-        # Tests want the whole story when something does escape (the app itself must never let it).
-        "--client.showErrorDetails=full",
     ]
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -404,9 +403,17 @@ class AppPage:
         return self.finish_upload(timeout_ms)
 
     def start_upload(self, path: Path) -> None:
-        """Set the file without waiting for the result (concurrent sessions); finish_upload() waits."""
+        """Set the file and wait until it has reached the server; finish_upload() waits for its run.
+
+        The mark to wait from is taken once the upload's PUT has been answered: on a busy machine the messages that
+        come before it (the upload URLs) and a quiet spell while the file travels looked like a finished run, and
+        the page was read while it still said "Waiting for a photo."."""
+        try:
+            with self.page.expect_response(lambda r: UPLOAD_ENDPOINT in r.url, timeout=RUN_TIMEOUT_MS):
+                self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
+        except Exception as error:
+            self.fail(f"{path.name} never reached the server ({type(error).__name__})")
         self._upload_started_from = self.activity()
-        self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
 
     def finish_upload(self, timeout_ms: int = RUN_TIMEOUT_MS) -> Outcome:
         self.wait_for_run(self._upload_started_from, timeout_ms)
