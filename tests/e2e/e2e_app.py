@@ -95,6 +95,7 @@ ACTIVITY_STATE_JS = """
 # Idle after a run that ended since `before`: the script is not running, nothing is stale, and the server has been
 # quiet for `settle` ms (a widget event can chain a second run, e.g. a chart selection). A run too fast to ever show
 # "running" in the DOM still sends messages: after `grace` ms of quiet, messages alone count as a finished run.
+WAITING_FOR_PHOTO = "Waiting for a photo."  # what the Score page says before a file arrives
 IDLE_JS = """
 ([before, settle, grace]) => {
   const app = document.querySelector('[data-testid="stApp"]');
@@ -361,6 +362,9 @@ class AppPage:
         """Full names of the files in the uploader (the chip shortens long ones; its title holds the name)."""
         return self.page.locator(FILE_CHIP).evaluate_all("chips => chips.map((chip) => chip.title)")
 
+    def still_waiting_for_photo(self) -> bool:
+        return bool(self.uploaded_names()) and self.page.get_by_text(WAITING_FOR_PHOTO).count() > 0
+
     def has_heading(self, name: str) -> bool:
         return self.page.get_by_role("heading", name=name, exact=True).count() > 0
 
@@ -416,7 +420,14 @@ class AppPage:
         self._upload_started_from = self.activity()
 
     def finish_upload(self, timeout_ms: int = RUN_TIMEOUT_MS) -> Outcome:
+        """Wait for the upload's run; while the page still waits for a photo although the file is in the uploader
+        (a run that began before the server had the file), wait for the next run, up to `timeout_ms` in all."""
+        deadline = time.monotonic() + timeout_ms / 1000
         self.wait_for_run(self._upload_started_from, timeout_ms)
+        while self.still_waiting_for_photo() and time.monotonic() < deadline:
+            mark = self.activity()
+            self.page.wait_for_timeout(500)
+            self.wait_for_run(mark, max(1, int((deadline - time.monotonic()) * 1000)))
         scored = self.has_heading("How modern")
         if scored:
             self.expect_text("Modernity · expected year")
