@@ -93,6 +93,9 @@ def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> di
         "tiny": source,
         "accept": bundle_variant(source, root / "accept", thresholds={"car": 0.0, "frontal": 0.0}),
         "reject": bundle_variant(source, root / "reject", thresholds={"car": 1.0, "frontal": 1.0}),
+        "front_only": bundle_variant(
+            source, root / "front_only", thresholds={"car": 0.0, "frontal": 1.0}, valid_views="frontal"
+        ),
         "report": bundle_variant(
             source, root / "report", metrics=recorded_metrics(tiny_bundle), training=recorded_training()
         ),
@@ -215,6 +218,13 @@ def test_score_rejects_a_photo_without_a_car(app: Callable[..., AppTest], fixtur
     reason = at.warning[0].value
     assert "No car found" in reason and "car confidence" in reason
     assert "How modern" not in [s.value for s in at.subheader]
+
+
+def test_a_refused_view_says_why_once(app: Callable[..., AppTest], fixture_image_bytes) -> None:
+    at = upload(app(bundle="front_only"), "car.jpg", fixture_image_bytes("stanford_cars", 0), "image/jpeg")
+    assert_clean(at)
+    reason = at.warning[0].value
+    assert reason.startswith("**Not scored.**") and reason.lower().count("validated") == 1, reason
 
 
 def test_score_survives_a_text_file(app: Callable[..., AppTest]) -> None:

@@ -30,7 +30,7 @@ PASSED, FAILED, NOT_FRONTAL = (
 )
 REJECTION_ADVICE = {
     "no car": "Try a photo in which one car fills a good part of the frame.",
-    "view": "The models were validated on cars seen from the front: take the photo facing the car's front.",
+    "view": "Take the photo again from one of those views.",  # the reason has said which views are accepted
 }
 
 
