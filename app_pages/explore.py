@@ -164,7 +164,8 @@ def controls(options: FilterOptions) -> tuple[str, str, MapFilters]:
 def map_caption(mapped: MapFigure, shown: int, total: int) -> str:
     """How many cars the map shows and how to use it (an aggregated map says that hover sees a sample)."""
     drawn = (
-        f" · drawn as one picture on the server; hover and clicks reach a sample of {fmt.count(SAMPLE_POINTS)} cars"
+        f" · drawn as one picture on the server; hover and clicks reach a sample of "
+        f"{fmt.count(min(SAMPLE_POINTS, shown))} cars"
         if mapped.aggregated
         else ""
     )
