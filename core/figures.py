@@ -29,7 +29,7 @@ QUALITATIVE = pc.qualitative.Safe
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 RASTER_WIDTH = 1000  # pixels across the aggregated map (about the chart's width on a laptop screen)
 RASTER_ASPECT = 1.8  # its width over its height, near the chart's
-SAMPLE_POINTS = 20_000  # points drawn over the aggregated map: hover labels, clicks and the legend
+SAMPLE_POINTS = 5_000  # points drawn over the aggregated map: hover labels, clicks and the legend
 SAMPLE_OPACITY = 0.5
 HIGHLIGHT_POINTS = 5_000  # search matches ringed over the aggregated map (a sample when there are more)
 

@@ -147,6 +147,7 @@ def test_the_aggregated_map_draws_a_picture_and_a_sample(big_bundle: Bundle, big
     assert totals == big_table["body_label"].value_counts().to_dict(), "the legend counts every car"
     for trace, members in zip(mapped.figure.data, mapped.trace_rows, strict=True):
         assert len(trace.x) == len(members)
+        assert list(trace.hovertext) == big_table["hover"].iloc[members].tolist(), "hover names each sampled car"
     continuous = density_map_figure(big_table, rows, COLOUR_OPTIONS["error"], sample_points=500)
     marker = continuous.figure.data[-1].marker
     assert marker.cmin == -marker.cmax, "prediction error is centred on 0, like the picture"

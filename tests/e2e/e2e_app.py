@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,6 +420,11 @@ class AppPage:
 
     def box_select_everything(self) -> None:
         """Pick Plotly's box-select tool in the mode bar and drag a box over the whole plot area with the mouse."""
+        self.act(self.drag_box_over_map())
+
+    def drag_box_over_map(self) -> Callable[[], None]:
+        """Pick the box-select tool, press the mouse at the plot area's top left and drag to its bottom right;
+        returns the release of the button (which sends the selection)."""
         page = self.page
         chart = page.locator(".js-plotly-plot").first
         chart.scroll_into_view_if_needed()
@@ -429,15 +434,11 @@ class AppPage:
         self.expect(area, "the map has no drag area")
         left, top = area["x"] + 4, area["y"] + 4
         right, bottom = area["x"] + area["width"] - 4, area["y"] + area["height"] - 4
-
-        def drag() -> None:
-            page.mouse.move(left, top)
-            page.mouse.down()
-            page.mouse.move((left + right) / 2, (top + bottom) / 2, steps=8)
-            page.mouse.move(right, bottom, steps=8)
-            page.mouse.up()
-
-        self.act(drag)
+        page.mouse.move(left, top)
+        page.mouse.down()
+        page.mouse.move((left + right) / 2, (top + bottom) / 2, steps=8)
+        page.mouse.move(right, bottom, steps=8)
+        return page.mouse.up
 
     def choose(self, combobox: str, option: str) -> None:
         """Pick an option of a selectbox by its label."""
