@@ -6,62 +6,76 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import config
 from core.artifacts import Bundle
 from core.explore import (
     COLOUR_OPTIONS,
-    UNKNOWN,
+    FilterOptions,
     MapFilters,
+    MapSelection,
+    SearchIndex,
+    filter_options,
     filter_rows,
     find_row,
     group_title,
     neighbour_table,
     page_count,
     page_rows,
-    search_mask,
+    regions_from_event,
+    search_index,
+    selected_rows,
     selection_csv,
     selection_rows,
     summarise_selection,
-    year_span,
 )
-from core.figures import MapOverlay, map_figure
+from core.figures import SAMPLE_POINTS, MapFigure, MapOverlay, explorer_map
 from ui import common, widgets
 from ui import format as fmt
 
 CHART_KEY = "map"
-TRACES_KEY = "explore_traces"
-SELECTION_KEY = "explore_selection"  # ids of the cars picked on the map (box, lasso, or "show matches")
+DRAWN_KEY = "explore_drawn"  # the map on screen and the filters it was drawn with (to read its selections)
+# What is selected: the ids of the cars picked on a map of single points (box, lasso, or "select the matches"),
+# or on an aggregated map a MapSelection (the drawn regions as a query over the table).
+SELECTION_KEY = "explore_selection"
 PAGE_SIZE = 24
 NEIGHBOURS = 8
 
 
-def filters_ui(table: pd.DataFrame) -> MapFilters:
+def filters_ui(options: FilterOptions) -> MapFilters:
     """Body types, model years and splits to show."""
-    body_options = sorted(set(table["body_label"]) - {UNKNOWN}) + (
-        [UNKNOWN] if (table["body_label"] == UNKNOWN).any() else []
-    )
-    split_options = [s for s in ("train", "val", "test") if (table["split"] == s).any()]
-    low, high = year_span(table)
+    low, high = options.years
     # Pills on a row of their own: every body type stays readable (a multiselect's chips overflowed and hid some).
     bodies = st.pills(
-        "Body types", body_options, selection_mode="multi", default=body_options, key="body", bind="query-params"
+        "Body types",
+        options.body_types,
+        selection_mode="multi",
+        default=options.body_types,
+        key="body",
+        bind="query-params",
     )
     years, split = st.columns([3, 2])
     span = years.slider("Model years", low, high, (low, high), key="years", bind="query-params") if high > low else None
     splits = split.pills(
-        "Splits", split_options, selection_mode="multi", default=split_options, key="split", bind="query-params"
+        "Splits", options.splits, selection_mode="multi", default=options.splits, key="split", bind="query-params"
     )
     return MapFilters(body_types=tuple(bodies), years=span, splits=tuple(splits))
 
 
 def remember_selection() -> None:
-    """on_select callback: turn the chart's selection into car ids; a single clicked point opens its details."""
+    """on_select callback: a box or lasso on an aggregated map becomes a query (its regions); on a map of single
+    points, the picked points become car ids; a single clicked point opens its details."""
     bundle, _ = common.bundle_or_error()
-    if bundle is None:
+    if bundle is None or DRAWN_KEY not in st.session_state:
         return
     selection = st.session_state[CHART_KEY].selection
-    rows = selection_rows(selection.points, st.session_state.get(TRACES_KEY, ()))
+    mapped, filters = st.session_state[DRAWN_KEY]
+    regions = regions_from_event(selection.box, selection.lasso)
+    if mapped.aggregated and regions:
+        st.session_state[SELECTION_KEY] = MapSelection(regions=regions, filters=filters)
+        return
+    rows = selection_rows(selection.points, mapped.trace_rows)
     ids = common.bundle_table(bundle)["id"].iloc[rows].tolist()
-    if len(ids) == 1 and not selection.box and not selection.lasso:
+    if len(ids) == 1 and not regions:
         common.set_query_value("id", ids[0])
     else:
         st.session_state[SELECTION_KEY] = ids
@@ -83,9 +97,9 @@ def show_summary(table: pd.DataFrame, rows: np.ndarray, bundle: Bundle) -> None:
         column.dataframe(pd.DataFrame({name: list(values), "cars": list(values.values())}), hide_index=True)
 
 
-def show_selection(bundle: Bundle, table: pd.DataFrame, ids: list[str]) -> None:
+def show_selection(bundle: Bundle, table: pd.DataFrame, selection: MapSelection | list[str]) -> None:
     """Counts, a paged gallery and a CSV download of the selected cars."""
-    rows = table.index.to_numpy()[table["id"].isin(ids).to_numpy()]
+    rows = common.memo("explore_selected", (str(bundle.path), selection), lambda: selected_rows(table, selection))
     st.subheader(f"Selection · {fmt.count(len(rows))} cars")
     if not len(rows):
         st.caption("Draw a box or lasso on the map to select cars.")
@@ -133,7 +147,7 @@ def show_details(bundle: Bundle, table: pd.DataFrame, row: int) -> None:
     )
 
 
-def controls(table: pd.DataFrame) -> tuple[str, str, MapFilters]:
+def controls(options: FilterOptions) -> tuple[str, str, MapFilters]:
     """Colour-by, search and filters, each bound to a query parameter (colour, q, body, years, split)."""
     colour_column, search_column = st.columns([2, 3])
     colour = colour_column.selectbox(
@@ -144,31 +158,50 @@ def controls(table: pd.DataFrame) -> tuple[str, str, MapFilters]:
         bind="query-params",
     )
     query = search_column.text_input("Search make or model", key="q", bind="query-params", placeholder="e.g. Audi")
-    return colour, query, filters_ui(table)
+    return colour, query, filters_ui(options)
+
+
+def map_caption(mapped: MapFigure, shown: int, total: int) -> str:
+    """How many cars the map shows and how to use it (an aggregated map says that hover sees a sample)."""
+    drawn = (
+        f" · drawn as one picture on the server; hover and clicks reach a sample of "
+        f"{fmt.count(min(SAMPLE_POINTS, shown))} cars"
+        if mapped.aggregated
+        else ""
+    )
+    return (
+        f"{fmt.count(shown)} of {fmt.count(total)} cars shown{drawn} · click a car for its details; to select "
+        "cars, pick box or lasso select in the chart's toolbar and draw"
+    )
 
 
 def draw_map(
     bundle: Bundle, table: pd.DataFrame, colour: str, query: str, filters: MapFilters, chosen: int | None
 ) -> None:
-    """The WebGL map of the filtered cars, search matches ringed and the chosen car marked."""
+    """The map of the filtered cars (WebGL points, or aggregated above the point limit), search matches ringed and
+    the chosen car marked."""
     rows = filter_rows(table, filters)
-    matches = np.flatnonzero(search_mask(table, query))
+    search: SearchIndex = common.on_bundle(bundle, "search_index", lambda: search_index(table))
+    matches = np.flatnonzero(search.mask(query))
     overlay = MapOverlay(highlight=matches, highlight_name=f"“{query}”", marked=chosen)
     height = common.scaled(620)
     view = (str(bundle.path), colour, filters, query, chosen, height)  # a selection alone keeps the figure
     mapped = common.memo(
         "explore_map",
         view,
-        lambda: map_figure(
-            table, rows, COLOUR_OPTIONS[colour], year_bins=bundle.year_bins, overlay=overlay, height=height
+        lambda: explorer_map(
+            table,
+            rows,
+            COLOUR_OPTIONS[colour],
+            point_limit=config.map_point_limit(),
+            year_bins=bundle.year_bins,
+            overlay=overlay,
+            height=height,
         ),
     )
-    st.session_state[TRACES_KEY] = mapped.trace_rows
+    st.session_state[DRAWN_KEY] = (mapped, filters)
     found = f" · {fmt.count(len(matches))} match “{query}”" if query.strip() else ""
-    st.caption(
-        f"{fmt.count(len(rows))} of {fmt.count(len(table))} cars shown · click a car for its details; to select "
-        f"cars, pick box or lasso select in the chart's toolbar and draw{found}"
-    )
+    st.caption(map_caption(mapped, len(rows), len(table)) + found)
     st.plotly_chart(
         mapped.figure,
         key=CHART_KEY,
@@ -187,7 +220,7 @@ def draw_map(
 def explorer(bundle: Bundle) -> None:
     """Controls, map, details and selection: reruns alone on every interaction (the sidebar stays put)."""
     table = common.bundle_table(bundle)
-    colour, query, filters = controls(table)
+    colour, query, filters = controls(common.on_bundle(bundle, "filter_options", lambda: filter_options(table)))
     chosen = find_row(table, common.query_value("id"))
     draw_map(bundle, table, colour, query, filters, chosen)
     if chosen is not None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import streamlit as st
 
+from core import config
 from core.artifacts import Bundle
 from core.explore import (
     COLOUR_OPTIONS,
@@ -16,7 +17,7 @@ from core.explore import (
     largest_groups,
     most_typical_per_group,
 )
-from core.figures import map_figure
+from core.figures import explorer_map
 from ui import common, scoring, widgets
 from ui import format as fmt
 
@@ -93,8 +94,13 @@ def embedding_map(bundle: Bundle) -> None:
     st.title("The embedding map")
     st.markdown("Every car placed by its features: neighbours look alike to the model. Colour: year bin.")
     table = common.bundle_table(bundle)
-    figure = map_figure(
-        table, np.arange(len(table)), COLOUR_OPTIONS["year_bin"], year_bins=bundle.year_bins, height=common.scaled(640)
+    figure = explorer_map(
+        table,
+        np.arange(len(table)),
+        COLOUR_OPTIONS["year_bin"],
+        point_limit=config.map_point_limit(),
+        year_bins=bundle.year_bins,
+        height=common.scaled(640),
     ).figure
     widgets.show_figure(figure, "embedding map", "tour:map")
 

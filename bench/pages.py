@@ -14,6 +14,12 @@ Plotly chart drawn (DRAWN_JS):
   median of --warm later visits, each a fresh navigation (a new Streamlit session, the browser cache warm);
 - idle CPU: the server's CPU time over --idle seconds after the browser closed, as % of one core (/proc).
 
+With --explore-size N the run is about the Explore page of a large collection instead: a synthetic bundle of N
+rows resampled from --bundle (bench.synthetic, written to a temporary folder and deleted afterwards) is served;
+timed are the first page (bundle load), Explore cold and warm (map drawn), a box drawn with the mouse over the whole
+map until the selection's counts and first gallery page are drawn (cold and warm), and the server's resident memory.
+--point-limit sets the app's $CARMORPH_MAP_POINTS (e.g. above N to time WebGL points at that size).
+
 Before the server starts, the bare `core.pipeline.score_image` time of the uploaded photo is measured in this
 process (cold and the median of 5 warm calls, with the app's torch threads), so the two can be compared: the
 page adds drawing to the score. The photo is the first photo of ../shared/data (else the test fixture) that the
@@ -27,6 +33,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +45,18 @@ for folder in (PROJECT_ROOT, PROJECT_ROOT / "tests" / "e2e"):
         sys.path.insert(0, str(folder))
 
 import torch  # noqa: E402
-from e2e_app import ACTIVITY_JS, CHROMIUM, CHROMIUM_ARGS, UPLOAD_INPUT, VIEWPORT, StreamlitServer, start_streamlit  # noqa: E402
+from e2e_app import (  # noqa: E402
+    ACTIVITY_JS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    UPLOAD_INPUT,
+    VIEWPORT,
+    AppPage,
+    StreamlitServer,
+    start_streamlit,
+)
 
+from bench.synthetic import write_synthetic_bundle  # noqa: E402
 from core import config  # noqa: E402
 from core.artifacts import Bundle, load_bundle  # noqa: E402
 from core.pipeline import score_image  # noqa: E402
@@ -185,6 +202,80 @@ def browse(browser: Any, server: StreamlitServer, photo: Path, warm: int, starte
     figures.warm_s = {name: statistics.median(values[1:]) for name, values in rounds.items() if len(values) > 1}
 
 
+# ------------------------------------------------------------------------------------ a large collection
+
+
+@dataclass
+class ScaleFigures:
+    """The Explore page of a synthetic collection of `rows` cars, in seconds unless the name says otherwise."""
+
+    rows: int
+    point_limit: str
+    load_before: tuple[float, float, float]
+    bundle_write_s: float = 0.0
+    first_page_s: float = 0.0
+    explore_cold_s: float = 0.0
+    explore_warm_s: float = 0.0
+    selection_cold_s: float = 0.0
+    selection_warm_s: float = 0.0
+    server_rss_mib: float = 0.0
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def select_everything(page: Any, rows: int) -> float:
+    """Seconds from releasing a box drawn over the whole map to the selection's counts and first gallery page."""
+    release = AppPage(page, "bench-selection").drag_box_over_map()
+    start = time.perf_counter()
+    release()
+    wait_drawn(page, View("selection", "explore", f"Selection · {rows:,} cars", "Selection as CSV"))
+    return time.perf_counter() - start
+
+
+def explore_at_scale(browser: Any, server: StreamlitServer, figures: ScaleFigures, warm: int, started: float) -> None:
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(ACTIVITY_JS)
+    page = context.new_page()
+    page.goto(f"{server.url}/", wait_until="commit")
+    wait_drawn(page, SCORE_PAGE)
+    figures.first_page_s = time.perf_counter() - started
+    explore, visits, selections = VIEWS[0], [], []
+    for round_index in range(warm + 1):
+        visits.append(visit(page, server, explore))
+        selections.append(select_everything(page, figures.rows))
+        print(f"round {round_index}: Explore {visits[-1]:.1f} s, selection {selections[-1]:.1f} s", flush=True)
+    context.close()
+    figures.explore_cold_s, figures.selection_cold_s = visits[0], selections[0]
+    figures.explore_warm_s = statistics.median(visits[1:]) if warm else visits[0]
+    figures.selection_warm_s = statistics.median(selections[1:]) if warm else selections[0]
+    figures.server_rss_mib = server.rss_kib() / 1024
+
+
+def scale_run(args: argparse.Namespace, source: Path) -> None:
+    """--explore-size: the Explore page of a synthetic collection (see the module doc)."""
+    from playwright.sync_api import sync_playwright
+
+    limit = {"CARMORPH_MAP_POINTS": str(args.point_limit)} if args.point_limit else {}
+    figures = ScaleFigures(args.explore_size, limit.get("CARMORPH_MAP_POINTS", "default"), os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="carmorph-bench-") as folder:
+        start = time.perf_counter()
+        bundle = write_synthetic_bundle(source, Path(folder) / "bundle", args.explore_size)
+        figures.bundle_write_s = time.perf_counter() - start
+        started = time.perf_counter()
+        server = start_streamlit("bench-scale", bundle, config.image_root(args.image_root) or FIXTURE_DATA_DIR, limit)
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+                explore_at_scale(browser, server, figures, args.warm, started)
+                browser.close()
+        finally:
+            server.stop()
+    figures.load_after = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(figures), indent=1))
+    print(json.dumps(asdict(figures), indent=1))
+    print(f"written to {args.out}")
+
+
 # ------------------------------------------------------------------------------------------------ idle CPU
 
 
@@ -235,10 +326,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", type=int, default=3, help="warm visits of every page (median reported)")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measured after the browser")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "test-output" / "bench-pages.json")
+    parser.add_argument("--explore-size", type=int, default=0, help="time Explore on a synthetic bundle of N rows")
+    parser.add_argument("--point-limit", type=int, default=0, help="the app's $CARMORPH_MAP_POINTS for --explore-size")
     args = parser.parse_args(argv)
+    bundle_dir = config.bundle_dir(args.bundle).resolve()
+    if args.explore_size:
+        scale_run(args, bundle_dir)
+        return
     from playwright.sync_api import sync_playwright
 
-    bundle_dir = config.bundle_dir(args.bundle).resolve()
     torch.set_num_threads(config.serving_threads())
     figures = Figures(bundle=str(bundle_dir), torch_threads=torch.get_num_threads(), load_before=os.getloadavg())
     photo = bare_score(bundle_dir, figures)

@@ -324,7 +324,7 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     images = _read_images(directory / IMAGES_FILE)
     embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, len(images), embedding_dim(manifest))
     morphs = _read_morphs(directory / MORPHS_FILE, manifest)
-    atlas = _read_atlas(directory / manifest.atlas.file, manifest.atlas, len(images))
+    atlas = _read_atlas(directory / manifest.atlas.file, manifest.atlas, atlas_tiles(images))
     coords = images[["umap_x", "umap_y"]].to_numpy(np.float32)
     if not np.isfinite(coords).all():
         raise BundleError(f"{IMAGES_FILE}: umap_x/umap_y contain missing or infinite values.")
@@ -515,6 +515,11 @@ def _read_morphs(path: Path, manifest: Manifest) -> Morphs:
         year_bins=manifest.year_bins,
         min_members=manifest.morph_min_members,
     )
+
+
+def atlas_tiles(images: pd.DataFrame) -> int:
+    """Tiles the atlas must hold: one per tile the table names (rows of a resampled collection may share tiles)."""
+    return int(images["atlas_index"].max()) + 1 if len(images) else 0
 
 
 def _read_atlas(path: Path, spec: AtlasSpec, count: int) -> Image.Image:

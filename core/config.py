@@ -93,6 +93,17 @@ def max_pixels(explicit: int | None = None) -> int:
     return int(os.environ.get("CARMORPH_MAX_PIXELS", DEFAULT_MAX_PIXELS))
 
 
+DEFAULT_MAP_POINTS = 50_000
+
+
+def map_point_limit(explicit: int | None = None) -> int:
+    """Most points the Explore map draws one by one (WebGL markers); above it the map is aggregated on the server:
+    argument, else $CARMORPH_MAP_POINTS, else 50,000."""
+    if explicit:
+        return explicit
+    return int(os.environ.get("CARMORPH_MAP_POINTS", DEFAULT_MAP_POINTS))
+
+
 def serving_threads(explicit: int | None = None) -> int:
     """torch threads of the app: argument, else $CARMORPH_THREADS, else 1 (a web server runs beside other work, and
     one thread per scoring keeps concurrent sessions from oversubscribing the cores)."""

@@ -77,6 +77,52 @@ class MapFilters:
 
 
 @dataclass(frozen=True)
+class FilterOptions:
+    """What the explorer's filters offer for a table: body types (unknown last), splits, the known year span."""
+
+    body_types: tuple[str, ...]
+    splits: tuple[str, ...]
+    years: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MapRegion:
+    """A box or lasso drawn on the map: a closed polygon in map coordinates (a box is its four corners)."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    box: bool = False  # an axis-aligned box: tested by its ranges
+
+
+@dataclass(frozen=True)
+class MapSelection:
+    """Selection as a query over the map table, not a list of ids: the cars inside the drawn regions among those
+    that the filters showed when they were drawn. Evaluated with `region_rows`, in milliseconds at a million rows."""
+
+    regions: tuple[MapRegion, ...]
+    filters: MapFilters = MapFilters()
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    """The map table's searchable text, once per distinct text: `codes[row]` indexes `texts` (lower-cased label,
+    make and model), so a search scans thousands of distinct names instead of a million rows."""
+
+    codes: np.ndarray
+    texts: np.ndarray
+
+    def mask(self, text: str) -> np.ndarray:
+        """Rows whose text contains every word of `text` (case-insensitive); none for ''."""
+        words = text.lower().split()
+        if not words:
+            return np.zeros(len(self.codes), dtype=bool)
+        hits = np.ones(len(self.texts), dtype=bool)
+        for word in words:
+            hits &= np.char.find(self.texts, word) >= 0
+        return hits[self.codes]
+
+
+@dataclass(frozen=True)
 class SelectionSummary:
     """Counts and means of a set of rows (a map selection)."""
 
@@ -161,16 +207,28 @@ def year_span(table: pd.DataFrame) -> tuple[int, int]:
     return (int(years.min()), int(years.max())) if len(years) else (0, 0)
 
 
+def search_index(table: pd.DataFrame) -> SearchIndex:
+    """The table's label, make and model, lower-cased and factorised (build once per table)."""
+    haystack = (table["label"] + " " + table["make"].fillna("") + " " + table["model"].fillna("")).str.lower()
+    codes, texts = pd.factorize(haystack)
+    return SearchIndex(codes=codes, texts=np.asarray(texts, dtype=str))
+
+
 def search_mask(table: pd.DataFrame, text: str) -> np.ndarray:
     """Rows whose make, model or class name contains every word of `text` (case-insensitive); none for ''."""
-    words = text.lower().split()
-    if not words:
-        return np.zeros(len(table), dtype=bool)
-    haystack = (table["label"] + " " + table["make"].fillna("") + " " + table["model"].fillna("")).str.lower()
-    mask = np.ones(len(table), dtype=bool)
-    for word in words:
-        mask &= haystack.str.contains(word, regex=False).to_numpy()
-    return mask
+    return search_index(table).mask(text)
+
+
+def filter_options(table: pd.DataFrame) -> FilterOptions:
+    """The body types (alphabetically, unknown last), splits (train, val, test) and year span present."""
+    bodies = pd.unique(table["body_label"])
+    known = sorted(set(bodies) - {UNKNOWN})
+    splits = set(pd.unique(table["split"]))
+    return FilterOptions(
+        body_types=(*known, *([UNKNOWN] if UNKNOWN in set(bodies) else [])),
+        splits=tuple(s for s in ("train", "val", "test") if s in splits),
+        years=year_span(table),
+    )
 
 
 def filter_rows(table: pd.DataFrame, filters: MapFilters) -> np.ndarray:
@@ -209,6 +267,65 @@ def selection_rows(points: Sequence[Mapping[str, object]], trace_rows: Sequence[
     return pd.unique(np.asarray(rows, dtype=np.int64))
 
 
+def regions_from_event(
+    boxes: Sequence[Mapping[str, object]], lassos: Sequence[Mapping[str, object]]
+) -> tuple[MapRegion, ...]:
+    """The regions of a Plotly selection event: each box ({"x": [x0, x1], "y": [y0, y1]}) and lasso ({"x": [...],
+    "y": [...]}) as a polygon; malformed entries are skipped."""
+    regions = []
+    for box in boxes:
+        x, y = box.get("x"), box.get("y")
+        if isinstance(x, Sequence) and isinstance(y, Sequence) and len(x) == 2 and len(y) == 2:
+            (x0, x1), (y0, y1) = (float(v) for v in x), (float(v) for v in y)
+            regions.append(MapRegion(x=(x0, x1, x1, x0), y=(y0, y0, y1, y1), box=True))
+    for lasso in lassos:
+        x, y = lasso.get("x"), lasso.get("y")
+        if isinstance(x, Sequence) and isinstance(y, Sequence) and len(x) == len(y) >= 3:
+            regions.append(MapRegion(x=tuple(float(v) for v in x), y=tuple(float(v) for v in y)))
+    return tuple(regions)
+
+
+def inside_polygon(x: np.ndarray, y: np.ndarray, region: MapRegion) -> np.ndarray:
+    """Which points lie inside the polygon (even-odd rule). Points are sorted by y once, so each edge only tests the
+    points within its own y-band: fast for lassos of hundreds of vertices over millions of points."""
+    if region.box:
+        return (x >= min(region.x)) & (x <= max(region.x)) & (y >= min(region.y)) & (y <= max(region.y))
+    order = np.argsort(y, kind="stable")
+    ys, xs = y[order], x[order]
+    inside = np.zeros(len(x), dtype=bool)
+    corners = list(zip(region.x, region.y, strict=True))
+    for (xa, ya), (xb, yb) in zip(corners, corners[1:] + corners[:1], strict=True):
+        start, stop = np.searchsorted(ys, [min(ya, yb), max(ya, yb)])
+        if start == stop:
+            continue
+        band = slice(start, stop)
+        crossing = xa + (ys[band] - ya) * (xb - xa) / (yb - ya)
+        inside[band] ^= xs[band] < crossing
+    result = np.empty_like(inside)
+    result[order] = inside
+    return result
+
+
+def region_rows(table: pd.DataFrame, selection: MapSelection) -> np.ndarray:
+    """Rows (in table order) that pass the selection's filters and lie inside any of its regions."""
+    rows = filter_rows(table, selection.filters)
+    x = table["umap_x"].to_numpy(dtype=np.float64)[rows]
+    y = table["umap_y"].to_numpy(dtype=np.float64)[rows]
+    hit = np.zeros(len(rows), dtype=bool)
+    for region in selection.regions:
+        hit |= inside_polygon(x, y, region)
+    return rows[hit]
+
+
+def selected_rows(table: pd.DataFrame, selection: MapSelection | Sequence[str]) -> np.ndarray:
+    """Rows (in table order) of a selection: a query (MapSelection) or the ids of the cars picked."""
+    if isinstance(selection, MapSelection):
+        return region_rows(table, selection)
+    if not len(selection):
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(table["id"].isin(selection).to_numpy())
+
+
 def _counts(values: pd.Series, order: Sequence[str] = ()) -> dict[str, int]:
     counts = values.astype(str).value_counts()
     ordered = [key for key in order if key in counts.index] + sorted(set(counts.index) - set(order))
@@ -222,7 +339,8 @@ def _mean(values: pd.Series) -> float:
 
 def summarise_selection(table: pd.DataFrame, rows: np.ndarray, year_bins: Sequence[YearBin] = ()) -> SelectionSummary:
     """Counts per body type, year bin and split, and the mean scores of the selected rows."""
-    selected = table.iloc[rows]
+    columns = ["body_label", "year_bin_label", "split", "modernity", "typicality", "error_years"]
+    selected = table.iloc[rows, [table.columns.get_loc(c) for c in columns]]  # not all columns: fast at 1M rows
     return SelectionSummary(
         count=len(selected),
         by_body_type=_counts(selected["body_label"]),

@@ -6,14 +6,18 @@ exported (PNG from Plotly's mode bar, HTML from `figure_html`) and the benchmark
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import plotly.colors as pc
 import plotly.graph_objects as go
+from PIL import Image
 
+from core import density
 from core.config import YearBin
 from core.explore import UNKNOWN, ColourSpec, category_order
 
@@ -23,14 +27,23 @@ STAR_COLOUR = "#ffc400"
 MARKED_COLOUR = "#e4002b"
 QUALITATIVE = pc.qualitative.Safe
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
+RASTER_WIDTH = 1000  # pixels across the aggregated map (about the chart's width on a laptop screen)
+RASTER_ASPECT = 1.8  # its width over its height, near the chart's
+SAMPLE_POINTS = 5_000  # points drawn over the aggregated map: hover labels, clicks and the legend
+SAMPLE_OPACITY = 0.5
+HIGHLIGHT_POINTS = 5_000  # search matches ringed over the aggregated map (a sample when there are more)
 
 
 @dataclass(frozen=True)
 class MapFigure:
-    """The explorer's scatter and, per trace, the map-table rows its points were drawn from (for selections)."""
+    """The explorer's scatter and, per trace, the map-table rows its points were drawn from (for selections).
+
+    `aggregated`: the points are one server-side picture with a sample drawn over it, so a box or lasso selects
+    by its region (core.explore.MapSelection), not by the points the browser reports."""
 
     figure: go.Figure
     trace_rows: tuple[np.ndarray, ...]
+    aggregated: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,24 +85,45 @@ def _points(table: pd.DataFrame, rows: np.ndarray, name: str, marker: dict, lege
     )
 
 
-def _categorical_traces(
-    table: pd.DataFrame, rows: np.ndarray, spec: ColourSpec, year_bins: Sequence[YearBin], size: float
-) -> list[tuple[go.Scattergl, np.ndarray]]:
+def _category_codes(
+    table: pd.DataFrame, rows: np.ndarray, spec: ColourSpec, year_bins: Sequence[YearBin]
+) -> tuple[np.ndarray, list[str]]:
+    """Each row's category as its position in the legend order, and that order."""
     codes, categories = pd.factorize(table[spec.column].iloc[rows])
-    position = {str(category): code for code, category in enumerate(categories)}
     order = category_order(pd.Series(categories), spec, year_bins)
-    colours = category_colours(order, ordinal=spec.key == "year_bin")
+    position = {category: index for index, category in enumerate(order)}
+    remap = np.array([position[str(category)] for category in categories], dtype=np.int64)
+    return remap[codes], order
+
+
+def _categorical_traces(
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    coded: tuple[np.ndarray, list[str]],
+    colours: Mapping[str, str],
+    size: float,
+    drawn: np.ndarray | None = None,
+    opacity: float = 0.8,
+) -> list[tuple[go.Scattergl, np.ndarray]]:
+    """One trace per category (`coded`: `_category_codes` of the rows), named with its count among `rows`; only
+    the positions `drawn` of `rows` (all when None) become points."""
+    codes, order = coded
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[slice(None) if drawn is None else drawn] = True
     traces = []
-    for category in order:
-        members = rows[codes == position[category]]
-        marker = {"size": size, "color": colours[category], "opacity": 0.8}
-        traces.append((_points(table, members, f"{category} ({len(members):,})", marker), members))
+    for index, category in enumerate(order):
+        in_category = codes == index
+        members = rows[in_category & keep]
+        marker = {"size": size, "color": colours[category], "opacity": opacity}
+        traces.append((_points(table, members, f"{category} ({int(in_category.sum()):,})", marker), members))
     return traces
 
 
 def _continuous_traces(
-    table: pd.DataFrame, rows: np.ndarray, spec: ColourSpec, size: float
+    table: pd.DataFrame, rows: np.ndarray, spec: ColourSpec, size: float, scale: dict | None = None
 ) -> list[tuple[go.Scattergl, np.ndarray]]:
+    """The rows without a value in grey, the others on the spec's colour scale (or on `scale`: marker colour
+    settings that pin it, as over an aggregated map)."""
     values = table[spec.column].to_numpy(dtype=float)[rows]
     finite = np.isfinite(values)
     traces = []
@@ -108,7 +142,7 @@ def _continuous_traces(
     }
     if spec.key == "error":
         marker["cmid"] = 0.0
-    traces.append((_points(table, present, spec.title, marker, legend=False), present))
+    traces.append((_points(table, present, spec.title, marker | (scale or {}), legend=False), present))
     return traces
 
 
@@ -136,6 +170,19 @@ def _overlay_traces(table: pd.DataFrame, overlay: MapOverlay) -> list[tuple[go.S
     return traces
 
 
+def _map_layout(figure: go.Figure, height: int) -> None:
+    figure.update_layout(
+        height=height,
+        margin=MARGIN,
+        dragmode="pan",  # clicks pick a car only in pan/zoom mode; box and lasso are in the mode bar
+        uirevision="map",
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0, "itemsizing": "constant"},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        plot_bgcolor="white",
+    )
+
+
 def map_figure(
     table: pd.DataFrame,
     rows: np.ndarray,
@@ -149,22 +196,140 @@ def map_figure(
     rows = np.asarray(rows, dtype=np.int64)
     size = point_size(len(rows))
     if spec.categorical:
-        traces = _categorical_traces(table, rows, spec, year_bins, size)
+        coded = _category_codes(table, rows, spec, year_bins)
+        traces = _categorical_traces(table, rows, coded, _legend_colours(coded, spec), size)
     else:
         traces = _continuous_traces(table, rows, spec, size)
     traces += _overlay_traces(table, overlay or MapOverlay())
     figure = go.Figure([trace for trace, _ in traces])
-    figure.update_layout(
-        height=height,
-        margin=MARGIN,
-        dragmode="pan",  # clicks pick a car only in pan/zoom mode; box and lasso are in the mode bar
-        uirevision="map",
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0.0, "itemsizing": "constant"},
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        plot_bgcolor="white",
-    )
+    _map_layout(figure, height)
     return MapFigure(figure=figure, trace_rows=tuple(members for _, members in traces))
+
+
+def colour_array(colours: Sequence[str]) -> np.ndarray:
+    """K x 3 floats in 0..1 from Plotly colour strings ('#88ccee', 'rgb(1, 2, 3)')."""
+    return np.array(pc.convert_colors_to_same_type(list(colours), colortype="tuple")[0], dtype=np.float64)
+
+
+def png_uri(image: np.ndarray) -> str:
+    """An RGBA array as a PNG data URI (fast compression: it is sent once per view)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGBA").save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _value_range(values: np.ndarray, centred: bool) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return 0.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    if centred:
+        reach = max(abs(low), abs(high))
+        return -reach, reach
+    return low, high
+
+
+def _legend_colours(coded: tuple[np.ndarray, list[str]], spec: ColourSpec) -> dict[str, str]:
+    return category_colours(coded[1], ordinal=spec.key == "year_bin")
+
+
+def _category_picture(
+    table: pd.DataFrame, rows: np.ndarray, grid: density.Grid, coded: tuple[np.ndarray, list[str]], colours: dict
+) -> np.ndarray:
+    """The rows aggregated per category and shaded with the legend's colours."""
+    x, y = (table[axis].to_numpy(dtype=np.float64)[rows] for axis in ("umap_x", "umap_y"))
+    codes, order = coded
+    counts = density.category_counts(grid, x, y, codes, len(order))
+    return density.shade_categories(counts, colour_array([colours[c] for c in order]))
+
+
+def _value_picture(
+    table: pd.DataFrame, rows: np.ndarray, spec: ColourSpec, grid: density.Grid
+) -> tuple[np.ndarray, dict]:
+    """The rows' mean value per pixel on the spec's colour scale, and the marker settings that pin the sample's
+    colour bar to the same scale (plotly.py's scale: plotly.js names some scales the other way round)."""
+    x, y, values = (table[c].to_numpy(dtype=np.float64)[rows] for c in ("umap_x", "umap_y", spec.column))
+    finite = np.isfinite(values)
+    low, high = _value_range(values, centred=spec.key == "error")
+    scale = pc.get_colorscale(spec.colorscale)
+    lookup = colour_array(pc.sample_colorscale(scale, list(np.linspace(0.0, 1.0, 256))))
+    sums, counts = density.value_sums(grid, x[finite], y[finite], values[finite])
+    return density.shade_values(sums, counts, lookup, low, high), {"colorscale": scale, "cmin": low, "cmax": high}
+
+
+def sampled_highlight(overlay: MapOverlay, limit: int = HIGHLIGHT_POINTS) -> MapOverlay:
+    """The overlay with at most `limit` search matches ringed (a seeded sample, its legend entry says so)."""
+    matches = overlay.highlight
+    if matches is None or len(matches) <= limit:
+        return overlay
+    name = f"{overlay.highlight_name}, a sample of {len(matches):,}"
+    return replace(overlay, highlight=density.sample(np.asarray(matches), limit), highlight_name=name)
+
+
+def density_map_figure(
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    spec: ColourSpec,
+    *,
+    year_bins: Sequence[YearBin] = (),
+    overlay: MapOverlay | None = None,
+    height: int = 600,
+    sample_points: int = SAMPLE_POINTS,
+) -> MapFigure:
+    """The map of many points: every row of `rows` aggregated into one picture (core.density) over the whole
+    table's extent, with a seeded sample of `sample_points` rows drawn on top (hover labels, clicks, the legend and
+    the colour bar) and the overlay above. Box and lasso select by region (MapFigure.aggregated)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    x_all, y_all = table["umap_x"].to_numpy(dtype=np.float64), table["umap_y"].to_numpy(dtype=np.float64)
+    grid = density.grid_over(x_all, y_all, RASTER_WIDTH, round(RASTER_WIDTH / RASTER_ASPECT))
+    drawn = density.sample(np.arange(len(rows)), sample_points)
+    size = point_size(len(drawn))
+    if spec.categorical:
+        coded = _category_codes(table, rows, spec, year_bins)
+        colours = _legend_colours(coded, spec)
+        image = _category_picture(table, rows, grid, coded, colours)
+        traces = _categorical_traces(table, rows, coded, colours, size, drawn=drawn, opacity=SAMPLE_OPACITY)
+    else:
+        image, scale = _value_picture(table, rows, spec, grid)
+        traces = _continuous_traces(table, rows[drawn], spec, size, scale | {"opacity": SAMPLE_OPACITY})
+    traces += _overlay_traces(table, sampled_highlight(overlay or MapOverlay()))
+    figure = go.Figure([trace for trace, _ in traces])
+    _map_layout(figure, height)
+    figure.update_layout(
+        images=[
+            {
+                "source": png_uri(image),
+                "xref": "x",
+                "yref": "y",
+                "x": grid.x0,
+                "y": grid.y1,
+                "sizex": grid.x1 - grid.x0,
+                "sizey": grid.y1 - grid.y0,
+                "sizing": "stretch",
+                "layer": "below",
+            }
+        ],
+        xaxis={"range": [grid.x0, grid.x1]},
+        yaxis={"range": [grid.y0, grid.y1]},
+        legend={"itemclick": False, "itemdoubleclick": False},  # a legend click would hide the sample, not the map
+    )
+    return MapFigure(figure=figure, trace_rows=tuple(members for _, members in traces), aggregated=True)
+
+
+def explorer_map(
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    spec: ColourSpec,
+    *,
+    point_limit: int,
+    year_bins: Sequence[YearBin] = (),
+    overlay: MapOverlay | None = None,
+    height: int = 600,
+) -> MapFigure:
+    """Every point as WebGL markers up to `point_limit` rows (exact hover, PNG/HTML export of the points), the
+    aggregated map above it."""
+    build = map_figure if len(rows) <= point_limit else density_map_figure
+    return build(table, rows, spec, year_bins=year_bins, overlay=overlay, height=height)
 
 
 # -------------------------------------------------------------------------------------------------- scores

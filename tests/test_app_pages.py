@@ -17,14 +17,25 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.artifacts import Bundle
+from bench.synthetic import write_synthetic_bundle
+from core.artifacts import Bundle, load_bundle
 from core.config import year_to_bin
-from core.explore import COLOUR_OPTIONS, map_table, morph_frame
+from core.explore import (
+    COLOUR_OPTIONS,
+    MapFilters,
+    MapSelection,
+    map_table,
+    morph_frame,
+    region_rows,
+    regions_from_event,
+)
 from core.report import collect_curves, collect_tasks, measure_name
 from training.metrics import classification_metrics
 
 APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
 TIMEOUT = 120
+LARGE_ROWS = 3_000  # the "large" bundle: the tiny bundle resampled, explored above a point limit of LARGE_LIMIT
+LARGE_LIMIT = 1_000
 PAGES = (
     "app_pages/score.py",
     "app_pages/explore.py",
@@ -99,6 +110,7 @@ def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> di
         "report": bundle_variant(
             source, root / "report", metrics=recorded_metrics(tiny_bundle), training=recorded_training()
         ),
+        "large": write_synthetic_bundle(source, root / "large", LARGE_ROWS),
     }
 
 
@@ -292,6 +304,44 @@ def test_explore_view_restored_from_the_url(app: Callable[..., AppTest], tiny_bu
     assert f"{shown_count} of {len(tiny_bundle.images)} cars shown" in shown
     audi = int(tiny_bundle.images["make"].str.lower().eq("audi").sum())
     assert f"{audi} match “audi”" in shown
+
+
+def test_explore_a_large_collection_as_an_aggregated_map(
+    app: Callable[..., AppTest], bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the point limit the map is one server-side picture with a sample drawn over it, and a region drawn on
+    it is a query: its counts, gallery and pages come from every car inside, not from the sample."""
+    monkeypatch.setenv("CARMORPH_MAP_POINTS", str(LARGE_LIMIT))
+    at = app(bundle="large", page="app_pages/explore.py")
+    assert_clean(at)
+    figure = json.loads(charts(at)[0].proto.spec)
+    assert figure["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+    assert sum(len(trace["x"]) for trace in figure["data"]) <= LARGE_ROWS
+    shown = texts(at)
+    assert f"{LARGE_ROWS:,} of {LARGE_ROWS:,} cars shown · drawn as one picture on the server" in shown
+    table = map_table(load_bundle(bundles["large"]).images, load_bundle(bundles["large"]).year_bins)
+    x, y = table["umap_x"], table["umap_y"]
+    box = {"x": [float(x.min()) - 1, float(x.median())], "y": [float(y.min()) - 1, float(y.max()) + 1]}
+    selection = MapSelection(regions=regions_from_event([box], []), filters=MapFilters(splits=("train",)))
+    expected = region_rows(table, selection)
+    assert 24 < len(expected) < LARGE_ROWS
+    at.session_state["explore_selection"] = selection
+    at.run()
+    assert_clean(at)
+    assert f"Selection · {len(expected):,} cars" in [s.value for s in at.subheader]
+    assert at.metric[0].value == f"{len(expected):,}"
+    assert [c.split(" · ")[0] for c in captions(at)] == table["label"].iloc[expected[:24]].tolist()
+
+
+def test_the_tour_map_of_a_large_collection_is_aggregated(
+    app: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARMORPH_MAP_POINTS", str(LARGE_LIMIT))
+    at = app(bundle="large", page="app_pages/tour.py", params={"slide": "5"})
+    assert_clean(at)
+    assert at.title[0].value == "The embedding map"
+    figure = json.loads(charts(at)[0].proto.spec)
+    assert figure["layout"]["images"], "the map is one picture, not 3,000 points"
 
 
 # -------------------------------------------------------------------------------------------------- morphs

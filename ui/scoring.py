@@ -11,10 +11,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from core import config
 from core.artifacts import Bundle
 from core.explain import GradCam, grad_cam, overlay
 from core.explore import COLOUR_OPTIONS, group_members
-from core.figures import MapOverlay, map_figure, modernity_gauge, probability_bars, typicality_histogram
+from core.figures import MapOverlay, explorer_map, modernity_gauge, probability_bars, typicality_histogram
 from core.pipeline import ScoreResult, score_image
 from core.scoring import group_key
 from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
@@ -177,10 +178,11 @@ def show_map_position(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, 
         return
     rows = np.arange(len(table))
     spec = COLOUR_OPTIONS["year_bin"]
-    mapped = map_figure(
+    mapped = explorer_map(
         table,
         rows,
         spec,
+        point_limit=config.map_point_limit(),
         year_bins=bundle.year_bins,
         overlay=MapOverlay(star=result.map_position),
         height=common.scaled(480),

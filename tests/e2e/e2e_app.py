@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = PROJECT_ROOT / "test-output" / "e2e"
@@ -181,8 +182,11 @@ class StreamlitServer:
             self.process.wait(timeout=15)
 
 
-def start_streamlit(name: str, bundle: Path, image_root: Path) -> StreamlitServer:
-    """Start the app headless on a free port with this bundle and image root; return once /_stcore/health is ok."""
+def start_streamlit(
+    name: str, bundle: Path, image_root: Path, settings: Mapping[str, str] | None = None
+) -> StreamlitServer:
+    """Start the app headless on a free port with this bundle and image root (and other CARMORPH_* `settings`);
+    return once /_stcore/health is ok."""
     port = free_port()
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     log_path = OUTPUT_DIR / f"server-{name}.log"
@@ -190,6 +194,7 @@ def start_streamlit(name: str, bundle: Path, image_root: Path) -> StreamlitServe
         "CARMORPH_BUNDLE": str(bundle),
         "CARMORPH_IMAGE_ROOT": str(image_root),
         "PYTHONUNBUFFERED": "1",
+        **(settings or {}),
     }
     command = [
         sys.executable,
@@ -215,12 +220,29 @@ def start_streamlit(name: str, bundle: Path, image_root: Path) -> StreamlitServe
 
 
 @contextmanager
-def running_streamlit(name: str, bundle: Path, image_root: Path) -> Iterator[StreamlitServer]:
-    server = start_streamlit(name, bundle, image_root)
+def running_streamlit(
+    name: str, bundle: Path, image_root: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[StreamlitServer]:
+    server = start_streamlit(name, bundle, image_root, settings)
     try:
         yield server
     finally:
         server.stop()
+
+
+def refuse_other_hosts(context: Any, app_url: str, refused: list[str]) -> None:
+    """Make a browser context refuse every request to a host other than the app's, recording the refused URLs in
+    `refused` (no request may leave the machine)."""
+    app_host = urlsplit(app_url).netloc
+
+    def route(request_route: Any) -> None:
+        if urlsplit(request_route.request.url).netloc == app_host:
+            request_route.continue_()
+        else:
+            refused.append(request_route.request.url)
+            request_route.abort()
+
+    context.route("**/*", route)
 
 
 # ---------------------------------------------------------------------------------------------------- bundles
@@ -395,6 +417,28 @@ class AppPage:
         """Click a page in the sidebar navigation."""
         link = self.page.locator('[data-testid="stSidebarNav"] a').filter(has_text=label).first
         self.act(link.click)
+
+    def box_select_everything(self) -> None:
+        """Pick Plotly's box-select tool in the mode bar and drag a box over the whole plot area with the mouse."""
+        self.act(self.drag_box_over_map())
+
+    def drag_box_over_map(self) -> Callable[[], None]:
+        """Pick the box-select tool, press the mouse at the plot area's top left and drag to its bottom right;
+        returns the release of the button (which sends the selection)."""
+        page = self.page
+        chart = page.locator(".js-plotly-plot").first
+        chart.scroll_into_view_if_needed()
+        chart.hover()
+        page.locator('.modebar-btn[data-val="select"]').first.click()
+        area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        self.expect(area, "the map has no drag area")
+        left, top = area["x"] + 4, area["y"] + 4
+        right, bottom = area["x"] + area["width"] - 4, area["y"] + area["height"] - 4
+        page.mouse.move(left, top)
+        page.mouse.down()
+        page.mouse.move((left + right) / 2, (top + bottom) / 2, steps=8)
+        page.mouse.move(right, bottom, steps=8)
+        return page.mouse.up
 
     def choose(self, combobox: str, option: str) -> None:
         """Pick an option of a selectbox by its label."""

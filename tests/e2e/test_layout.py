@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from e2e_app import ACTIVITY_JS, AppPage, StreamlitServer
+from e2e_app import ACTIVITY_JS, AppPage, StreamlitServer, refuse_other_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -90,22 +89,14 @@ CUT_TITLES_JS = """
 def guarded(browser: Any, accept_server: StreamlitServer) -> Iterator[Any]:
     """guarded(path, viewport): a page on the app in a context that refuses, and records, every request to another
     host. Yields the opener; the list of refused URLs is its `.refused`."""
-    app_host = urlsplit(accept_server.url).netloc
     refused: list[str] = []
     contexts: list[Any] = []
-
-    def refuse_foreign(route: Any) -> None:
-        if urlsplit(route.request.url).netloc == app_host:
-            route.continue_()
-        else:
-            refused.append(route.request.url)
-            route.abort()
 
     def open_page(path: str, viewport: dict[str, int], name: str) -> AppPage:
         context = browser.new_context(viewport=viewport)
         contexts.append(context)
         context.add_init_script(ACTIVITY_JS)
-        context.route("**/*", refuse_foreign)
+        refuse_other_hosts(context, accept_server.url, refused)
         return AppPage(context.new_page(), name).open(f"{accept_server.url}/{path}")
 
     open_page.refused = refused

@@ -37,28 +37,6 @@ def rear_view(rows: dict[str, list[dict[str, str]]]) -> Path:
     return Path(next(row for row in rows["epfl_multiview"] if abs(float(row["angle_deg"])) > 170)["path"])
 
 
-def box_select_everything(app: AppPage) -> None:
-    """Pick Plotly's box-select tool in the mode bar and drag a box over the whole plot area with the mouse."""
-    page = app.page
-    chart = page.locator(".js-plotly-plot").first
-    chart.scroll_into_view_if_needed()
-    chart.hover()
-    page.locator('.modebar-btn[data-val="select"]').first.click()
-    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-    app.expect(area, "the map has no drag area")
-    left, top = area["x"] + 4, area["y"] + 4
-    right, bottom = area["x"] + area["width"] - 4, area["y"] + area["height"] - 4
-
-    def drag() -> None:
-        page.mouse.move(left, top)
-        page.mouse.down()
-        page.mouse.move((left + right) / 2, (top + bottom) / 2, steps=8)
-        page.mouse.move(right, bottom, steps=8)
-        page.mouse.up()
-
-    app.act(drag)
-
-
 def shared_path(app: AppPage, server: StreamlitServer) -> str:
     return app.page.url.removeprefix(server.url)
 
@@ -138,7 +116,7 @@ def test_a_box_drawn_on_the_map_fills_the_gallery(
 ) -> None:
     app = open_app(accept_server, "explore")
     app.expect_text("Draw a box or lasso on the map to select cars.")
-    box_select_everything(app)
+    app.box_select_everything()
     app.expect_text("Selected cars")
     heading = next((m for t in app.texts("h3") if (m := SELECTION_HEADING.search(t))), None)
     app.expect(heading, "no 'Selection · N cars' heading after the drag")
