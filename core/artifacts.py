@@ -903,11 +903,13 @@ def build_untrained_bundle(
     morph_min_members: int = 2,
     name: str = "untrained",
     lean: bool = True,
+    build: Callable[..., Bundle] | None = None,
 ) -> Bundle:
     """A small valid bundle for tests and benchmarks: seeded, freshly initialised (untrained) networks over the
     stanford_cars (train split) and epfl_multiview (val split) photos of `data_root`. Its scores mean nothing.
     With `lean` its heads lean towards the largest labelled group (uploads land in a group with a morph, and
-    score nearly alike); without, scores differ from photo to photo."""
+    score nearly alike); without, scores differ from photo to photo. `build` takes build_bundle's arguments
+    (default: build_bundle itself; another engine, e.g. training.ray_engine's, with options bound)."""
     data_root = Path(data_root)
     labels = pd.concat(
         [
@@ -932,7 +934,7 @@ def build_untrained_bundle(
         atlas=AtlasSpec(tile=32),
         provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},
     )
-    return build_bundle(directory, labels, data_root, networks, manifest, morph_image_size=32)
+    return (build or build_bundle)(directory, labels, data_root, networks, manifest, morph_image_size=32)
 
 
 def _lean_towards_largest_group(networks: Mapping[str, CarNet], labels: pd.DataFrame) -> None:
