@@ -67,11 +67,15 @@ SHARD_ROWS = 2_000  # rows per Parquet shard of the image table
 def ray_session(
     address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None
 ) -> Iterator[None]:
-    """Ray connected to the cluster at `address`, or a local one (`num_cpus`, an object store of `object_store_mb`),
-    with this project's `core` and `training` packages shipped to the workers; shut down on exit."""
-    modules = [str(PROJECT_ROOT / "core"), str(PROJECT_ROOT / "training")]
-    local = {} if address else {"num_cpus": num_cpus, "object_store_memory": object_store_mb and object_store_mb << 20}
-    ray.init(address=address, runtime_env={"py_modules": modules}, include_dashboard=False, **local)
+    """Ray connected to the cluster at `address` with this project's `core` and `training` packages shipped to its
+    workers, or a local Ray (`num_cpus`, an object store of `object_store_mb`) whose workers import them from here;
+    shut down on exit."""
+    if address:
+        modules = [str(PROJECT_ROOT / "core"), str(PROJECT_ROOT / "training")]
+        ray.init(address=address, runtime_env={"py_modules": modules})
+    else:
+        store = object_store_mb << 20 if object_store_mb else None
+        ray.init(num_cpus=num_cpus, object_store_memory=store, include_dashboard=False)
     try:
         yield
     finally:
