@@ -51,7 +51,7 @@ from core.models import (
     save_backbone,
     save_carnet,
 )
-from core.projection import MapPlacer, pca_coordinates
+from core.projection import MapPlacer, l2_normalise, pca_coordinates
 from core.scoring import (
     Morphs,
     body_type_from_logits,
@@ -243,7 +243,7 @@ class Bundle:
     bodytype: CarNet
     gate: CarNet
     images: pd.DataFrame
-    embeddings: np.ndarray  # N x 512 float32, row i = images row i (body-type network features)
+    embeddings: np.ndarray  # N x D float32, row i = images row i (body-type network features), memory-mapped
     morphs: Morphs
     atlas: Image.Image
     placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
@@ -298,8 +298,8 @@ class Bundle:
 
     @property
     def unit_embeddings(self) -> np.ndarray:
-        """L2-normalised float32 copy of the embeddings (what neighbour search uses)."""
-        return self.placer.unit_embeddings_
+        """L2-normalised float32 copy of the embeddings (what neighbour search compares), made on each call."""
+        return l2_normalise(self.embeddings)
 
     def thumbnail(self, index: int) -> Image.Image:
         """The atlas tile of images row `index`."""
@@ -474,7 +474,8 @@ def embedding_dim(manifest: Manifest) -> int:
 
 
 def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
-    embeddings = _load_npy(path)
+    """The embeddings memory-mapped (read from disk where used, so a large bundle loads without reading them)."""
+    embeddings = _load_npy(path, mmap=True)
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype.kind != "f":
         raise BundleError(f"{path.name} must be an N x {dim} float array, got {embeddings.dtype} {embeddings.shape}.")
     if len(embeddings) != rows:
@@ -532,9 +533,9 @@ def _read_atlas(path: Path, spec: AtlasSpec, count: int) -> Image.Image:
     return atlas
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as error:
         raise BundleError(f"{path.name} is not a readable .npy array without pickled objects ({error}).") from error
 
@@ -613,7 +614,10 @@ def write_bundle(
     if missing:
         raise ValueError(f"images table lacks columns {missing}")
     images.reset_index(drop=True).to_parquet(directory / IMAGES_FILE, index=False)
-    np.save(directory / EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+    partial = directory / f"{EMBEDDINGS_FILE}.partial"  # then renamed: a reader's memory map keeps the old file
+    with partial.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+    partial.replace(directory / EMBEDDINGS_FILE)
     np.savez_compressed(
         directory / MORPHS_FILE,
         features=morphs.features.astype(np.float32),
