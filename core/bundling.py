@@ -161,6 +161,9 @@ def map_sample_rows(count: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
 
 
+PLACE_ROWS = 1024  # rows placed at a time: their similarities to the sample stay a few hundred MB
+
+
 @dataclass(frozen=True)
 class MapFit:
     """The 2-D map fitted on sampled rows, and the kNN placer (the app's, for uploads) for every other row."""
@@ -175,8 +178,10 @@ class MapFit:
         sampled = self.sample[where] == rows
         coords = np.empty((len(rows), 2), dtype=np.float32)
         coords[sampled] = self.coords[where[sampled]]
-        if not sampled.all():
-            coords[~sampled] = self.placer.transform(features[~sampled]).reshape(-1, 2)
+        placed = np.flatnonzero(~sampled)
+        for start in range(0, len(placed), PLACE_ROWS):
+            chunk = placed[start : start + PLACE_ROWS]
+            coords[chunk] = self.placer.transform(features[chunk]).reshape(-1, 2)
         return coords
 
 
