@@ -1,7 +1,7 @@
 """Bundle-build benchmark: per-image throughput of the local and the Ray engine on real photos, how the stages that
 grow with the collection scale from 10 k to 100 k rows, and a paper estimate for the full DVM-CAR (1.45 M images).
 
-  python -m bench.build_scale [--bundle DIR] [--data DIR] [--images 100 400] [--sizes 10000 30000 100000]
+  python -m bench.build_scale [--bundle DIR] [--data DIR] [--images 200 1000] [--sizes 10000 30000 100000]
                               [--ray-cpus 2] [--workers 8 32 128] [--json FILE]
 
 1. Throughput: the bundle's networks and manifest build a bundle of the first --images rows of its own table
@@ -69,7 +69,10 @@ class Throughput:
 
     @property
     def images_per_s(self) -> float:
-        return (self.images[-1] - self.images[0]) / max(self.seconds[-1] - self.seconds[0], 1e-9)
+        """Rows added over the time they added; nan when the larger build was not slower (load noise: raise
+        --images)."""
+        added = self.seconds[-1] - self.seconds[0]
+        return (self.images[-1] - self.images[0]) / added if added > 0 else float("nan")
 
     @property
     def fixed_s(self) -> float:
@@ -213,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: $CARMORPH_BUNDLE)")
     parser.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="image root of the bundle's photos")
-    parser.add_argument("--images", type=int, nargs=2, default=[100, 400], help="two real-photo build sizes")
+    parser.add_argument("--images", type=int, nargs=2, default=[200, 1000], help="two real-photo build sizes")
     parser.add_argument("--engines", nargs="+", default=["local", "ray"], choices=["local", "ray"])
     parser.add_argument("--ray-cpus", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])

@@ -33,6 +33,7 @@ from core.artifacts import (
     predict_pooled,
     standard_networks,
 )
+from core.bundling import map_sample_rows
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
@@ -443,7 +444,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     metrics["overall"] = overall_metrics(metrics)
     if args.map == "umap":
-        metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
+        rows = map_sample_rows(len(bundle.images), args.map_sample, args.seed)  # a UMAP fit on at most the sample
+        split = bundle.images["split"].to_numpy()[rows]
+        metrics["map_placement"] = placement_error(np.asarray(bundle.embeddings[rows]), split, args.seed)
     manifest_path = args.out / MANIFEST_FILE
     data = json.loads(manifest_path.read_text())
     data["metrics"] = clean(metrics)

@@ -1,10 +1,12 @@
 """The Ray Data engine of `training.build --engine ray`: the steps of `core.bundling`, distributed.
 
-1. The image table is written as Parquet shards and read back as a Ray dataset; `map_batches` runs `Embedder`,
-   an actor pool whose actors each hold the networks once, over them (`core.bundling.embed_batch`: read, decode,
-   crop, networks, atlas tile, morph-image pixels), and the results are written as Parquet shards.
-2. Morphs: a group-by (body type, year bin) over the members of those shards, `core.bundling.group_morph` per
-   group, assembled on the driver by `core.bundling.morphs_from_groups`.
+1. The image table (labels, boxes, row numbers) is cut into shards, one Ray block each (no read tasks: the
+   actors below may then take every CPU); `map_batches` runs `Embedder`, an actor pool whose actors each hold
+   the networks once, over them (`core.bundling.embed_batch`: read, decode, crop, networks, atlas tile,
+   morph-image pixels), and the results are written as Parquet shards of predictions and embeddings.
+2. Morphs: a group-by (body type, year bin) over the members read from those shards (sort-based shuffle: it
+   needs no aggregator actors), `core.bundling.group_morph` per group, assembled on the driver by
+   `core.bundling.morphs_from_groups`.
 3. Map: fitted on the driver on a seeded sample of rows (`core.bundling.map_sample_rows`, `fit_map`); every
    shard is then annotated in parallel (`core.artifacts.annotate_images`: scores, typicality, percentiles) with
    its rows placed by the app's kNN placement (`MapFit.positions`).
@@ -60,7 +62,7 @@ from core.scoring import Morphs
 from core.viewpoint import VIEW_CLASSES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARD_ROWS = 2_000  # rows per Parquet shard of the image table
+SHARD_ROWS = 2_000  # rows per shard of the image table
 
 
 @contextmanager
@@ -155,8 +157,11 @@ class Embedder:
         return embedded_frame(rows, embedded, self.manifest)
 
 
+MEMBER_COLUMNS = ["row", "body_index", "year_bin", "member", "features", "morph_pixels"]
+
+
 def members_only(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.loc[frame["member"], ["row", "body_index", "year_bin", "features", "morph_pixels"]]
+    return frame.loc[frame["member"], MEMBER_COLUMNS]
 
 
 def morph_frame(group: pd.DataFrame, shapes: Shapes) -> pd.DataFrame:
@@ -242,7 +247,8 @@ def build_bundle_on_ray(
     embedded = ray.data.read_parquet(str(work / "embedded"))
 
     ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    members = embedded.map_batches(members_only, batch_format="pandas")
+    member_columns = ray.data.read_parquet(str(work / "embedded"), columns=MEMBER_COLUMNS)
+    members = member_columns.map_batches(members_only, batch_format="pandas")
     groups = members.groupby(["body_index", "year_bin"], num_partitions=actors)
     morph_rows = groups.map_groups(morph_frame, batch_format="pandas", fn_kwargs={"shapes": shapes}).to_pandas()
     morphs = morphs_from_groups(
