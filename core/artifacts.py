@@ -51,11 +51,10 @@ from core.models import (
     save_backbone,
     save_carnet,
 )
-from core.projection import MapPlacer, pca_coordinates
+from core.projection import MapPlacer, l2_normalise, pca_coordinates
 from core.scoring import (
     Morphs,
     body_type_from_logits,
-    cosine_similarity,
     group_key,
     modernity_from_logits,
     typicality,
@@ -99,6 +98,7 @@ IMAGE_COLUMNS = (
 BOX_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 MORPH_KEYS = ("features", "body_type", "year_bin", "count", "images", "train_typicality")
 ATLAS_BACKGROUND = (240, 240, 240)
+MAP_SAMPLE = 50_000  # rows a build fits the 2-D map on; the others are placed by kNN as uploads are
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class Bundle:
     bodytype: CarNet
     gate: CarNet
     images: pd.DataFrame
-    embeddings: np.ndarray  # N x 512 float32, row i = images row i (body-type network features)
+    embeddings: np.ndarray  # N x D float32, row i = images row i (body-type network features), memory-mapped
     morphs: Morphs
     atlas: Image.Image
     placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
@@ -298,8 +298,8 @@ class Bundle:
 
     @property
     def unit_embeddings(self) -> np.ndarray:
-        """L2-normalised float32 copy of the embeddings (what neighbour search uses)."""
-        return self.placer.unit_embeddings_
+        """L2-normalised float32 copy of the embeddings (what neighbour search compares), made on each call."""
+        return l2_normalise(self.embeddings)
 
     def thumbnail(self, index: int) -> Image.Image:
         """The atlas tile of images row `index`."""
@@ -474,7 +474,8 @@ def embedding_dim(manifest: Manifest) -> int:
 
 
 def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
-    embeddings = _load_npy(path)
+    """The embeddings memory-mapped (read from disk where used, so a large bundle loads without reading them)."""
+    embeddings = _load_npy(path, mmap=True)
     if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype.kind != "f":
         raise BundleError(f"{path.name} must be an N x {dim} float array, got {embeddings.dtype} {embeddings.shape}.")
     if len(embeddings) != rows:
@@ -537,9 +538,9 @@ def _read_atlas(path: Path, spec: AtlasSpec, count: int) -> Image.Image:
     return atlas
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as error:
         raise BundleError(f"{path.name} is not a readable .npy array without pickled objects ({error}).") from error
 
@@ -618,7 +619,10 @@ def write_bundle(
     if missing:
         raise ValueError(f"images table lacks columns {missing}")
     images.reset_index(drop=True).to_parquet(directory / IMAGES_FILE, index=False)
-    np.save(directory / EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+    partial = directory / f"{EMBEDDINGS_FILE}.partial"  # then renamed: a reader's memory map keeps the old file
+    with partial.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
+    partial.replace(directory / EMBEDDINGS_FILE)
     np.savez_compressed(
         directory / MORPHS_FILE,
         features=morphs.features.astype(np.float32),
@@ -775,50 +779,18 @@ def atlas_columns(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
 
 
-def compute_morphs(
-    features: np.ndarray,
-    body_index: np.ndarray,
-    year_bin: np.ndarray,
-    members: np.ndarray,
-    mean_images: Mapping[tuple[int, int], np.ndarray],
-    body_types: Sequence[str],
-    year_bins: Sequence[YearBin],
-    min_members: int,
-) -> Morphs:
-    """Morph per (body type, year bin) with at least `min_members` members (rows where `members` is True and both
-    labels are known, index >= 0): mean feature, flip-aligned pixel mean image, and the members' sorted typicality."""
-    known = members & (body_index >= 0) & (year_bin >= 0)
-    keys = sorted({(int(b), int(y)) for b, y in zip(body_index[known], year_bin[known], strict=True)})
-    rows, values = [], []
-    for b, y in keys:
-        selected = known & (body_index == b) & (year_bin == y)
-        if selected.sum() < min_members:
-            continue
-        morph = features[selected].astype(np.float64).mean(axis=0)
-        rows.append((b, y, int(selected.sum()), morph))
-        values.append(np.sort([cosine_similarity(f, morph) for f in features[selected]]))
-    width = max((len(v) for v in values), default=0)
-    size = next(iter(mean_images.values())).shape[0] if mean_images else 1
-    padded = [np.pad(v, (0, width - len(v)), constant_values=np.nan) for v in values]
-    return Morphs(
-        features=np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), features.shape[1]),
-        body_type=np.array([r[0] for r in rows], dtype=np.int64),
-        year_bin=np.array([r[1] for r in rows], dtype=np.int64),
-        count=np.array([r[2] for r in rows], dtype=np.int64),
-        images=np.array([mean_images[r[:2]] for r in rows], dtype=np.uint8).reshape(len(rows), size, size, 3),
-        train_typicality=np.array(padded, dtype=np.float32).reshape(len(rows), width),
-        body_types=tuple(body_types),
-        year_bins=tuple(year_bins),
-        min_members=min_members,
-    )
-
-
 def annotate_images(
-    labels: pd.DataFrame, outputs: NetworkOutputs, morphs: Morphs, coords: np.ndarray, thresholds: Thresholds
+    labels: pd.DataFrame,
+    outputs: NetworkOutputs,
+    morphs: Morphs,
+    coords: np.ndarray,
+    thresholds: Thresholds,
+    rows: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The labels table with the predictions, scores, typicality and map position of every image (the same
     scoring functions the app uses, so a fresh score of an unlabelled image agrees with its row). A car's group
-    is its known body type and year bin; the predicted ones stand in only where a label is unknown."""
+    is its known body type and year bin; the predicted ones stand in only where a label is unknown. `rows`: the
+    images' row numbers in the whole bundle (their atlas tiles) when `labels` is a part of it."""
     columns: dict[str, list[Any]] = {name: [] for name in IMAGE_COLUMNS[len(LABEL_COLUMNS) :]}
     known_body = [morphs.body_types.index(b) if b in morphs.body_types else -1 for b in labels["body_type"]]
     known_bin = labels["year_bin"].to_numpy(dtype=np.int64)
@@ -839,7 +811,7 @@ def annotate_images(
         columns["view"].append(outputs.view_decision(i, thresholds).view or "")
         columns["umap_x"].append(float(coords[i, 0]))
         columns["umap_y"].append(float(coords[i, 1]))
-        columns["atlas_index"].append(i)
+        columns["atlas_index"].append(i if rows is None else int(rows[i]))
     table = labels.loc[:, list(LABEL_COLUMNS)].reset_index(drop=True).copy()
     for name, values in columns.items():
         table[name] = values
@@ -861,23 +833,6 @@ def flip_aligned_mean(stack: np.ndarray, rounds: int = 5) -> np.ndarray:
     return mean
 
 
-class _MeanImages:
-    """Crops per group, squash-resized to size x size, averaged after flip alignment."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.images: dict[tuple[int, int], list[np.ndarray]] = {}
-
-    def add(self, key: tuple[int, int], image: Image.Image) -> None:
-        pixels = np.asarray(image.resize((self.size, self.size), Image.Resampling.BILINEAR), dtype=np.uint8)
-        self.images.setdefault(key, []).append(pixels)
-
-    def means(self) -> dict[tuple[int, int], np.ndarray]:
-        return {
-            key: np.round(flip_aligned_mean(np.stack(images))).astype(np.uint8) for key, images in self.images.items()
-        }
-
-
 def build_bundle(
     directory: str | Path,
     labels: pd.DataFrame,
@@ -890,83 +845,62 @@ def build_bundle(
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
     pooled: np.ndarray | None = None,
+    map_sample: int = MAP_SAMPLE,
+    seed: int = 0,
 ) -> Bundle:
-    """Embed every labelled image with the networks, compute morphs, map, table and atlas, write and load back.
+    """Embed every labelled image with the networks, compute morphs, map, table and atlas, write and load back:
+    the local engine, one process, batch after batch, over the steps of `core.bundling` (which the Ray engine,
+    `training.ray_engine`, runs distributed).
 
     `labels` has LABEL_COLUMNS (optionally bbox_* car boxes in px; modernity and body type see that crop, the
     gate the whole frame); paths are relative to `image_root`. Morphs use rows of split "train".
-    `map_coordinates` turns the N x 512 embeddings into N x 2 map coordinates (training passes a UMAP fit).
+    `map_coordinates` turns N x D embeddings into N x 2 map coordinates (training passes a UMAP fit); it is fitted
+    on `map_sample` rows drawn with `seed` (all rows when fewer), the others are placed by kNN as uploads are.
     The networks are rounded to the stored precision first, so the table matches what the app computes.
     Morphs and their images use only training cars whose view the bundle accepts (`valid_views`).
     `progress(done, total)` is called after every batch of images (a CLI passes a progress bar).
     `pooled` (row i = the shared backbone's pooled feature of row i's crop, which must be its whole frame) skips
     the backbone pass (`predict_pooled`); the images are still read for the atlas and the morph images.
     """
-    from core.imaging import load_image  # imported here: core.imaging is only needed to build, not to load
+    from core import bundling  # imported here: core.bundling builds on this module
 
+    labels, stored, half = prepare_build(labels, networks, manifest)
+    parts = []
+    for start in range(0, len(labels), batch_size):
+        rows = labels.iloc[start : start + batch_size]
+        batch_pooled = None if pooled is None else pooled[start : start + len(rows)]
+        parts.append(
+            bundling.embed_batch(
+                rows, image_root, stored, manifest, morph_image_size=morph_image_size, pooled=batch_pooled
+            )
+        )
+        if progress is not None:
+            progress(start + len(rows), len(labels))
+    embedded = bundling.EmbeddedBatch.concatenate(parts)
+    features = embedded.outputs.features
+    groups = [
+        bundling.group_morph(body, year_bin, features[rows], np.stack([embedded.morph_pixels[i] for i in rows]))
+        for (body, year_bin), rows in bundling.member_groups(labels, embedded.members, manifest).items()
+    ]
+    morphs = bundling.morphs_from_groups(groups, manifest, features.shape[1])
+    sample = bundling.map_sample_rows(len(labels), map_sample, seed)
+    coords = bundling.fit_map(features[sample], sample, map_coordinates).positions(features, np.arange(len(labels)))
+    table = annotate_images(labels, embedded.outputs, morphs, coords, manifest.thresholds)
+    atlas = bundling.AtlasCanvas(len(labels), manifest.atlas.tile)
+    atlas.paste(embedded.tiles, range(len(labels)))
+    return bundling.finish_bundle(directory, manifest, stored, table, features, morphs, atlas, half)
+
+
+def prepare_build(
+    labels: pd.DataFrame, networks: Mapping[str, CarNet], manifest: Manifest
+) -> tuple[pd.DataFrame, dict[str, CarNet], bool]:
+    """Checked labels (index 0..n-1), the networks as the bundle stores them, and whether it stores them in fp16
+    (not with a shared backbone)."""
     missing = [column for column in LABEL_COLUMNS if column not in labels.columns]
     if missing:
         raise ValueError(f"labels lack columns {missing}")
-    labels = labels.reset_index(drop=True)
     half = not any(spec.backbone for spec in manifest.networks.values())
-    stored = stored_networks(networks, half)
-    body_index = np.array(
-        [manifest.body_types.index(b) if b in manifest.body_types else -1 for b in labels["body_type"]]
-    )
-    year_bin = labels["year_bin"].to_numpy(dtype=np.int64)
-    labelled = (labels["split"] == "train").to_numpy() & (body_index >= 0) & (year_bin >= 0)
-    columns = atlas_columns(len(labels))
-    tile = manifest.atlas.tile
-    atlas = Image.new("RGB", (columns * tile, math.ceil(len(labels) / columns) * tile), ATLAS_BACKGROUND)
-    mean_images = _MeanImages(morph_image_size)
-    parts = []
-    for start in range(0, len(labels), batch_size):
-        frames, crops = [], []
-        for i in range(start, min(start + batch_size, len(labels))):
-            frame = load_image(Path(image_root) / labels.at[i, "path"])
-            box = [float(labels.at[i, c]) for c in BOX_COLUMNS] if set(BOX_COLUMNS) <= set(labels.columns) else None
-            crop = crop_to_box(frame, box)
-            atlas.paste(atlas_tile(crop, tile), ((i % columns) * tile, (i // columns) * tile))
-            frames.append(frame)
-            crops.append(crop)
-        if pooled is None:
-            part = predict_images(stored, crops, frames, manifest.transform, manifest.thresholds.cam)
-        else:
-            part = predict_pooled(stored, pooled[start : start + len(crops)])
-        for offset, accepted in enumerate(part.accepted(manifest.thresholds, manifest.valid_views)):
-            if accepted and labelled[start + offset]:
-                mean_images.add((int(body_index[start + offset]), int(year_bin[start + offset])), crops[offset])
-        parts.append(part)
-        if progress is not None:
-            progress(min(start + batch_size, len(labels)), len(labels))
-    outputs = NetworkOutputs.concatenate(parts)
-    members = labelled & outputs.accepted(manifest.thresholds, manifest.valid_views)
-    morphs = compute_morphs(
-        outputs.features,
-        body_index,
-        year_bin,
-        members,
-        mean_images.means(),
-        manifest.body_types,
-        manifest.year_bins,
-        manifest.morph_min_members,
-    )
-    coords = np.asarray(map_coordinates(outputs.features), dtype=np.float32)
-    table = annotate_images(labels, outputs, morphs, coords, manifest.thresholds)
-    final = Manifest.from_dict(
-        manifest.to_dict() | {"atlas": {"file": manifest.atlas.file, "tile": tile, "columns": columns}}
-    )
-    write_bundle(
-        directory,
-        final,
-        networks=stored,
-        images=table,
-        embeddings=outputs.features,
-        morphs=morphs,
-        atlas=atlas,
-        half=half,
-    )
-    return load_bundle(directory)
+    return labels.reset_index(drop=True), stored_networks(networks, half), half
 
 
 def build_untrained_bundle(
@@ -978,11 +912,13 @@ def build_untrained_bundle(
     morph_min_members: int = 2,
     name: str = "untrained",
     lean: bool = True,
+    build: Callable[..., Bundle] | None = None,
 ) -> Bundle:
     """A small valid bundle for tests and benchmarks: seeded, freshly initialised (untrained) networks over the
     stanford_cars (train split) and epfl_multiview (val split) photos of `data_root`. Its scores mean nothing.
     With `lean` its heads lean towards the largest labelled group (uploads land in a group with a morph, and
-    score nearly alike); without, scores differ from photo to photo."""
+    score nearly alike); without, scores differ from photo to photo. `build` takes build_bundle's arguments
+    (default: build_bundle itself; another engine, e.g. training.ray_engine's, with options bound)."""
     data_root = Path(data_root)
     labels = pd.concat(
         [
@@ -1007,7 +943,7 @@ def build_untrained_bundle(
         atlas=AtlasSpec(tile=32),
         provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},
     )
-    return build_bundle(directory, labels, data_root, networks, manifest, morph_image_size=32)
+    return (build or build_bundle)(directory, labels, data_root, networks, manifest, morph_image_size=32)
 
 
 def _lean_towards_largest_group(networks: Mapping[str, CarNet], labels: pd.DataFrame) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 EXACT_MATCH_DISTANCE = 1e-6
+SEARCH_CHUNK_ROWS = 65_536  # embeddings compared with the queries at a time (bounds memory on large bundles)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,10 @@ def pca_coordinates(embeddings: np.ndarray, dims: int = 2) -> np.ndarray:
 
 
 class MapPlacer:
-    """scikit-learn-style placer: `fit(embeddings, coords)`, then `transform` / `neighbours` for new embeddings."""
+    """scikit-learn-style placer: `fit(embeddings, coords)`, then `transform` / `neighbours` for new embeddings.
+
+    The embeddings are kept as given (a memory-mapped array stays on disk) and searched chunk by chunk; their
+    norms are computed at the first search, so fitting reads nothing."""
 
     def __init__(self, k: int = 10):
         if k < 1:
@@ -49,18 +53,39 @@ class MapPlacer:
         coords = np.asarray(coords, dtype=np.float32)
         if embeddings.ndim != 2 or coords.shape != (len(embeddings), 2):
             raise ValueError(f"need N x D embeddings and N x 2 coords, got {embeddings.shape} and {coords.shape}")
-        self.unit_embeddings_ = l2_normalise(embeddings)
+        self.embeddings_ = embeddings
         self.coords_ = coords
+        self.norms_: np.ndarray | None = None
         return self
+
+    def _norms(self) -> np.ndarray:
+        if self.norms_ is None:
+            self.norms_ = np.concatenate(
+                [np.linalg.norm(np.asarray(chunk, dtype=np.float32), axis=1) for chunk in self._chunks()]
+            ).astype(np.float32)
+        return self.norms_
+
+    def _chunks(self) -> list[np.ndarray]:
+        return [self.embeddings_[s : s + SEARCH_CHUNK_ROWS] for s in range(0, len(self.embeddings_), SEARCH_CHUNK_ROWS)]
 
     def neighbours(self, embeddings: np.ndarray, k: int | None = None) -> Neighbours:
         """The k nearest training rows of one embedding (D,) or of each row of M x D."""
         single = np.ndim(embeddings) == 1
         queries = l2_normalise(np.atleast_2d(embeddings))
-        k = min(k or self.k, len(self.unit_embeddings_))
-        similarity = queries @ self.unit_embeddings_.T
-        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        top_similarity = np.take_along_axis(similarity, top, axis=1)
+        k = min(k or self.k, len(self.embeddings_))
+        norms = np.maximum(self._norms(), np.finfo(np.float32).tiny)
+        top = np.zeros((len(queries), 0), dtype=np.int64)
+        top_similarity = np.zeros((len(queries), 0), dtype=np.float32)
+        for number, chunk in enumerate(self._chunks()):
+            start = number * SEARCH_CHUNK_ROWS
+            similarity = (queries @ np.asarray(chunk, dtype=np.float32).T) / norms[start : start + len(chunk)]
+            candidates = np.concatenate(
+                [top, np.broadcast_to(np.arange(start, start + len(chunk)), similarity.shape)], 1
+            )
+            similarity = np.concatenate([top_similarity, similarity], axis=1)
+            best = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+            top = np.take_along_axis(candidates, best, axis=1)
+            top_similarity = np.take_along_axis(similarity, best, axis=1)
         order = np.argsort(-top_similarity, axis=1, kind="stable")
         indices = np.take_along_axis(top, order, axis=1)
         distances = np.clip(1.0 - np.take_along_axis(top_similarity, order, axis=1), 0.0, 2.0)

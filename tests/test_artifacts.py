@@ -226,3 +226,7 @@ def test_morph_images_mirror_cars_to_face_one_side():
     assert abs(plain[:, :5].mean() - plain[:, -5:].mean()) < 20
     bright, dark = sorted([aligned[:, :5].mean(), aligned[:, -5:].mean()], reverse=True)
     assert bright > 240 and dark < 15
+
+
+def test_a_loaded_bundle_memory_maps_its_embeddings(tiny_bundle):
+    assert isinstance(tiny_bundle.embeddings, np.memmap) and tiny_bundle.embeddings.dtype == np.float32

@@ -63,3 +63,17 @@ def test_pca_coordinates_of_real_embeddings(tiny_bundle: Bundle):
     assert coords.shape == (23, 2) and np.isfinite(coords).all()
     assert np.allclose(coords.mean(axis=0), 0.0, atol=1e-5)
     assert coords[:, 0].var() >= coords[:, 1].var()
+
+
+def test_a_memory_mapped_matrix_searched_in_chunks_gives_the_same_neighbours(tmp_path, monkeypatch):
+    """Large bundles: embeddings stay on disk and are compared a chunk at a time, with the same result."""
+    from core import projection
+
+    rng = np.random.default_rng(0)
+    embeddings, coords, queries = rng.normal(size=(50, 8)), rng.normal(size=(50, 2)), rng.normal(size=(4, 8))
+    whole = MapPlacer(k=5).fit(embeddings.astype(np.float32), coords).neighbours(queries)
+    np.save(tmp_path / "e.npy", embeddings.astype(np.float32))
+    monkeypatch.setattr(projection, "SEARCH_CHUNK_ROWS", 7)
+    chunked = MapPlacer(k=5).fit(np.load(tmp_path / "e.npy", mmap_mode="r"), coords).neighbours(queries)
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    np.testing.assert_allclose(chunked.cosine_distances, whole.cosine_distances, atol=1e-6)

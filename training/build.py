@@ -3,6 +3,9 @@ test-split metrics, one directory.
 
   python -m training.build --modernity runs/modernity/best.pt --bodytype runs/bodytype/best.pt \\
       --gate runs/gate/best.pt --out artifacts/default
+
+With --engine ray the per-image work runs on Ray Data (a local Ray, or the cluster at --address; see
+training/ray_engine.py): the same steps, the same bundle.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from core.artifacts import (
     MANIFEST_FILE,
+    MAP_SAMPLE,
     AtlasSpec,
     Manifest,
     Thresholds,
@@ -29,6 +33,7 @@ from core.artifacts import (
     predict_pooled,
     standard_networks,
 )
+from core.bundling import map_sample_rows
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
@@ -346,6 +351,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--morph-min-members", type=int, default=10)
     p.add_argument("--map", choices=["umap", "pca"], default="umap", help="map method (pca: quick builds, tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--map-sample", type=int, default=MAP_SAMPLE, help="rows the map is fitted on (others: kNN)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: the per-image work on Ray Data")
+    p.add_argument("--address", help="--engine ray: the Ray cluster (e.g. auto, or host:6379); default a local Ray")
+    p.add_argument("--ray-cpus", type=int, help="--engine ray without --address: CPUs of the local Ray (default all)")
+    p.add_argument("--object-store-mb", type=int, default=512, help="--engine ray without --address: object store")
+    p.add_argument(
+        "--shards",
+        type=Path,
+        help="--engine ray: folder of the Parquet shards (default <out>.shards; on a cluster, "
+        "storage every node reads, like --data)",
+    )
     p.add_argument(
         "--features",
         type=Path,
@@ -411,23 +427,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
     )
     mapper = umap_coordinates(args.seed) if args.map == "umap" else pca_coordinates
-    with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
-        bundle = build_bundle(
-            args.out,
-            labels,
-            args.data,
-            networks,
-            manifest,
-            map_coordinates=mapper,
-            progress=lambda done, total: bar.update(done - bar.n),
-            pooled=cache.crops(labels) if cache else None,
-        )
+    options = {"map_coordinates": mapper, "pooled": cache.crops(labels) if cache else None,
+               "map_sample": args.map_sample, "seed": args.seed}  # fmt: skip
+    if args.engine == "ray":
+        from training.ray_engine import build_bundle_on_ray, ray_session
+
+        shards = args.shards or args.out.with_name(args.out.name + ".shards")
+        with ray_session(args.address, args.ray_cpus, args.object_store_mb):
+            bundle = build_bundle_on_ray(args.out, labels, args.data, networks, manifest, work_dir=shards, **options)
+    else:
+        with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
+            progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
+            bundle = build_bundle(args.out, labels, args.data, networks, manifest, progress=progress, **options)
     metrics: dict[str, Any] = {
         name: evaluate_folder(bundle, args.data / name, "test") for name in counts.index if (args.data / name).is_dir()
     }
     metrics["overall"] = overall_metrics(metrics)
     if args.map == "umap":
-        metrics["map_placement"] = placement_error(bundle.embeddings, bundle.images["split"].to_numpy(), args.seed)
+        rows = map_sample_rows(len(bundle.images), args.map_sample, args.seed)  # a UMAP fit on at most the sample
+        split = bundle.images["split"].to_numpy()[rows]
+        metrics["map_placement"] = placement_error(np.asarray(bundle.embeddings[rows]), split, args.seed)
     manifest_path = args.out / MANIFEST_FILE
     data = json.loads(manifest_path.read_text())
     data["metrics"] = clean(metrics)
