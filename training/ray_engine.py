@@ -77,7 +77,8 @@ def ray_session(
         ray.init(address=address, runtime_env={"py_modules": modules})
     else:
         store = object_store_mb << 20 if object_store_mb else None
-        ray.init(num_cpus=num_cpus, object_store_memory=store, include_dashboard=False)
+        # address="local": always a new local instance, never a cluster an earlier `ray start` left recorded
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=store, include_dashboard=False)
     try:
         yield
     finally:
