@@ -295,6 +295,11 @@ def idle_cpu(server: StreamlitServer, seconds: float) -> float:
 # -------------------------------------------------------------------------------------------------- report
 
 
+def drawn_after_score(figures: Figures) -> float:
+    """Seconds a warm scored upload takes beyond the scoring itself: upload, rerun, Grad-CAM and drawing."""
+    return figures.warm_s[SCORED.name] - figures.score_image_warm_ms / 1000.0
+
+
 def table(figures: Figures) -> str:
     """The figures as a Markdown table (seconds), with the targets and the load."""
     lines = [
@@ -313,6 +318,8 @@ def table(figures: Figures) -> str:
         "",
         f"bare score_image of {figures.photo}: cold {figures.score_image_cold_ms:.0f} ms, "
         f"warm {figures.score_image_warm_ms:.0f} ms",
+        f"scored upload drawn {drawn_after_score(figures):.2f} s after the score (warm: choosing the file to the "
+        "result drawn, less the bare warm score_image)",
         f"server idle CPU over {figures.idle_seconds:.0f} s after the browser closed: "
         f"{figures.idle_cpu_percent:.1f} % of one core",
     ]

@@ -248,7 +248,7 @@ def build_bundle_on_ray(
     embedded = ray.data.read_parquet(str(work / "embedded"))
 
     ray.data.DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    member_columns = ray.data.read_parquet(str(work / "embedded"), columns=MEMBER_COLUMNS)
+    member_columns = ray.data.read_parquet(str(work / "embedded")).select_columns(MEMBER_COLUMNS)
     members = member_columns.map_batches(members_only, batch_format="pandas")
     groups = members.groupby(["body_index", "year_bin"], num_partitions=actors)
     morph_rows = groups.map_groups(morph_frame, batch_format="pandas", fn_kwargs={"shapes": shapes}).to_pandas()
