@@ -3,7 +3,6 @@ far the morphs lie from each other."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -14,31 +13,16 @@ from ui import common, scoring, widgets
 from ui import format as fmt
 
 EXAMPLES = 5
-HISTOGRAM_BINS = 10
 NO_MEMBERS = (
     "No car of the collection is predicted into {title}: cars join a group by their predicted body type and year "
     "bin, while the morph was made from the training cars labelled so."
 )
 
 
-def typicality_counts(values: np.ndarray) -> list[int]:
-    """Histogram counts of a group's typicality (the cell's little distribution chart)."""
-    if not len(values):
-        return []
-    counts, _ = np.histogram(values, bins=HISTOGRAM_BINS)
-    return counts.tolist()
-
-
 def morph_cell(bundle: Bundle, cell: pd.Series) -> None:
     morph = int(cell["morph"])
     st.image(scoring.morph_picture(bundle, morph, 128), width="stretch")
-    st.metric(
-        "members",
-        fmt.count(int(cell["count"])),
-        chart_data=typicality_counts(bundle.morphs.typicality_values(morph)),
-        chart_type="bar",
-        help="Training cars in the group; the bars show how their typicality is distributed (low to high).",
-    )
+    st.metric("members", fmt.count(int(cell["count"])), help="Training cars in the group.")
     st.caption(f"median typicality {fmt.score(cell['median_typicality'])}")
 
 

@@ -15,6 +15,7 @@ from core.report import (
     TaskMetrics,
     collect_curves,
     collect_tasks,
+    dataset_of,
     group_counts,
     initialisation_line,
     is_year,
@@ -94,6 +95,13 @@ def task_figures(bundle: Bundle, task: TaskMetrics, index: int) -> None:
             figure(bundle, f"f1 {index}", lambda h: bars(scores, "F1 per class", height=h), 360)
 
 
+def choose(label: str, options: list[str], key: str) -> str:
+    """One of `options` as a row of buttons bound to ?<key>= (the first by default): the page draws the figures of
+    one choice at a time, so it appears at once however many data sets and networks the bundle has."""
+    choice = st.segmented_control(label, options, default=options[0], key=key, bind="query-params")
+    return choice if choice in options else options[0]
+
+
 def metrics_section(bundle: Bundle) -> None:
     st.header("Metrics")
     tasks = collect_tasks(bundle.metrics)
@@ -102,8 +110,14 @@ def metrics_section(bundle: Bundle) -> None:
         return
     table = common.on_bundle(bundle, "report:metrics", lambda: metrics_table(tasks))
     st.dataframe(table, hide_index=True, width="stretch", height=min(36 * (len(table) + 1), 460))
-    for index, task in enumerate(tasks):
-        task_figures(bundle, task, index)
+    with_figures = [(index, task) for index, task in enumerate(tasks) if task.confusion or task.per_class_f1]
+    if not with_figures:
+        return
+    datasets = list(dict.fromkeys(dataset_of(task) for _, task in with_figures))
+    shown = choose("Confusion and per-class F1 of", datasets, "report_data")
+    for index, task in with_figures:
+        if dataset_of(task) == shown:
+            task_figures(bundle, task, index)
 
 
 def training_section(bundle: Bundle) -> None:
@@ -111,7 +125,10 @@ def training_section(bundle: Bundle) -> None:
     if not found:
         return
     st.header("Training curves")
+    shown = choose("Network", [curve.name for curve in found], "report_curves")
     for index, curve in enumerate(found):
+        if curve.name != shown:
+            continue
         losses = [c for c in curve.series if "loss" in c]
         others = [c for c in curve.series if c not in losses and c not in ("seconds", "images_per_s")]
         st.subheader(curve.name)

@@ -30,6 +30,9 @@ MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 RASTER_WIDTH = 1000  # pixels across the aggregated map (about the chart's width on a laptop screen)
 RASTER_ASPECT = 1.8  # its width over its height, near the chart's
 SAMPLE_POINTS = 5_000  # points drawn over the aggregated map: hover labels, clicks and the legend
+# Up to this many markers a map is drawn as SVG: without a GPU, the browser's WebGL set-up costs about a second,
+# far more than SVG spends on a thousand markers.
+SVG_POINTS = 1_000
 SAMPLE_OPACITY = 0.5
 HIGHLIGHT_POINTS = 5_000  # search matches ringed over the aggregated map (a sample when there are more)
 
@@ -203,7 +206,7 @@ def map_figure(
     traces += _overlay_traces(table, overlay or MapOverlay())
     figure = go.Figure([trace for trace, _ in traces])
     _map_layout(figure, height)
-    return MapFigure(figure=figure, trace_rows=tuple(members for _, members in traces))
+    return MapFigure(figure=vector_if_few(figure), trace_rows=tuple(members for _, members in traces))
 
 
 def colour_array(colours: Sequence[str]) -> np.ndarray:
@@ -313,7 +316,15 @@ def density_map_figure(
         yaxis={"range": [grid.y0, grid.y1]},
         legend={"itemclick": False, "itemdoubleclick": False},  # a legend click would hide the sample, not the map
     )
-    return MapFigure(figure=figure, trace_rows=tuple(members for _, members in traces), aggregated=True)
+    return MapFigure(figure=vector_if_few(figure), trace_rows=tuple(members for _, members in traces), aggregated=True)
+
+
+def vector_if_few(figure: go.Figure) -> go.Figure:
+    """The figure with its WebGL traces as SVG ones when it draws at most SVG_POINTS markers in all."""
+    if sum(len(trace.x) for trace in figure.data) > SVG_POINTS:
+        return figure
+    traces = [go.Scatter({k: v for k, v in trace.to_plotly_json().items() if k != "type"}) for trace in figure.data]
+    return go.Figure(traces, layout=figure.layout)
 
 
 def explorer_map(

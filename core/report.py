@@ -122,6 +122,11 @@ def collect_tasks(metrics: Mapping[str, Any], prefix: str = "") -> list[TaskMetr
     return tasks
 
 
+def dataset_of(task: TaskMetrics) -> str:
+    """The data set a task was measured on: the first part of its name ('stanford_cars · modernity')."""
+    return task.name.split(SEPARATOR)[0]
+
+
 def _is_history(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(r, Mapping) and "epoch" in r for r in value)
 

@@ -36,7 +36,7 @@ from core.explore import (
     summarise_selection,
     year_span,
 )
-from core.figures import MapOverlay, confusion_heatmap, figure_html, map_figure, modernity_gauge
+from core.figures import SVG_POINTS, MapOverlay, confusion_heatmap, figure_html, map_figure, modernity_gauge
 from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
 from core.scoring import percentile
 from ui import format as fmt
@@ -102,7 +102,18 @@ def test_map_traces_cover_each_shown_row_once(tiny_bundle: Bundle, table: pd.Dat
         drawn = np.concatenate(mapped.trace_rows)
         assert sorted(drawn.tolist()) == rows.tolist(), spec.key
         assert [len(t.x) for t in mapped.figure.data] == [len(r) for r in mapped.trace_rows]
-        assert all(t.type == "scattergl" for t in mapped.figure.data)
+
+
+def test_maps_draw_few_markers_as_svg_and_many_with_webgl(table: pd.DataFrame) -> None:
+    """WebGL only where it pays: a browser without a GPU takes about a second to set it up."""
+    spec = COLOUR_OPTIONS["body_type"]
+    few = map_figure(table, np.arange(len(table)), spec, overlay=MapOverlay(star=(0.0, 0.0)))
+    assert len(table) <= SVG_POINTS and {t.type for t in few.figure.data} == {"scatter"}
+    assert few.figure.data[-1].marker.symbol == "star"
+    many = pd.concat([table] * (SVG_POINTS // len(table) + 1), ignore_index=True)
+    mapped = map_figure(many, np.arange(len(many)), spec, overlay=MapOverlay(star=(0.0, 0.0)))
+    assert {t.type for t in mapped.figure.data} == {"scattergl"}
+    assert sum(len(t.x) for t in mapped.figure.data) == len(many) + 1
 
 
 def test_overlay_traces(table: pd.DataFrame) -> None:

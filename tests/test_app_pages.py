@@ -84,6 +84,7 @@ def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
             | {"mae_years": 2.5, "baselines": {"constant_year": 2012, "constant_mae_years": 2.9}},
             "body_type": task_report(body_true, body_pred, body_names),
         },
+        "dvm_porsche": {"body_type": task_report(body_true, body_pred[::-1].copy(), body_names)},
         "epfl_multiview": {"frontal": {"accuracy": 0.5, "precision": 0.5, "recall": 1.0, "threshold": 0.5}},
     }
 
@@ -92,7 +93,8 @@ def recorded_training() -> dict[str, Any]:
     history = [
         {"epoch": e, "loss": 1.0 / (e + 1), "year_bin_macro_f1": 0.2 + 0.1 * e, "seconds": 3.0} for e in range(3)
     ]
-    return {"modernity": {"epoch": 2, "history": history}, "frontal_threshold": {"threshold": 0.5}}
+    return {"modernity": {"epoch": 2, "history": history}, "bodytype": {"epoch": 1, "history": history[:2]},
+            "frontal_threshold": {"threshold": 0.5}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +224,12 @@ def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_by
     assert at.metric[0].label.startswith("Typicality within")
     assert len(charts(at)) >= 5, "gauge, year bins, body type, typicality distribution, map"
     assert "Timings per stage" in [e.label for e in at.expander]
+    # the map: the collection as one picture, the car as a star among its nearest cars (SVG markers, no WebGL)
+    figure = json.loads(charts(at)[-1].proto.spec)
+    assert figure["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+    markers = [trace for trace in figure["data"] if trace.get("x")]
+    assert [trace["name"] for trace in markers] == ["nearest cars (8)", "your car"]
+    assert {trace["type"] for trace in figure["data"]} == {"scatter"}
 
 
 def test_score_rejects_a_photo_without_a_car(app: Callable[..., AppTest], fixture_image_bytes) -> None:
@@ -377,24 +385,41 @@ def test_morph_group_restored_from_the_url(app: Callable[..., AppTest], tiny_bun
 # -------------------------------------------------------------------------------------------------- report
 
 
-def test_report_shows_every_metric_and_curve(app: Callable[..., AppTest], bundles: dict[str, Path]) -> None:
+def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
+    app: Callable[..., AppTest], bundles: dict[str, Path]
+) -> None:
     manifest = json.loads((bundles["report"] / "manifest.json").read_text())
     tasks = collect_tasks(manifest["metrics"])
+    curves = collect_curves(manifest["training"])
+    assert [c.name for c in curves] == ["modernity", "bodytype"]
     at = app(bundle="report", page="app_pages/report.py")
     assert_clean(at)
-    curves = collect_curves(manifest["training"])
-    headings = [s.value for s in at.subheader]
-    assert [t.name for t in tasks if t.confusion is not None] + [c.name for c in curves] == headings
-    table = at.dataframe[0].value  # one table of every task's numbers
+    table = at.dataframe[0].value  # one table of every task's numbers, of every data set
     for task in tasks:
         shown = table[table["task"] == task.name]
         assert [measure_name(k) for k in (*task.scores, *task.baselines)] == shown["measure"].tolist()
     assert not table["measure"].str.contains("_").any(), "metric names are words, not raw keys"
     constant = table[table["measure"] == "constant year"]["value"].tolist()
     assert constant == ["2012"], f"a year reads as a year: {constant}"
-    with_matrices = sum(t.confusion is not None for t in tasks) + sum(t.per_class_f1 is not None for t in tasks)
-    assert len(charts(at)) == 2 + with_matrices + 2 * len(curves), "data, matrices, loss and validation curves"
     assert "Training curves" in [h.value for h in at.header]
+
+    def figures_of(dataset: str) -> list[str]:
+        return [t.name for t in tasks if t.confusion is not None and t.name.startswith(dataset)]
+
+    # by default the first data set's matrices and the first network's curves: 2 data charts, 2 per task, 2 curves
+    assert [s.value for s in at.subheader] == [*figures_of("stanford_cars"), "modernity"]
+    assert len(charts(at)) == 2 + 2 * len(figures_of("stanford_cars")) + 2
+    at.segmented_control(key="report_data").set_value("dvm_porsche").run()
+    at.segmented_control(key="report_curves").set_value("bodytype").run()
+    assert_clean(at)
+    assert [s.value for s in at.subheader] == [*figures_of("dvm_porsche"), "bodytype"]
+    assert len(charts(at)) == 2 + 2 * len(figures_of("dvm_porsche")) + 2
+
+
+def test_a_report_link_opens_the_data_set_it_names(app: Callable[..., AppTest]) -> None:
+    at = app(bundle="report", page="app_pages/report.py", params={"report_data": "dvm_porsche"})
+    assert_clean(at)
+    assert at.subheader[0].value == "dvm_porsche · body_type"
 
 
 def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:

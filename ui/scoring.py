@@ -11,11 +11,10 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import config
 from core.artifacts import Bundle
 from core.explain import GradCam, grad_cam, overlay
 from core.explore import COLOUR_OPTIONS, group_members
-from core.figures import MapOverlay, explorer_map, modernity_gauge, probability_bars, typicality_histogram
+from core.figures import MapOverlay, density_map_figure, modernity_gauge, probability_bars, typicality_histogram
 from core.pipeline import ScoreResult, score_image
 from core.scoring import group_key
 from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
@@ -176,21 +175,20 @@ def show_map_position(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, 
     """The upload as a star on the map, and its nearest collection cars with distances."""
     if result.map_position is None:
         return
-    rows = np.arange(len(table))
-    spec = COLOUR_OPTIONS["year_bin"]
-    mapped = explorer_map(
+    indices = np.empty(0, dtype=np.int64) if result.neighbours is None else result.neighbours.indices[:NEIGHBOURS_SHOWN]
+    # The collection as one aggregated picture; only the star and the nearest cars are markers (SVG: drawn at once)
+    mapped = density_map_figure(
         table,
-        rows,
-        spec,
-        point_limit=config.map_point_limit(),
+        np.arange(len(table)),
+        COLOUR_OPTIONS["year_bin"],
         year_bins=bundle.year_bins,
-        overlay=MapOverlay(star=result.map_position),
+        overlay=MapOverlay(highlight=indices, highlight_name="nearest cars", star=result.map_position),
         height=common.scaled(480),
+        sample_points=0,
     )
     widgets.show_figure(mapped.figure, "map with your car", f"{key}:map")
     if result.neighbours is None:
         return
-    indices = result.neighbours.indices[:NEIGHBOURS_SHOWN]
     distances = dict(zip(indices.tolist(), result.neighbours.cosine_distances[:NEIGHBOURS_SHOWN].tolist(), strict=True))
     st.markdown("**Nearest cars in the collection** (cosine distance of the features; 0 = same direction)")
     widgets.gallery(
