@@ -33,6 +33,7 @@ SAMPLE_POINTS = 5_000  # points drawn over the aggregated map: hover labels, cli
 # Up to this many markers a map is drawn as SVG: without a GPU, the browser's WebGL set-up costs about a second,
 # far more than SVG spends on a thousand markers.
 SVG_POINTS = 1_000
+ANNOTATED_CELLS = 100  # a heatmap writes its values in the cells up to this many cells
 SAMPLE_OPACITY = 0.5
 HIGHLIGHT_POINTS = 5_000  # search matches ringed over the aggregated map (a sample when there are more)
 
@@ -434,18 +435,18 @@ def heatmap(
     y_title: str = "",
     height: int = 420,
 ) -> go.Figure:
-    """Annotated heatmap (rows = y labels from top to bottom)."""
+    """Heatmap (rows = y labels from top to bottom), its values written in the cells up to ANNOTATED_CELLS cells
+    (beyond, they are unreadable and slow the browser: the hover gives them)."""
     matrix = np.asarray(matrix, dtype=float)
     text = [[format(v, value_format) if np.isfinite(v) else "" for v in row] for row in matrix]
+    written = (
+        {"texttemplate": "%{text}"}
+        if matrix.size <= ANNOTATED_CELLS
+        else {"hovertemplate": "%{y} · %{x}: %{text}<extra></extra>"}
+    )
     figure = go.Figure(
         go.Heatmap(
-            z=matrix,
-            x=list(x_labels),
-            y=list(y_labels),
-            text=text,
-            texttemplate="%{text}",
-            colorscale=colorscale,
-            hoverongaps=False,
+            z=matrix, x=list(x_labels), y=list(y_labels), text=text, colorscale=colorscale, hoverongaps=False, **written
         )
     )
     figure.update_layout(

@@ -36,7 +36,16 @@ from core.explore import (
     summarise_selection,
     year_span,
 )
-from core.figures import SVG_POINTS, MapOverlay, confusion_heatmap, figure_html, map_figure, modernity_gauge
+from core.figures import (
+    ANNOTATED_CELLS,
+    SVG_POINTS,
+    MapOverlay,
+    confusion_heatmap,
+    figure_html,
+    heatmap,
+    map_figure,
+    modernity_gauge,
+)
 from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
 from core.scoring import percentile
 from ui import format as fmt
@@ -255,6 +264,9 @@ def test_score_and_report_figures(tiny_bundle: Bundle) -> None:
     confusion = confusion_heatmap([[3, 1], [0, 0]], ["a", "b"], "c")
     assert confusion.data[0].z.tolist() == [[0.75, 0.25], [0.0, 0.0]], "row shares; an empty row stays 0"
     assert "plotly" in figure_html(confusion).lower()
+    assert confusion.data[0].texttemplate == "%{text}" and list(confusion.data[0].text[0]) == ["3", "1"]
+    large = heatmap(np.eye(ANNOTATED_CELLS // 10 + 1), list("abcdefghijk"), list("abcdefghijk"), "similarity")
+    assert large.data[0].texttemplate is None and "%{text}" in large.data[0].hovertemplate, "values on hover only"
 
 
 def test_formatting() -> None:
