@@ -97,6 +97,8 @@ def main() -> None:
     data = photo_bytes(bundle, common.image_root())
     if data is None:
         st.info("Waiting for a photo.", icon=":material/photo_camera:")
+        st.caption("The collection on its map, coloured by year bin: a scored car lands on it as a star.")
+        scoring.show_collection_map(bundle, common.bundle_table(bundle), "waiting")
         return
     scored = scoring.score_bytes(bundle, data)
     if scored is not None:

@@ -232,6 +232,17 @@ def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_by
     assert {trace["type"] for trace in figure["data"]} == {"scatter"}
 
 
+def test_score_waits_with_the_collection_map(app: Callable[..., AppTest]) -> None:
+    """Before a photo: the collection's map (one picture, no markers), where the scored car will land."""
+    at = app(page="app_pages/score.py")
+    assert_clean(at)
+    assert "Waiting for a photo." in texts(at)
+    (chart,) = charts(at)
+    figure = json.loads(chart.proto.spec)
+    assert figure["layout"]["images"][0]["source"].startswith("data:image/png;base64,")
+    assert sum(len(trace.get("x") or ()) for trace in figure["data"]) == 0, "no star before a car is scored"
+
+
 def test_score_rejects_a_photo_without_a_car(app: Callable[..., AppTest], fixture_image_bytes) -> None:
     at = upload(app(bundle="reject"), "scene.jpg", fixture_image_bytes("negatives", 2), "image/jpeg")
     assert_clean(at)

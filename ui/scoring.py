@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
@@ -171,24 +172,32 @@ def show_gradcam(scored: Scored) -> None:
     )
 
 
+def show_collection_map(bundle: Bundle, table: pd.DataFrame, key: str, result: ScoreResult | None = None) -> None:
+    """The collection as one aggregated picture; only a scored car's star and its nearest cars are markers (SVG, so
+    the map is drawn at once)."""
+    nearest = result.neighbours.indices[:NEIGHBOURS_SHOWN] if result and result.neighbours else np.empty(0, np.int64)
+    overlay = MapOverlay(highlight=nearest, highlight_name="nearest cars", star=result.map_position if result else None)
+    height = common.scaled(480)
+
+    def build() -> go.Figure:
+        spec, rows = COLOUR_OPTIONS["year_bin"], np.arange(len(table))
+        return density_map_figure(
+            table, rows, spec, year_bins=bundle.year_bins, overlay=overlay, height=height, sample_points=0
+        ).figure
+
+    # without a car the map is the same on every run: built once per bundle
+    figure = build() if result else common.on_bundle(bundle, f"collection map:{height}", build)
+    widgets.show_figure(figure, "map with your car" if result else "the collection", f"{key}:map")
+
+
 def show_map_position(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, key: str) -> None:
     """The upload as a star on the map, and its nearest collection cars with distances."""
     if result.map_position is None:
         return
-    indices = np.empty(0, dtype=np.int64) if result.neighbours is None else result.neighbours.indices[:NEIGHBOURS_SHOWN]
-    # The collection as one aggregated picture; only the star and the nearest cars are markers (SVG: drawn at once)
-    mapped = density_map_figure(
-        table,
-        np.arange(len(table)),
-        COLOUR_OPTIONS["year_bin"],
-        year_bins=bundle.year_bins,
-        overlay=MapOverlay(highlight=indices, highlight_name="nearest cars", star=result.map_position),
-        height=common.scaled(480),
-        sample_points=0,
-    )
-    widgets.show_figure(mapped.figure, "map with your car", f"{key}:map")
+    show_collection_map(bundle, table, key, result)
     if result.neighbours is None:
         return
+    indices = result.neighbours.indices[:NEIGHBOURS_SHOWN]
     distances = dict(zip(indices.tolist(), result.neighbours.cosine_distances[:NEIGHBOURS_SHOWN].tolist(), strict=True))
     st.markdown("**Nearest cars in the collection** (cosine distance of the features; 0 = same direction)")
     widgets.gallery(
