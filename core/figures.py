@@ -320,6 +320,13 @@ def density_map_figure(
     return MapFigure(figure=vector_if_few(figure), trace_rows=tuple(members for _, members in traces), aggregated=True)
 
 
+def with_overlay(figure: go.Figure, table: pd.DataFrame, overlay: MapOverlay) -> go.Figure:
+    """A copy of a map figure of `table` with the overlay's markers on top (a map built once, marked per car)."""
+    marked = go.Figure(figure)
+    marked.add_traces([trace for trace, _ in _overlay_traces(table, sampled_highlight(overlay))])
+    return vector_if_few(marked)
+
+
 def vector_if_few(figure: go.Figure) -> go.Figure:
     """The figure with its WebGL traces as SVG ones when it draws at most SVG_POINTS markers in all."""
     if sum(len(trace.x) for trace in figure.data) > SVG_POINTS:

@@ -41,10 +41,12 @@ from core.figures import (
     SVG_POINTS,
     MapOverlay,
     confusion_heatmap,
+    density_map_figure,
     figure_html,
     heatmap,
     map_figure,
     modernity_gauge,
+    with_overlay,
 )
 from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
 from core.scoring import percentile
@@ -123,6 +125,15 @@ def test_maps_draw_few_markers_as_svg_and_many_with_webgl(table: pd.DataFrame) -
     mapped = map_figure(many, np.arange(len(many)), spec, overlay=MapOverlay(star=(0.0, 0.0)))
     assert {t.type for t in mapped.figure.data} == {"scattergl"}
     assert sum(len(t.x) for t in mapped.figure.data) == len(many) + 1
+
+
+def test_a_map_built_once_is_marked_per_car_without_changing(tiny_bundle: Bundle, table: pd.DataFrame) -> None:
+    base = density_map_figure(table, np.arange(len(table)), COLOUR_OPTIONS["year_bin"], sample_points=0).figure
+    before = base.to_json()
+    marked = with_overlay(base, table, MapOverlay(highlight=np.array([1, 2]), star=(0.5, -0.5)))
+    assert base.to_json() == before, "the cached map keeps no car's marks"
+    assert len(marked.data) == len(base.data) + 2 and marked.data[-1].marker.symbol == "star"
+    assert marked.layout.images[0].source == base.layout.images[0].source
 
 
 def test_overlay_traces(table: pd.DataFrame) -> None:

@@ -15,7 +15,14 @@ from PIL import Image
 from core.artifacts import Bundle
 from core.explain import GradCam, grad_cam, overlay
 from core.explore import COLOUR_OPTIONS, group_members
-from core.figures import MapOverlay, density_map_figure, modernity_gauge, probability_bars, typicality_histogram
+from core.figures import (
+    MapOverlay,
+    density_map_figure,
+    modernity_gauge,
+    probability_bars,
+    typicality_histogram,
+    with_overlay,
+)
 from core.pipeline import ScoreResult, score_image
 from core.scoring import group_key
 from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
@@ -173,21 +180,21 @@ def show_gradcam(scored: Scored) -> None:
 
 
 def show_collection_map(bundle: Bundle, table: pd.DataFrame, key: str, result: ScoreResult | None = None) -> None:
-    """The collection as one aggregated picture; only a scored car's star and its nearest cars are markers (SVG, so
-    the map is drawn at once)."""
-    nearest = result.neighbours.indices[:NEIGHBOURS_SHOWN] if result and result.neighbours else np.empty(0, np.int64)
-    overlay = MapOverlay(highlight=nearest, highlight_name="nearest cars", star=result.map_position if result else None)
+    """The collection as one aggregated picture (built once per bundle); only a scored car's star and its nearest
+    cars are markers (SVG, so the map is drawn at once)."""
     height = common.scaled(480)
 
-    def build() -> go.Figure:
+    def picture() -> go.Figure:
         spec, rows = COLOUR_OPTIONS["year_bin"], np.arange(len(table))
-        return density_map_figure(
-            table, rows, spec, year_bins=bundle.year_bins, overlay=overlay, height=height, sample_points=0
-        ).figure
+        return density_map_figure(table, rows, spec, year_bins=bundle.year_bins, height=height, sample_points=0).figure
 
-    # without a car the map is the same on every run: built once per bundle
-    figure = build() if result else common.on_bundle(bundle, f"collection map:{height}", build)
-    widgets.show_figure(figure, "map with your car" if result else "the collection", f"{key}:map")
+    collection = common.on_bundle(bundle, f"collection map:{height}", picture)
+    if result is None:
+        widgets.show_figure(collection, "the collection", f"{key}:map")
+        return
+    nearest = result.neighbours.indices[:NEIGHBOURS_SHOWN] if result.neighbours else np.empty(0, np.int64)
+    overlay = MapOverlay(highlight=nearest, highlight_name="nearest cars", star=result.map_position)
+    widgets.show_figure(with_overlay(collection, table, overlay), "map with your car", f"{key}:map")
 
 
 def show_map_position(bundle: Bundle, table: pd.DataFrame, result: ScoreResult, key: str) -> None:
