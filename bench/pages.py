@@ -192,13 +192,18 @@ def upload(page: Any, server: StreamlitServer, photo: Path) -> dict[str, float]:
     return {SCORED.name: end - start, AFTER_SCORE: end - scored}
 
 
-def browse(browser: Any, server: StreamlitServer, photo: Path, warm: int, started: float, figures: Figures) -> None:
+def open_first_page(browser: Any, server: StreamlitServer, started: float) -> tuple[Any, Any, float]:
+    """A fresh browser context and page on the app's first page, and the seconds from `started` to it drawn."""
     context = browser.new_context(viewport=VIEWPORT)
     context.add_init_script(ACTIVITY_JS)
     page = context.new_page()
     page.goto(f"{server.url}/", wait_until="commit")
     wait_drawn(page, SCORE_PAGE)
-    figures.first_page_s = time.perf_counter() - started
+    return context, page, time.perf_counter() - started
+
+
+def browse(browser: Any, server: StreamlitServer, photo: Path, warm: int, started: float, figures: Figures) -> None:
+    context, page, figures.first_page_s = open_first_page(browser, server, started)
     rounds: dict[str, list[float]] = {}
     for round_index in range(warm + 1):
         timed = upload(page, server, photo) | {view.name: visit(page, server, view) for view in VIEWS}
@@ -240,12 +245,7 @@ def select_everything(page: Any, rows: int) -> float:
 
 
 def explore_at_scale(browser: Any, server: StreamlitServer, figures: ScaleFigures, warm: int, started: float) -> None:
-    context = browser.new_context(viewport=VIEWPORT)
-    context.add_init_script(ACTIVITY_JS)
-    page = context.new_page()
-    page.goto(f"{server.url}/", wait_until="commit")
-    wait_drawn(page, SCORE_PAGE)
-    figures.first_page_s = time.perf_counter() - started
+    context, page, figures.first_page_s = open_first_page(browser, server, started)
     explore, visits, selections = VIEWS[0], [], []
     for round_index in range(warm + 1):
         visits.append(visit(page, server, explore))
