@@ -185,8 +185,9 @@ def draw_map(
     matches = np.flatnonzero(search.mask(query))
     overlay = MapOverlay(highlight=matches, highlight_name=f"“{query}”", marked=chosen)
     height = common.scaled(620)
-    view = (str(bundle.path), colour, filters, query, chosen, height)  # a selection alone keeps the figure
-    mapped = common.memo(
+    view = (colour, filters, query, chosen, height)  # a selection alone keeps the figure
+    mapped = common.on_bundle_recent(
+        bundle,
         "explore_map",
         view,
         lambda: explorer_map(

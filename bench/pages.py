@@ -7,7 +7,8 @@ and Debian chromium through Playwright. Timed, from `page.goto` (or the upload) 
 fully drawn: the script idle, nothing stale, the page's last section on screen, every picture decoded and every
 Plotly chart drawn (DRAWN_JS):
 
-- first page: from `streamlit run` to the Score page drawn (server start, torch import, bundle load included);
+- first page: from `streamlit run` to the Score page drawn (server start, torch import, bundle load included), in
+  a browser already running (as a user's is: chromium's own start, about 1 s here, is not the app's);
 - Score with a scored car: from choosing the file to the whole result drawn (nearest cars, map, Grad-CAM);
 - Explore, Morphs, Report, each Tour slide: navigation to the page drawn;
 - cold = the first visit after the server started (the bundle already loaded by the first page), warm = the
@@ -35,6 +36,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +195,26 @@ def upload(page: Any, server: StreamlitServer, photo: Path) -> dict[str, float]:
     return {SCORED.name: end - start, AFTER_SCORE: end - scored}
 
 
+@contextmanager
+def browser_then_server(
+    name: str, bundle: Path, image_root: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[Any, StreamlitServer, float]]:
+    """Chromium launched first (a user's browser is already running), then `streamlit run` and the clock started
+    with it: yields the browser, the server and that start time; closes both."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+        started = time.perf_counter()
+        server = start_streamlit(name, bundle, image_root, env or {})
+        try:
+            yield browser, server, started
+        finally:
+            server.stop()
+            if browser.is_connected():
+                browser.close()
+
+
 def open_first_page(browser: Any, server: StreamlitServer, started: float) -> tuple[Any, Any, float]:
     """A fresh browser context and page on the app's first page, and the seconds from `started` to it drawn."""
     context = browser.new_context(viewport=VIEWPORT)
@@ -260,23 +283,15 @@ def explore_at_scale(browser: Any, server: StreamlitServer, figures: ScaleFigure
 
 def scale_run(args: argparse.Namespace, source: Path) -> None:
     """--explore-size: the Explore page of a synthetic collection (see the module doc)."""
-    from playwright.sync_api import sync_playwright
-
     limit = {"CARMORPH_MAP_POINTS": str(args.point_limit)} if args.point_limit else {}
     figures = ScaleFigures(args.explore_size, limit.get("CARMORPH_MAP_POINTS", "default"), os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="carmorph-bench-") as folder:
         start = time.perf_counter()
         bundle = write_synthetic_bundle(source, Path(folder) / "bundle", args.explore_size)
         figures.bundle_write_s = time.perf_counter() - start
-        started = time.perf_counter()
-        server = start_streamlit("bench-scale", bundle, config.image_root(args.image_root) or FIXTURE_DATA_DIR, limit)
-        try:
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
-                explore_at_scale(browser, server, figures, args.warm, started)
-                browser.close()
-        finally:
-            server.stop()
+        root = config.image_root(args.image_root) or FIXTURE_DATA_DIR
+        with browser_then_server("bench-scale", bundle, root, limit) as (browser, server, started):
+            explore_at_scale(browser, server, figures, args.warm, started)
     figures.load_after = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(figures), indent=1))
@@ -341,23 +356,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.explore_size:
         scale_run(args, bundle_dir)
         return
-    from playwright.sync_api import sync_playwright
-
     torch.set_num_threads(config.serving_threads())
     figures = Figures(bundle=str(bundle_dir), torch_threads=torch.get_num_threads(), load_before=os.getloadavg())
     photo = bare_score(bundle_dir, figures)
     image_root = config.image_root(args.image_root) or FIXTURE_DATA_DIR
-    started = time.perf_counter()
-    server = start_streamlit("bench", bundle_dir, image_root)
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
-            browse(browser, server, photo, args.warm, started, figures)
-            browser.close()
+    with browser_then_server("bench", bundle_dir, image_root) as (browser, server, started):
+        browse(browser, server, photo, args.warm, started, figures)
+        browser.close()
         figures.idle_seconds = args.idle
         figures.idle_cpu_percent = idle_cpu(server, args.idle)
-    finally:
-        server.stop()
     figures.load_after = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(asdict(figures), indent=1))

