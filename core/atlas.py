@@ -213,6 +213,8 @@ class AtlasCanvas:
 def install_atlas(staged: Path, directory: Path, spec: AtlasSpec) -> None:
     """Move the shards built in `staged` into the bundle `directory` as `spec.folder`, replacing its earlier atlas
     (sharded or one file)."""
+    if spec.file or spec.folder != ATLAS_FOLDER:
+        raise ValueError(f"a build writes its atlas as shards in {ATLAS_FOLDER}/, not as {spec.to_dict()}")
     target = directory / spec.folder
     shutil.rmtree(target, ignore_errors=True)
     (directory / ATLAS_FILE).unlink(missing_ok=True)

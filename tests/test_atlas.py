@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.atlas import ATLAS_FOLDER, Atlas, AtlasCanvas, AtlasSpec, open_atlas
+from core.atlas import ATLAS_FOLDER, Atlas, AtlasCanvas, AtlasSpec, install_atlas, open_atlas
 from core.errors import BundleError
 
 TILE = 16  # one JPEG block of subsampled colour: tiles do not share one
@@ -119,3 +119,10 @@ def test_a_one_file_atlas_reads_as_before_sharding(tmp_path: Path):
 def test_sizes_must_be_positive(atlas: dict):
     with pytest.raises(ValueError, match="must be positive"):
         AtlasSpec.from_dict(atlas)
+
+
+def test_a_build_installs_only_a_sharded_atlas(tmp_path: Path):
+    (tmp_path / "keep.txt").write_text("a bundle file")
+    with pytest.raises(ValueError, match="as shards"):
+        install_atlas(tmp_path / "staged", tmp_path, AtlasSpec.single_file("atlas.jpg", TILE, 2))
+    assert (tmp_path / "keep.txt").exists()
