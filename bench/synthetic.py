@@ -5,8 +5,9 @@ large-collection map.
 
 Rows of the source bundle's images table are drawn with replacement (seeded); map position, modernity and
 typicality are jittered and ids made unique, so the collection keeps the real one's labels, groups and shape. A
-written bundle shares the source's networks, morphs and atlas (each row keeps its source row's `atlas_index`) and
-resamples the embeddings with the rows. Write it to a temporary folder: it is never part of the repository.
+written bundle shares the source's networks and morphs, holds the source's atlas tiles written again in the shards
+a build writes (each row keeps its source row's `atlas_index`), and resamples the embeddings with the rows. Write it
+to a temporary folder: it is never part of the repository.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, load_bundle, sha256_file
+from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, Bundle, atlas_tiles, load_bundle, sha256_file
+from core.atlas import ATLAS_FOLDER, AtlasCanvas, AtlasSpec
 from core.config import bundle_dir
 
 JITTER = 0.02  # of the map's spread
@@ -44,18 +46,35 @@ def synthesise(images: pd.DataFrame, picks: np.ndarray, seed: int = 0) -> pd.Dat
     return picked
 
 
+def write_atlas(bundle: Bundle, folder: Path) -> AtlasSpec:
+    """The bundle's atlas tiles (either layout) written into `folder` as the shards a build writes."""
+    count = atlas_tiles(bundle.images)
+    canvas = AtlasCanvas(folder, count, AtlasSpec(tile=bundle.manifest.atlas.tile))
+    for start in range(0, count, canvas.spec.shard_tiles):
+        rows = range(start, min(count, start + canvas.spec.shard_tiles))
+        canvas.paste(np.stack([np.asarray(bundle.thumbnail(row)) for row in rows]), rows)
+    return canvas.close()
+
+
 def write_synthetic_bundle(source: str | Path, target: str | Path, size: int, seed: int = 0) -> Path:
     """A copy of the bundle at `source` whose collection is `size` rows resampled from its own (see the module doc)."""
     source, target = Path(source), Path(target)
     bundle = load_bundle(source)
     picks = resample(len(bundle.images), size, seed)
-    shutil.copytree(source, target)
-    (target / MANIFEST_FILE).unlink()
+    target.mkdir(parents=True)
+    shared = set(bundle.manifest.files) - {IMAGES_FILE, EMBEDDINGS_FILE, *bundle.manifest.atlas.files}
+    for name in shared:
+        shutil.copy2(source / name, target / name)
+    atlas = write_atlas(bundle, target / ATLAS_FOLDER)
     synthesise(bundle.images, picks, seed).to_parquet(target / IMAGES_FILE, index=False)
     np.save(target / EMBEDDINGS_FILE, bundle.embeddings[picks].astype(np.float16), allow_pickle=False)
     manifest = json.loads((source / MANIFEST_FILE).read_text())
     manifest["name"] = f"{manifest['name']} resampled to {size:,} rows"
-    manifest["files"] |= {name: sha256_file(target / name) for name in (IMAGES_FILE, EMBEDDINGS_FILE)}
+    manifest["atlas"] = atlas.to_dict()
+    written = [IMAGES_FILE, EMBEDDINGS_FILE, *atlas.files]
+    manifest["files"] = {name: manifest["files"][name] for name in shared} | {
+        name: sha256_file(target / name) for name in written
+    }
     (target / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return target
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from core.atlas import Atlas, AtlasCanvas, AtlasSpec, install_atlas, open_atlas
 from core.config import (
     CROP_MARGIN,
     SEED_BODY_TYPES,
@@ -66,7 +67,6 @@ MANIFEST_FILE = "manifest.json"
 IMAGES_FILE = "images.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
 MORPHS_FILE = "morphs.npz"
-ATLAS_FILE = "atlas.jpg"
 NETWORK_FILES = {
     "modernity": "modernity.safetensors",
     "bodytype": "bodytype.safetensors",
@@ -97,7 +97,6 @@ IMAGE_COLUMNS = (
 )
 BOX_COLUMNS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
 MORPH_KEYS = ("features", "body_type", "year_bin", "count", "images", "train_typicality")
-ATLAS_BACKGROUND = (240, 240, 240)
 MAP_SAMPLE = 50_000  # rows a build fits the 2-D map on; the others are placed by kNN as uploads are
 
 
@@ -127,15 +126,6 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class AtlasSpec:
-    """Thumbnails of every image, `tile` px squares, row-major with `columns` per row (tile i = images row i)."""
-
-    file: str = ATLAS_FILE
-    tile: int = 64
-    columns: int = 1
-
-
-@dataclass(frozen=True)
 class Manifest:
     """Everything manifest.json says (docs/CONTRACTS.md); `files` maps file name to sha256."""
 
@@ -148,7 +138,7 @@ class Manifest:
     valid_views: str = "frontal"
     segmenter: str = "gate"
     morph_min_members: int = 5
-    atlas: AtlasSpec = AtlasSpec()
+    atlas: AtlasSpec = field(default_factory=AtlasSpec)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     created: str = ""
@@ -177,7 +167,7 @@ class Manifest:
             "valid_views": self.valid_views,
             "segmenter": self.segmenter,
             "morph_min_members": self.morph_min_members,
-            "atlas": {"file": self.atlas.file, "tile": self.atlas.tile, "columns": self.atlas.columns},
+            "atlas": self.atlas.to_dict(),
             "provenance": self.provenance,
             "metrics": self.metrics,
             "training": self.training,
@@ -205,7 +195,7 @@ class Manifest:
             valid_views=_field(data, "valid_views", str),
             segmenter=_field(data, "segmenter", str),
             morph_min_members=_field(data, "morph_min_members", int),
-            atlas=_field(data, "atlas", lambda v: AtlasSpec(str(v["file"]), int(v["tile"]), int(v["columns"]))),
+            atlas=_field(data, "atlas", AtlasSpec.from_dict),
             provenance=_field(data, "provenance", dict),
             metrics=_field(data, "metrics", dict),
             training=_field(data, "training", dict),
@@ -245,7 +235,7 @@ class Bundle:
     images: pd.DataFrame
     embeddings: np.ndarray  # N x D float32, row i = images row i (body-type network features), memory-mapped
     morphs: Morphs
-    atlas: Image.Image
+    atlas: Atlas  # thumbnails, decoded shard by shard when asked for
     placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
     transform: ImageTransform
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # per-bundle runtime objects (segmenters...)
@@ -302,12 +292,8 @@ class Bundle:
         return l2_normalise(self.embeddings)
 
     def thumbnail(self, index: int) -> Image.Image:
-        """The atlas tile of images row `index`."""
-        if not 0 <= index < len(self.images):
-            raise IndexError(f"image index {index} outside 0..{len(self.images) - 1}")
-        tile, columns = self.manifest.atlas.tile, self.manifest.atlas.columns
-        x, y = (index % columns) * tile, (index // columns) * tile
-        return self.atlas.crop((x, y, x + tile, y + tile))
+        """Atlas tile `index` (an images row's `atlas_index`); IndexError outside the atlas."""
+        return self.atlas.tile(index)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -324,7 +310,7 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
     images = _read_images(directory / IMAGES_FILE)
     embeddings = _read_embeddings(directory / EMBEDDINGS_FILE, len(images), embedding_dim(manifest))
     morphs = _read_morphs(directory / MORPHS_FILE, manifest)
-    atlas = _read_atlas(directory / manifest.atlas.file, manifest.atlas, atlas_tiles(images))
+    atlas = open_atlas(directory, manifest.atlas, atlas_tiles(images))
     coords = images[["umap_x", "umap_y"]].to_numpy(np.float32)
     if not np.isfinite(coords).all():
         raise BundleError(f"{IMAGES_FILE}: umap_x/umap_y contain missing or infinite values.")
@@ -432,7 +418,7 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
     """Every file the bundle needs is listed, present and has the sha256 the manifest records."""
     needed = [spec.file for spec in manifest.networks.values()]
     needed += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
-    needed += [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE, manifest.atlas.file]
+    needed += [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE, *manifest.atlas.files]
     unlisted = [name for name in needed if name not in manifest.files]
     if unlisted:
         raise BundleError(f"manifest.json: files lacks the sha256 of {unlisted}.")
@@ -523,21 +509,6 @@ def atlas_tiles(images: pd.DataFrame) -> int:
     return int(images["atlas_index"].max()) + 1 if len(images) else 0
 
 
-def _read_atlas(path: Path, spec: AtlasSpec, count: int) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            atlas = image.convert("RGB")
-    except Exception as error:
-        raise BundleError(f"{path.name} is not a readable image ({error}).") from error
-    rows = math.ceil(count / spec.columns) if spec.columns > 0 else 0
-    if spec.tile < 1 or spec.columns < 1 or atlas.width < spec.columns * spec.tile or atlas.height < rows * spec.tile:
-        raise BundleError(
-            f"{path.name} is {atlas.width}x{atlas.height} px, too small for {count} tiles of {spec.tile} px "
-            f"in {spec.columns} columns."
-        )
-    return atlas
-
-
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -599,10 +570,11 @@ def write_bundle(
     images: pd.DataFrame,
     embeddings: np.ndarray,
     morphs: Morphs,
-    atlas: Image.Image,
+    atlas: Path,
     half: bool = True,
 ) -> Manifest:
-    """Write every file, then manifest.json last with their sha256 (a half-written bundle has no manifest).
+    """Write every file, then manifest.json last with their sha256 (a half-written bundle has no manifest). `atlas`
+    is the folder of the shards an `AtlasCanvas` wrote, laid out as `manifest.atlas`: it moves into the bundle.
 
     Returns the manifest as written (with `files` and `created` filled in).
     """
@@ -632,10 +604,10 @@ def write_bundle(
         images=morphs.images.astype(np.uint8),
         train_typicality=morphs.train_typicality.astype(np.float32),
     )
-    atlas.convert("RGB").save(directory / manifest.atlas.file, "JPEG", quality=85)
+    install_atlas(Path(atlas), directory, manifest.atlas)
     names = [spec.file for spec in manifest.networks.values()] + [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE]
     names += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
-    names.append(manifest.atlas.file)
+    names += manifest.atlas.files
     written = Manifest.from_dict(
         manifest.to_dict()
         | {
@@ -766,19 +738,6 @@ def crop_to_box(image: Image.Image, box: Sequence[float] | None, margin: float =
     return image.crop((x1, y1, x2, y2))
 
 
-def atlas_tile(image: Image.Image, tile: int) -> Image.Image:
-    """The image fitted (aspect kept) and centred on a tile x tile square."""
-    fitted = image.copy()
-    fitted.thumbnail((tile, tile), Image.Resampling.LANCZOS)
-    square = Image.new("RGB", (tile, tile), ATLAS_BACKGROUND)
-    square.paste(fitted, ((tile - fitted.width) // 2, (tile - fitted.height) // 2))
-    return square
-
-
-def atlas_columns(count: int) -> int:
-    return max(1, math.ceil(math.sqrt(count)))
-
-
 def annotate_images(
     labels: pd.DataFrame,
     outputs: NetworkOutputs,
@@ -865,15 +824,16 @@ def build_bundle(
     from core import bundling  # imported here: core.bundling builds on this module
 
     labels, stored, half = prepare_build(labels, networks, manifest)
+    atlas = AtlasCanvas.staged(directory, len(labels), manifest.atlas)
     parts = []
     for start in range(0, len(labels), batch_size):
         rows = labels.iloc[start : start + batch_size]
         batch_pooled = None if pooled is None else pooled[start : start + len(rows)]
-        parts.append(
-            bundling.embed_batch(
-                rows, image_root, stored, manifest, morph_image_size=morph_image_size, pooled=batch_pooled
-            )
+        part = bundling.embed_batch(
+            rows, image_root, stored, manifest, morph_image_size=morph_image_size, pooled=batch_pooled
         )
+        atlas.paste(part.tiles, range(start, start + len(rows)))
+        parts.append(replace(part, tiles=part.tiles[:0]))  # its tiles are in the atlas now
         if progress is not None:
             progress(start + len(rows), len(labels))
     embedded = bundling.EmbeddedBatch.concatenate(parts)
@@ -886,8 +846,6 @@ def build_bundle(
     sample = bundling.map_sample_rows(len(labels), map_sample, seed)
     coords = bundling.fit_map(features[sample], sample, map_coordinates).positions(features, np.arange(len(labels)))
     table = annotate_images(labels, embedded.outputs, morphs, coords, manifest.thresholds)
-    atlas = bundling.AtlasCanvas(len(labels), manifest.atlas.tile)
-    atlas.paste(embedded.tiles, range(len(labels)))
     return bundling.finish_bundle(directory, manifest, stored, table, features, morphs, atlas, half)
 
 
@@ -920,13 +878,7 @@ def build_untrained_bundle(
     score nearly alike); without, scores differ from photo to photo. `build` takes build_bundle's arguments
     (default: build_bundle itself; another engine, e.g. training.ray_engine's, with options bound)."""
     data_root = Path(data_root)
-    labels = pd.concat(
-        [
-            table_from_labels(pd.read_csv(data_root / dataset / "labels.csv"), dataset, SHARED_YEAR_BINS, split)
-            for dataset, split in (("stanford_cars", "train"), ("epfl_multiview", "val"))
-        ],
-        ignore_index=True,
-    )
+    labels = untrained_bundle_labels(data_root)
     specs = standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES))
     torch.manual_seed(seed)
     networks = {key: CarNet(spec.heads) for key, spec in specs.items()}
@@ -940,10 +892,22 @@ def build_untrained_bundle(
         networks=specs,
         valid_views="all",  # an untrained gate says nothing of views: every image is a morph member
         morph_min_members=morph_min_members,
-        atlas=AtlasSpec(tile=32),
+        atlas=AtlasSpec(tile=32, columns=4, shard_tiles=8),  # small shards: the tests read tiles from several
         provenance={"data_root": str(data_root), "note": f"untrained networks (seed {seed}): for tests only"},
     )
     return (build or build_bundle)(directory, labels, data_root, networks, manifest, morph_image_size=32)
+
+
+def untrained_bundle_labels(data_root: Path) -> pd.DataFrame:
+    """The labels (with car boxes) `build_untrained_bundle` builds from: stanford_cars as the training split,
+    epfl_multiview as the validation split."""
+    return pd.concat(
+        [
+            table_from_labels(pd.read_csv(data_root / dataset / "labels.csv"), dataset, SHARED_YEAR_BINS, split)
+            for dataset, split in (("stanford_cars", "train"), ("epfl_multiview", "val"))
+        ],
+        ignore_index=True,
+    )
 
 
 def _lean_towards_largest_group(networks: Mapping[str, CarNet], labels: pd.DataFrame) -> None:

@@ -13,7 +13,7 @@ Ray Data one (`training.ray_engine`) call these same functions, only the loop ar
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +21,10 @@ import pandas as pd
 from PIL import Image
 
 from core.artifacts import (
-    ATLAS_BACKGROUND,
     BOX_COLUMNS,
     Bundle,
     Manifest,
     NetworkOutputs,
-    atlas_columns,
-    atlas_tile,
     crop_to_box,
     flip_aligned_mean,
     load_bundle,
@@ -35,6 +32,7 @@ from core.artifacts import (
     predict_pooled,
     write_bundle,
 )
+from core.atlas import AtlasCanvas, atlas_tile
 from core.models import CarNet
 from core.projection import MapPlacer
 from core.scoring import Morphs, cosine_similarity
@@ -191,20 +189,6 @@ def fit_map(features: np.ndarray, sample: np.ndarray, map_coordinates: Callable[
     return MapFit(np.asarray(sample), coords, MapPlacer().fit(features, coords))
 
 
-class AtlasCanvas:
-    """The atlas being assembled: tile of row i at column i % columns, line i // columns."""
-
-    def __init__(self, count: int, tile: int):
-        self.tile, self.columns = tile, atlas_columns(count)
-        lines = -(-count // self.columns)
-        self.image = Image.new("RGB", (self.columns * tile, lines * tile), ATLAS_BACKGROUND)
-
-    def paste(self, tiles: np.ndarray, rows: Sequence[int]) -> None:
-        for pixels, row in zip(tiles, rows, strict=True):
-            position = ((int(row) % self.columns) * self.tile, (int(row) // self.columns) * self.tile)
-            self.image.paste(Image.fromarray(pixels), position)
-
-
 def finish_bundle(
     directory: str | Path,
     manifest: Manifest,
@@ -215,17 +199,16 @@ def finish_bundle(
     atlas: AtlasCanvas,
     half: bool,
 ) -> Bundle:
-    """Write the bundle (its manifest records the atlas layout) and load it back, validated."""
-    layout = {"file": manifest.atlas.file, "tile": atlas.tile, "columns": atlas.columns}
-    final = Manifest.from_dict(manifest.to_dict() | {"atlas": layout})
+    """Write the bundle (its manifest records the layout of the atlas, whose every row was pasted) and load it
+    back, validated."""
     write_bundle(
         directory,
-        final,
+        replace(manifest, atlas=atlas.close()),
         networks=networks,
         images=images,
         embeddings=embeddings,
         morphs=morphs,
-        atlas=atlas.image,
+        atlas=atlas.folder,
         half=half,
     )
     return load_bundle(directory)

@@ -3,7 +3,9 @@ with a BundleError that names the problem."""
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 
 from core.artifacts import (
+    BOX_COLUMNS,
     EMBEDDINGS_FILE,
     IMAGE_COLUMNS,
     MANIFEST_FILE,
@@ -26,9 +29,12 @@ from core.artifacts import (
     load_bundle,
     predict_images,
     sha256_file,
+    untrained_bundle_labels,
 )
+from core.atlas import AtlasSpec, atlas_tile
 from core.config import YearBin
 from core.errors import BundleError
+from core.imaging import load_image
 from core.models import ImageTransform, save_carnet
 
 BIG_FILES = set(NETWORK_FILES.values())
@@ -42,6 +48,8 @@ def bundle_copy(tiny_bundle_dir: Path, tmp_path: Path) -> Path:
     for source in tiny_bundle_dir.iterdir():
         if source.name in BIG_FILES:
             (target / source.name).symlink_to(source)
+        elif source.is_dir():
+            shutil.copytree(source, target / source.name)
         else:
             shutil.copy2(source, target / source.name)
     return target
@@ -230,3 +238,107 @@ def test_morph_images_mirror_cars_to_face_one_side():
 
 def test_a_loaded_bundle_memory_maps_its_embeddings(tiny_bundle):
     assert isinstance(tiny_bundle.embeddings, np.memmap) and tiny_bundle.embeddings.dtype == np.float32
+
+
+def test_loading_decodes_no_atlas_shard(bundle_copy: Path):
+    bundle = load_bundle(bundle_copy)
+    assert bundle.manifest.atlas.shards == 3, "the tiny bundle's 23 tiles in shards of 8"
+    assert bundle.atlas.cache_info().misses == 0
+    bundle.thumbnail(9)
+    bundle.thumbnail(15)
+    assert (bundle.atlas.cache_info().misses, bundle.atlas.cache_info().currsize) == (1, 1), "one shard decoded"
+
+
+def source_tiles(bundle: Bundle, data_root: Path) -> np.ndarray:
+    """The tile the build cut for each row: its car's crop fitted into the atlas tile."""
+    labels = untrained_bundle_labels(data_root)
+    assert labels["path"].tolist() == bundle.images["path"].tolist()
+    return np.stack(
+        [
+            np.asarray(atlas_tile(crop_to_box(load_image(data_root / row.path), box), bundle.manifest.atlas.tile), int)
+            for row, box in zip(labels.itertuples(), labels[list(BOX_COLUMNS)].to_numpy(float), strict=True)
+        ]
+    )
+
+
+def one_file_thumbnails(tiles: np.ndarray) -> np.ndarray:
+    """The thumbnails the atlas gave before sharding: the tiles in one JPEG of ceil(sqrt(n)) columns, quality 85."""
+    count, tile = len(tiles), tiles.shape[1]
+    columns = math.ceil(math.sqrt(count))
+    image = Image.new("RGB", (columns * tile, -(-count // columns) * tile), (240, 240, 240))
+    for i, pixels in enumerate(tiles):
+        image.paste(Image.fromarray(pixels.astype(np.uint8)), ((i % columns) * tile, (i // columns) * tile))
+    encoded = io.BytesIO()
+    image.save(encoded, "JPEG", quality=85)
+    decoded = np.asarray(Image.open(encoded).convert("RGB"), dtype=int)
+    return np.stack([decoded[i // columns * tile :][:tile, i % columns * tile :][:, :tile] for i in range(count)])
+
+
+def test_every_thumbnail_is_its_rows_tile_as_before_sharding(tiny_bundle: Bundle, fixture_data_dir: Path):
+    tiles = source_tiles(tiny_bundle, fixture_data_dir)
+    thumbnails = np.stack([np.asarray(tiny_bundle.thumbnail(i), dtype=int) for i in range(len(tiles))])
+    errors = np.abs(thumbnails[:, None] - tiles[None]).mean(axis=(2, 3, 4))  # thumbnail x tile
+    assert (errors.argmin(axis=1) == np.arange(len(tiles))).all(), "each thumbnail is closest to its own tile"
+    before = one_file_thumbnails(tiles)
+    assert np.abs(thumbnails - before).mean(axis=(1, 2, 3)).max() < 0.5, "JPEG's loss, as before (tile edges aside)"
+    assert (thumbnails == before).mean() > 0.9
+
+
+def write_one_file_atlas(directory: Path, bundle: Bundle, columns: int) -> None:
+    """The bundle's atlas as bundles before sharding had it: one atlas.jpg, `columns` tiles to a line."""
+    tile, count = bundle.manifest.atlas.tile, len(bundle.images)
+    image = Image.new("RGB", (columns * tile, -(-count // columns) * tile))
+    for i in range(count):
+        image.paste(bundle.thumbnail(i), ((i % columns) * tile, (i // columns) * tile))
+    image.save(directory / "atlas.jpg", "JPEG", quality=85)
+    shutil.rmtree(directory / "atlas")
+
+    def one_file(data: dict) -> None:
+        data["atlas"] = {"file": "atlas.jpg", "tile": tile, "columns": columns}
+        data["files"] = {k: v for k, v in data["files"].items() if not k.startswith("atlas/")}
+        data["files"]["atlas.jpg"] = sha256_file(directory / "atlas.jpg")
+
+    edit_manifest(directory, one_file)
+
+
+def test_a_bundle_with_a_one_file_atlas_still_loads(bundle_copy: Path, tiny_bundle: Bundle):
+    write_one_file_atlas(bundle_copy, tiny_bundle, columns=5)
+    bundle = load_bundle(bundle_copy)
+    assert bundle.manifest.atlas.to_dict() == {"file": "atlas.jpg", "tile": 32, "columns": 5}
+    assert bundle.atlas.cache_info().misses == 0
+    decoded = Image.open(bundle_copy / "atlas.jpg").convert("RGB")
+    for i in range(len(bundle.images)):
+        x, y = (i % 5) * 32, (i // 5) * 32
+        assert np.array_equal(np.asarray(bundle.thumbnail(i)), np.asarray(decoded.crop((x, y, x + 32, y + 32))))
+
+
+def test_the_default_bundle_atlas_layout_reads_back_unchanged():
+    """artifacts/default's manifest (one-file or sharded) parses to the atlas layout it records."""
+    data = json.loads((Path(__file__).parent.parent / "artifacts" / "default" / MANIFEST_FILE).read_text())
+    assert AtlasSpec.from_dict(data["atlas"]).to_dict() == data["atlas"]
+
+
+def test_missing_atlas_shard(bundle_copy: Path):
+    (bundle_copy / "atlas" / "00001.jpg").unlink()
+    assert "missing file atlas/00001.jpg" in refused(bundle_copy)
+
+
+def test_too_small_atlas_shard(bundle_copy: Path):
+    replace_file(bundle_copy, "atlas/00002.jpg", lambda path: Image.new("RGB", (128, 32)).save(path, "JPEG"))
+    message = refused(bundle_copy)
+    assert "atlas/00002.jpg is 128x32 px, too small for 7 tiles of 32 px in 4 columns" in message
+
+
+def test_atlas_shard_that_is_not_an_image(bundle_copy: Path):
+    replace_file(bundle_copy, "atlas/00000.jpg", lambda path: path.write_bytes(b"not a jpeg"))
+    assert "atlas/00000.jpg is not a readable image" in refused(bundle_copy)
+
+
+def test_atlas_with_too_few_shards(bundle_copy: Path):
+    edit_manifest(bundle_copy, lambda data: data["atlas"].__setitem__("shards", 2))
+    assert "the atlas has 2 shards of 8 tiles, fewer than the 23 tiles" in refused(bundle_copy)
+
+
+def test_atlas_shard_without_a_hash(bundle_copy: Path):
+    edit_manifest(bundle_copy, lambda data: data["files"].pop("atlas/00001.jpg"))
+    assert "files lacks the sha256 of ['atlas/00001.jpg']" in refused(bundle_copy)

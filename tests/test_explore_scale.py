@@ -13,6 +13,7 @@ import pytest
 from bench.synthetic import write_synthetic_bundle
 from core import density
 from core.artifacts import Bundle, load_bundle
+from core.atlas import AtlasSpec
 from core.explore import (
     COLOUR_OPTIONS,
     MapFilters,
@@ -60,6 +61,10 @@ def test_synthetic_bundle_resamples_the_collection(tiny_bundle: Bundle, big_bund
     assert images["id"].is_unique
     assert set(images["class_name"]) <= set(tiny_bundle.images["class_name"])
     assert images["atlas_index"].max() < len(tiny_bundle.images), "rows share the source's atlas tiles"
+    assert big_bundle.manifest.atlas == AtlasSpec(tile=32, shards=1), "written again in the shards a build writes"
+    for row in (0, 22):
+        difference = np.abs(np.asarray(big_bundle.thumbnail(row), int) - np.asarray(tiny_bundle.thumbnail(row), int))
+        assert difference.mean() < 2, "the source's tile, encoded again"
     source = images["id"].str.split("#").str[0]
     original = tiny_bundle.images.set_index("id")
     assert (images["body_type"].to_numpy() == original.loc[source, "body_type"].to_numpy()).all()

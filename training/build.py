@@ -25,7 +25,6 @@ from tqdm import tqdm
 from core.artifacts import (
     MANIFEST_FILE,
     MAP_SAMPLE,
-    AtlasSpec,
     Manifest,
     Thresholds,
     build_bundle,
@@ -33,6 +32,7 @@ from core.artifacts import (
     predict_pooled,
     standard_networks,
 )
+from core.atlas import AtlasSpec
 from core.bundling import map_sample_rows
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps

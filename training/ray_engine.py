@@ -43,8 +43,8 @@ from core.artifacts import (
     embedding_dim,
     prepare_build,
 )
+from core.atlas import AtlasCanvas
 from core.bundling import (
-    AtlasCanvas,
     EmbeddedBatch,
     GroupMorph,
     MapFit,
@@ -264,7 +264,7 @@ def build_bundle_on_ray(
         batch_format="pandas",
         fn_kwargs={"morphs": morphs, "fit": fit, "manifest": manifest, "shapes": shapes},
     )
-    atlas = AtlasCanvas(len(labels), manifest.atlas.tile)
+    atlas = AtlasCanvas.staged(directory, len(labels), manifest.atlas)
     tables, features = [], np.empty((len(labels), shapes.dim), np.float32)
     for batch in annotated.iter_batches(batch_format="pyarrow", batch_size=SHARD_ROWS):
         part = batch.to_pandas()  # numpy dtypes, as the local engine's table

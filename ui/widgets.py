@@ -46,11 +46,12 @@ def placeholder(size: tuple[int, int] = (128, 96), text: str = "no image") -> Im
 
 
 def thumbnail(bundle: Bundle, table: pd.DataFrame, row: int) -> Image.Image:
-    """The atlas tile of a map-table row; a placeholder when the atlas has none."""
+    """The atlas tile of a map-table row; a placeholder when the atlas has none or its shard cannot be read."""
     tile = bundle.manifest.atlas.tile
     try:
         return bundle.thumbnail(int(table["atlas_index"].iat[row]))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, CarmorphError) as error:
+        logger.warning("No thumbnail for row %s: %s", row, error)
         return placeholder((tile, tile))
 
 

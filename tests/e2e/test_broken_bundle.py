@@ -21,6 +21,10 @@ BROKEN: dict[str, tuple[Callable[[MutableBundle], Path], tuple[str, ...]]] = {
         lambda bundle: bundle.without_file("modernity.safetensors"),
         ("incomplete", "missing file modernity.safetensors"),
     ),
+    "missing-atlas-shard": (
+        lambda bundle: bundle.without_file("atlas/00001.jpg"),
+        ("incomplete", "missing file atlas/00001.jpg"),
+    ),
     "corrupted-weights": (
         lambda bundle: bundle.with_corrupted_file("bodytype.safetensors", update_hash=False),
         ("bodytype.safetensors", "corrupted"),
