@@ -350,3 +350,17 @@ def test_figures_shared_across_sessions_keep_only_the_latest_settings() -> None:
     figure("c")  # a, then c, are the latest: b is dropped
     figure("b")
     assert built == ["a", "b", "c", "b"]
+
+
+def test_charts_set_their_margins_from_their_labels_instead_of_measuring_them_in_the_browser() -> None:
+    from core.figures import CHAR_PX, bars, heatmap
+
+    long_labels = [f"Convertible · 20{i:02d}-20{i + 3:02d}" for i in range(8)]
+    crowded = heatmap(np.eye(8), long_labels, long_labels, "similarity", x_title="group", y_title="group")
+    few = bars({"SUV": 0.9, "MPV": 0.4}, "F1 per class")
+    for figure in (crowded, few):
+        assert figure.layout.xaxis.automargin is False and figure.layout.yaxis.automargin is False
+    longest = max(map(len, long_labels)) * CHAR_PX
+    assert crowded.layout.margin.l >= longest  # every row label fits beside the plot
+    assert crowded.layout.xaxis.tickangle == -45 and crowded.layout.margin.b >= 0.7 * longest
+    assert few.layout.xaxis.tickangle == 0 and few.layout.margin.b < 60  # two short labels stay level
