@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import streamlit as st
 
-from core import config
 from core.artifacts import Bundle
 from core.explore import (
-    COLOUR_OPTIONS,
     cars_per_year_bin,
     group_examples,
     group_title,
     largest_groups,
     most_typical_per_group,
 )
-from core.figures import explorer_map
 from ui import common, scoring, widgets
 from ui import format as fmt
 
@@ -92,17 +88,11 @@ def typical_rows(bundle: Bundle) -> None:
 
 def embedding_map(bundle: Bundle) -> None:
     st.title("The embedding map")
-    st.markdown("Every car placed by its features: neighbours look alike to the model. Colour: year bin.")
-    table = common.bundle_table(bundle)
-    figure = explorer_map(
-        table,
-        np.arange(len(table)),
-        COLOUR_OPTIONS["year_bin"],
-        point_limit=config.map_point_limit(),
-        year_bins=bundle.year_bins,
-        height=common.scaled(640),
-    ).figure
-    widgets.show_figure(figure, "embedding map", "tour:map")
+    st.markdown(
+        "Every car placed by its features: neighbours look alike to the model. Colour: year bin. "
+        "(The Explore page has every car to hover, filter and select.)"
+    )
+    scoring.show_collection_map(bundle, common.bundle_table(bundle), "tour", height=640)
 
 
 def live(bundle: Bundle) -> None:

@@ -362,15 +362,15 @@ def test_explore_a_large_collection_as_an_aggregated_map(
     assert [c.split(" · ")[0] for c in captions(at)] == table["label"].iloc[expected[:24]].tolist()
 
 
-def test_the_tour_map_of_a_large_collection_is_aggregated(
-    app: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CARMORPH_MAP_POINTS", str(LARGE_LIMIT))
-    at = app(bundle="large", page="app_pages/tour.py", params={"slide": "5"})
+@pytest.mark.parametrize("bundle", ["tiny", "large"])
+def test_the_tour_map_is_one_picture_of_the_collection(app: Callable[..., AppTest], bundle: str) -> None:
+    """A slide draws at once: the collection aggregated on the server (as Score's map), no points to draw."""
+    at = app(bundle=bundle, page="app_pages/tour.py", params={"slide": "5"})
     assert_clean(at)
     assert at.title[0].value == "The embedding map"
     figure = json.loads(charts(at)[0].proto.spec)
-    assert figure["layout"]["images"], "the map is one picture, not 3,000 points"
+    assert figure["layout"]["images"], "the map is one picture"
+    assert sum(len(trace.get("x") or ()) for trace in figure["data"]) == 0, "and no points"
 
 
 # -------------------------------------------------------------------------------------------------- morphs

@@ -179,10 +179,12 @@ def show_gradcam(scored: Scored) -> None:
     )
 
 
-def show_collection_map(bundle: Bundle, table: pd.DataFrame, key: str, result: ScoreResult | None = None) -> None:
-    """The collection as one aggregated picture (built once per bundle); only a scored car's star and its nearest
-    cars are markers (SVG, so the map is drawn at once)."""
-    height = common.scaled(480)
+def show_collection_map(
+    bundle: Bundle, table: pd.DataFrame, key: str, result: ScoreResult | None = None, height: int = 480
+) -> None:
+    """The collection as one aggregated picture (built once per bundle and height); only a scored car's star and
+    its nearest cars are markers (SVG, so the map is drawn at once)."""
+    height = common.scaled(height)
 
     def picture() -> go.Figure:
         spec, rows = COLOUR_OPTIONS["year_bin"], np.arange(len(table))
