@@ -36,6 +36,7 @@ from core.config import YearBin
 from core.errors import BundleError
 from core.imaging import load_image
 from core.models import ImageTransform, save_carnet
+from training import reshard
 
 BIG_FILES = set(NETWORK_FILES.values())
 
@@ -342,3 +343,17 @@ def test_atlas_with_too_few_shards(bundle_copy: Path):
 def test_atlas_shard_without_a_hash(bundle_copy: Path):
     edit_manifest(bundle_copy, lambda data: data["files"].pop("atlas/00001.jpg"))
     assert "files lacks the sha256 of ['atlas/00001.jpg']" in refused(bundle_copy)
+
+
+def test_an_older_bundle_gets_a_sharded_atlas_in_place(bundle_copy: Path, tiny_bundle: Bundle):
+    write_one_file_atlas(bundle_copy, tiny_bundle, columns=5)
+    before = load_bundle(bundle_copy)
+    expected = [np.asarray(before.thumbnail(i), dtype=int) for i in range(len(before.images))]
+    reshard.main(["--bundle", str(bundle_copy)])
+    after = load_bundle(bundle_copy)  # validated: every shard is hashed in the manifest
+    assert not (bundle_copy / "atlas.jpg").exists() and after.manifest.atlas.file == ""
+    assert after.manifest.atlas.shards == 1 and "atlas/00000.jpg" in after.manifest.files
+    assert after.manifest.networks == before.manifest.networks and after.manifest.metrics == before.manifest.metrics
+    errors = [np.abs(np.asarray(after.thumbnail(i), dtype=int) - e).mean() for i, e in enumerate(expected)]
+    assert max(errors) < 3, "the same thumbnails, JPEG-encoded once more"
+    assert reshard.reshard(bundle_copy) == after.manifest.atlas, "a sharded atlas is left as it is"
