@@ -31,6 +31,7 @@ from core.models import (
 )
 from core.pipeline import score_image
 from training import build, evaluate, finetune, heads, prepare, teacher
+from training.teacher import frozen_backbone
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
@@ -126,6 +127,33 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     report = json.loads(capsys.readouterr().out)
     assert set(report["by_predicted_view"]) <= {"front", "three_quarter", "side", "rear", "accepted", "refused"}
     assert report["by_make"]["other"]["share_truly_after_2012"] == 0.0
+
+
+def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path):
+    """The gate keeps the ImageNet teacher (presence and view need what ImageNet knows) while the scores use a
+    fine-tuned backbone: each network then stores and runs its own backbone."""
+    table_args = ["--table", str(frozen_run / "table.parquet")]
+    teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "t"), "--size", "64",
+                  "--views", "crop", "--tail-maps"])  # fmt: skip
+    finetune.main([*table_args, "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "ft"), "--epochs", "1",
+                   "--lr", "1e-2"])  # fmt: skip
+    heads.main([*table_args, "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "h"), "--epochs", "2",
+                "--networks", "modernity", "bodytype"])  # fmt: skip
+    out = tmp_path / "bundle"
+    build.main([*table_args, "--data", str(FIXTURE_DATA), "--modernity", str(tmp_path / "h" / "modernity.pt"),
+                "--bodytype", str(tmp_path / "h" / "bodytype.pt"), "--gate", str(frozen_run / "heads" / "gate.pt"),
+                "--out", str(out), "--map", "pca", "--morph-min-members", "1"])  # fmt: skip
+    bundle = load_bundle(out)
+    assert not bundle.shares_backbone and not (out / BACKBONE_FILE).exists()
+    teacher_stage = frozen_backbone(teacher.BackboneInfo.read(frozen_run / "t")).backbone.blocks[-1]
+
+    def is_teachers(network: torch.nn.Module) -> bool:  # the last stage: what the fine-tune changed
+        pairs = zip(network.backbone.blocks[-1].parameters(), teacher_stage.parameters(), strict=True)
+        return all(torch.allclose(a, b, atol=1e-2) for a, b in pairs)
+
+    assert is_teachers(bundle.gate) and not is_teachers(bundle.bodytype) and not is_teachers(bundle.modernity)
+    car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
+    assert score_image(car.read_bytes(), bundle).frontal is not None
 
 
 def test_the_fine_tuned_last_stage_gives_a_cache_its_network_reproduces(tmp_path):

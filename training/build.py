@@ -61,13 +61,15 @@ def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str,
 
 def share_frozen_backbone(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> bool:
     """Give the networks one backbone module when all were trained on the same frozen backbone (training.heads):
-    the bundle then stores it once and runs it once per image."""
+    the bundle then stores it once and runs it once per image. Heads trained on different frozen backbones (e.g. the
+    gate on the ImageNet teacher, the scores on a fine-tuned one) keep their own, each stored with its network."""
     if not all(record["args"].get("frozen_backbone") for record in records.values()):
         return False
     reference = networks["bodytype"].backbone.state_dict()
     for network in networks.values():
         if any(not torch.equal(v, reference[k]) for k, v in network.backbone.state_dict().items()):
-            raise SystemExit("the checkpoints claim one frozen backbone but their backbone weights differ")
+            return False
+    for network in networks.values():
         network.backbone = networks["bodytype"].backbone
     return True
 
@@ -377,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     networks, records, shared = load_networks_from_checkpoints(args)
     first = records["modernity"]["args"]
+    sizes = {int(record["args"]["size"]) for record in records.values()}
+    if len(sizes) > 1:
+        p.error(f"the networks were trained at input sizes {sorted(sizes)}: a bundle runs them all at one size")
     size, arch = int(first["size"]), first.get("arch", RESNET18)
     transform = ImageTransform(size, *(tuple(first[k]) for k in ("mean", "std") if k in first))
     cache = FeatureCache.read(args.features) if args.features and shared else None

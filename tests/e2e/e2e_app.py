@@ -110,6 +110,22 @@ IDLE_JS = """
     && document.querySelectorAll('[data-stale="true"]').length === 0;
 }
 """
+# The upload's outcome on screen: idle as above after activity since `before` (taken before the file was chosen),
+# and the page no longer waiting for a photo (every outcome, a score or a refusal, replaces that line).
+PHOTO_TAKEN_JS = """
+([before, settle, waiting]) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const main = document.querySelector('[data-testid="stMain"]');
+  const seen = window.__carmorph;
+  if (!app || !main || !seen) return false;
+  const quiet = performance.now() - Math.max(seen.lastRun, seen.lastMessage);
+  return (seen.runs > before.runs || seen.messages > before.messages) && quiet >= settle
+    && !main.innerText.includes(waiting)
+    && app.getAttribute("data-test-script-state") === "notRunning"
+    && app.getAttribute("data-test-connection-state") === "CONNECTED"
+    && document.querySelectorAll('[data-stale="true"]').length === 0;
+}
+"""
 TEXT_WITHOUT_ICONS_JS = """
 (elements) => elements.map((element) => {
   const copy = element.cloneNode(true);
@@ -384,9 +400,6 @@ class AppPage:
         """Full names of the files in the uploader (the chip shortens long ones; its title holds the name)."""
         return self.page.locator(FILE_CHIP).evaluate_all("chips => chips.map((chip) => chip.title)")
 
-    def still_waiting_for_photo(self) -> bool:
-        return bool(self.uploaded_names()) and self.page.get_by_text(WAITING_FOR_PHOTO).count() > 0
-
     def has_heading(self, name: str) -> bool:
         return self.page.get_by_role("heading", name=name, exact=True).count() > 0
 
@@ -451,27 +464,28 @@ class AppPage:
         return self.finish_upload(timeout_ms)
 
     def start_upload(self, path: Path) -> None:
-        """Set the file and wait until it has reached the server; finish_upload() waits for its run.
+        """Set the file and wait until it has reached the server; finish_upload() waits for its outcome.
 
-        The mark to wait from is taken once the upload's PUT has been answered: on a busy machine the messages that
-        come before it (the upload URLs) and a quiet spell while the file travels looked like a finished run, and
-        the page was read while it still said "Waiting for a photo."."""
+        The mark to wait from is taken before the file is chosen: a fast run could end before the upload's answer
+        reached this (busy) process, and a mark taken then waited for a run that had already happened."""
+        self._upload_started_from = self.activity()
         try:
             with self.page.expect_response(lambda r: UPLOAD_ENDPOINT in r.url, timeout=RUN_TIMEOUT_MS):
                 self.page.locator(UPLOAD_INPUT).first.set_input_files(str(path))
         except Exception as error:
             self.fail(f"{path.name} never reached the server ({type(error).__name__})")
-        self._upload_started_from = self.activity()
 
     def finish_upload(self, timeout_ms: int = RUN_TIMEOUT_MS) -> Outcome:
-        """Wait for the upload's run; while the page still waits for a photo although the file is in the uploader
-        (a run that began before the server had the file), wait for the next run, up to `timeout_ms` in all."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        self.wait_for_run(self._upload_started_from, timeout_ms)
-        while self.still_waiting_for_photo() and time.monotonic() < deadline:
-            mark = self.activity()
-            self.page.wait_for_timeout(500)
-            self.wait_for_run(mark, max(1, int((deadline - time.monotonic()) * 1000)))
+        """Wait for what the page shows about the upload: idle, and no longer waiting for a photo (the messages of
+        the upload's URLs, or a run that began before the server had the file, are not the outcome)."""
+        try:
+            self.page.wait_for_function(
+                PHOTO_TAKEN_JS, arg=[self._upload_started_from, SETTLE_MS, WAITING_FOR_PHOTO],
+                timeout=timeout_ms, polling=100,
+            )  # fmt: skip
+        except Exception as error:  # Playwright's TimeoutError: say what the page shows instead
+            state = self.activity()
+            self.fail(f"no outcome of the upload within {timeout_ms / 1000:.0f} s ({type(error).__name__}; {state})")
         scored = self.has_heading("How modern")
         if scored:
             self.expect_text("Modernity · expected year")
