@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -130,12 +131,16 @@ def on_bundle_recent(bundle: Bundle, name: str, token: Hashable, build: Callable
     """build() once per loaded bundle and token, shared by every session; the `keep` latest tokens are kept (a
     figure that depends on widgets: a new visit with the same settings draws at once)."""
     held: OrderedDict[Hashable, T] = on_bundle(bundle, f"recent:{name}", OrderedDict)
-    if token in held:
-        held.move_to_end(token)
-        return held[token]
-    value = held[token] = build()
-    while len(held) > keep:
-        held.popitem(last=False)
+    lock: threading.Lock = on_bundle(bundle, f"recent lock:{name}", threading.Lock)  # sessions are threads
+    with lock:
+        if token in held:
+            held.move_to_end(token)
+            return held[token]
+    value = build()
+    with lock:
+        held[token] = value
+        while len(held) > keep:
+            held.popitem(last=False)
     return value
 
 
