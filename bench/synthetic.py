@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, Bundle, atlas_tiles, load_bundle, sha256_file
-from core.atlas import ATLAS_FOLDER, AtlasCanvas, AtlasSpec
+from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, load_bundle, sha256_file
+from core.atlas import ATLAS_FOLDER
+from core.bundling import copy_atlas
 from core.config import bundle_dir
 
 JITTER = 0.02  # of the map's spread
@@ -46,16 +47,6 @@ def synthesise(images: pd.DataFrame, picks: np.ndarray, seed: int = 0) -> pd.Dat
     return picked
 
 
-def write_atlas(bundle: Bundle, folder: Path) -> AtlasSpec:
-    """The bundle's atlas tiles (either layout) written into `folder` as the shards a build writes."""
-    count = atlas_tiles(bundle.images)
-    canvas = AtlasCanvas(folder, count, AtlasSpec(tile=bundle.manifest.atlas.tile))
-    for start in range(0, count, canvas.spec.shard_tiles):
-        rows = range(start, min(count, start + canvas.spec.shard_tiles))
-        canvas.paste(np.stack([np.asarray(bundle.thumbnail(row)) for row in rows]), rows)
-    return canvas.close()
-
-
 def write_synthetic_bundle(source: str | Path, target: str | Path, size: int, seed: int = 0) -> Path:
     """A copy of the bundle at `source` whose collection is `size` rows resampled from its own (see the module doc)."""
     source, target = Path(source), Path(target)
@@ -65,7 +56,7 @@ def write_synthetic_bundle(source: str | Path, target: str | Path, size: int, se
     shared = set(bundle.manifest.files) - {IMAGES_FILE, EMBEDDINGS_FILE, *bundle.manifest.atlas.files}
     for name in shared:
         shutil.copy2(source / name, target / name)
-    atlas = write_atlas(bundle, target / ATLAS_FOLDER)
+    atlas = copy_atlas(bundle, target / ATLAS_FOLDER)
     synthesise(bundle.images, picks, seed).to_parquet(target / IMAGES_FILE, index=False)
     np.save(target / EMBEDDINGS_FILE, bundle.embeddings[picks].astype(np.float16), allow_pickle=False)
     manifest = json.loads((source / MANIFEST_FILE).read_text())

@@ -615,8 +615,13 @@ def write_bundle(
             "files": {name: sha256_file(directory / name) for name in names},
         }
     )
-    (directory / MANIFEST_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n", encoding="utf-8")
+    save_manifest(directory, written)
     return written
+
+
+def save_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write manifest.json (last, once every file it names is in place)."""
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)

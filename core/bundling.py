@@ -25,6 +25,7 @@ from core.artifacts import (
     Bundle,
     Manifest,
     NetworkOutputs,
+    atlas_tiles,
     crop_to_box,
     flip_aligned_mean,
     load_bundle,
@@ -32,7 +33,7 @@ from core.artifacts import (
     predict_pooled,
     write_bundle,
 )
-from core.atlas import AtlasCanvas, atlas_tile
+from core.atlas import AtlasCanvas, AtlasSpec, atlas_tile
 from core.models import CarNet
 from core.projection import MapPlacer
 from core.scoring import Morphs, cosine_similarity
@@ -187,6 +188,16 @@ def fit_map(features: np.ndarray, sample: np.ndarray, map_coordinates: Callable[
     """Fit the map on the sampled rows' features (`map_coordinates`: N x D -> N x 2, e.g. UMAP or PCA)."""
     coords = np.asarray(map_coordinates(features), dtype=np.float32)
     return MapFit(np.asarray(sample), coords, MapPlacer().fit(features, coords))
+
+
+def copy_atlas(bundle: Bundle, folder: Path) -> AtlasSpec:
+    """The bundle's atlas tiles (either layout) written into `folder` as the shards a build writes, shard by shard."""
+    count = atlas_tiles(bundle.images)
+    canvas = AtlasCanvas(folder, count, AtlasSpec(tile=bundle.manifest.atlas.tile))
+    for start in range(0, count, canvas.spec.shard_tiles):
+        rows = range(start, min(count, start + canvas.spec.shard_tiles))
+        canvas.paste(np.stack([np.asarray(bundle.thumbnail(row)) for row in rows]), rows)
+    return canvas.close()
 
 
 def finish_bundle(

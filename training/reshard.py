@@ -10,17 +10,13 @@ tiles, and it cannot hold more than about a million tiles); shards are decoded o
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from core.artifacts import MANIFEST_FILE, atlas_tiles, load_bundle, read_manifest, sha256_file
-from core.atlas import SHARD_COLUMNS, SHARD_TILES, AtlasCanvas, AtlasSpec, install_atlas
-
-BATCH = 4096  # tiles read from the old atlas at a time
+from core.artifacts import load_bundle, read_manifest, save_manifest, sha256_file
+from core.atlas import STAGING_FOLDER, AtlasSpec, install_atlas
+from core.bundling import copy_atlas
 
 
 def reshard(directory: Path) -> AtlasSpec:
@@ -30,18 +26,12 @@ def reshard(directory: Path) -> AtlasSpec:
     old = bundle.manifest.atlas
     if not old.file:
         return old
-    count = atlas_tiles(bundle.images)
-    canvas = AtlasCanvas.staged(directory, count, AtlasSpec(old.tile, SHARD_COLUMNS, SHARD_TILES))
-    for start in range(0, count, BATCH):
-        rows = range(start, min(count, start + BATCH))
-        canvas.paste(np.stack([np.asarray(bundle.atlas.tile(row)) for row in rows]), rows)
-    spec = canvas.close()
+    spec = copy_atlas(bundle, directory / STAGING_FOLDER)
     manifest = read_manifest(directory)
     files = {name: digest for name, digest in manifest.files.items() if name != old.file}
-    install_atlas(canvas.folder, directory, spec)
+    install_atlas(directory / STAGING_FOLDER, directory, spec)
     files |= {name: sha256_file(directory / name) for name in spec.files}
-    written = replace(manifest, atlas=spec, files=files)
-    (directory / MANIFEST_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n", encoding="utf-8")
+    save_manifest(directory, replace(manifest, atlas=spec, files=files))
     return spec
 
 
