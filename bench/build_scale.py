@@ -131,6 +131,7 @@ def synthetic_collection(bundle: Bundle, size: int, seed: int = 0) -> tuple[pd.D
     views[np.arange(size), [VIEW_CLASSES.index(v) if v in VIEW_CLASSES else 0 for v in rows["view"]]] = 1.0
     outputs = NetworkOutputs(
         year_logits=np.eye(len(bundle.year_bins), dtype=np.float32)[rows["pred_year_bin"]] * 3.0,
+        year_head_logits=np.zeros((size, 0), np.float32),
         body_logits=np.eye(len(bundle.body_types), dtype=np.float32)[
             [bundle.body_types.index(b) for b in rows["pred_body_type"]]
         ]

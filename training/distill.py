@@ -28,7 +28,7 @@ from tqdm import tqdm
 from core.config import SHARED_DATA_DIR
 from core.models import POOLED_WIDTH, RESNET18, CarNet, imagenet_classifier, load_state_dict_file
 from training.data import Augment, build_cache, resize_batch
-from training.heads import joined, teacher_features
+from training.features import joined, teacher_features
 from training.train import normalise
 
 

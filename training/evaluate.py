@@ -28,7 +28,7 @@ from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, pre
 from core.config import year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
-from core.scoring import softmax
+from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
@@ -75,8 +75,12 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
         parts.append(predict_images(bundle.networks, crops, frames, bundle.transform, bundle.thresholds.cam))
     outputs = NetworkOutputs.concatenate(parts)
     predicted_views = [outputs.view_decision(i, bundle.thresholds).view or "" for i in range(len(labels))]
+    bins = [softmax(row) for row in outputs.year_logits]
     return {
         "year_logits": outputs.year_logits,
+        "expected_year": np.array(
+            [expected_year(p, bundle.year_bins, y) for p, y in zip(bins, outputs.year_head_logits, strict=True)]
+        ),
         "body_logits": outputs.body_logits,
         "frontal_prob": outputs.frontal_prob,
         "car_prob": outputs.car_prob,
@@ -85,11 +89,11 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
+def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """Year-bin metrics of the logits and the MAE of the expected year (the app's reading), with baselines."""
     bins = bundle.year_bins
     true = np.array([-1 if (b := year_to_bin(int(y), bins)) is None else b for y in years])
     probs = np.array([softmax(row) for row in logits])
-    expected_year = probs @ np.array([b.centre for b in bins])
     m = classification_metrics(true, probs.argmax(1), len(bins))
     majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()
     constant = float(np.median(years))
@@ -98,7 +102,7 @@ def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray) -> 
         "macro_f1": m.macro_f1,
         "per_class_f1": m.per_class_f1,
         "confusion": m.confusion,
-        "mae_years": float(np.abs(expected_year - years).mean()),
+        "mae_years": float(np.abs(expected - years).mean()),
         "labels": [b.label for b in bins],
         "n": int((true >= 0).sum()),
         "baselines": {
@@ -137,7 +141,9 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
     for name, rows in groups:
         if rows.sum() == 0:
             continue
-        mod = modernity_metrics(bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows])
+        mod = modernity_metrics(
+            bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows], outputs["expected_year"][rows]
+        )
         body = body_type_metrics(bundle, labels["body_type"][rows], outputs["body_logits"][rows])
         result[name] = {
             "n": int(rows.sum()),
@@ -149,14 +155,12 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
     return result
 
 
-def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray) -> dict[str, Any]:
+def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
     """Modernity of Porsches and of other makes: does "new" mean "Porsche"? Mean signed error of the expected
     year, MAE, and the share of cars put in a bin after 2012 (every post-2012 car of the shared data is a
     Porsche)."""
     makes = labels["make"].fillna("").str.lower().to_numpy() if "make" in labels else np.full(len(labels), "")
-    centres = np.array([b.centre for b in bundle.year_bins])
     probs = np.array([softmax(row) for row in logits])
-    expected = probs @ centres
     late = np.array([b.start > 2012 for b in bundle.year_bins])
     years = labels["year"].to_numpy(float)
     result = {}
@@ -191,12 +195,14 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
         return report
     outputs = run_networks(bundle, labels)
     if "year" in labels:
-        report["modernity"] = modernity_metrics(bundle, labels["year"].to_numpy(), outputs["year_logits"])
+        report["modernity"] = modernity_metrics(
+            bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["expected_year"]
+        )
     if "body_type" in labels:
         report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
     if "year" in labels:
         report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
-        report["by_make"] = by_make(bundle, labels, outputs["year_logits"])
+        report["by_make"] = by_make(bundle, labels, outputs["year_logits"], outputs["expected_year"])
         if (labels["view"] != "").any():
             report["by_view"] = by_view(bundle, outputs, labels, labels["view"].to_numpy())
     if "frontal" in labels and (labels["frontal"] >= 0).any():

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from core.config import SEED_BODY_TYPES
 from core.models import CarNet
-from training.heads import Split, car_loss, car_metrics, encode, joined
+from training.features import Split, encode, joined
+from training.heads import car_loss, car_metrics
 from training.teacher import VIEWS, BackboneInfo, frozen_backbone, lite_tail
 from training.train import class_weights
 

@@ -4,12 +4,14 @@ Three networks share the frozen EfficientNet-Lite0 backbone and differ in what i
 1280-d feature:
 
 - `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-balanced cross-entropy plus the
-  earth mover's distance over the ordered bins; Stanford and DVM-CAR crops.
+  earth mover's distance over the ordered bins; Stanford and DVM-CAR crops; then a per-year head on its frozen neck
+  (`training.year_head`) for the expected year.
 - `bodytype`: neck and the body-type head (the seed's five types; the raw body types as an auxiliary head); the
   neck's 256-d output is the embedding that morphs and typicality use.
 - `gate`: linear heads (no neck, so a class activation map of the car head gives the box) for car presence
   (car crops, EPFL frames and composites vs negatives) and the view (front, three_quarter, side, rear: EPFL
-  angles and DVM-CAR's view labels, each source weighted to the same total).
+  angles and DVM-CAR's view labels, each source weighted to the same total); the view head is then refitted by
+  `training.view_head` (a logistic regression chosen by car-grouped cross-validation).
 
 Each network keeps the epoch with the best validation score; checkpoints have the shape `training.train`
 writes, so `training.build` reads both.
@@ -23,7 +25,6 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,61 +35,14 @@ import torch.nn.functional as F
 from core.config import SEED_BODY_TYPES, SHARED_YEAR_BINS
 from core.models import CarNet
 from core.viewpoint import VIEW_CLASSES
+from training.features import Split, car_splits, encode, joined, source_weights, teacher_features
 from training.metrics import classification_metrics, recall_at_precision
 from training.teacher import BackboneInfo, frozen_backbone
 from training.train import class_weights, emd_loss
+from training.view_head import refit_view_head
+from training.year_head import add_year_head, year_head_args
 
 NECK = 256
-
-
-@dataclass
-class Split:
-    """Cached pooled features (N x 1280 float32) and integer targets (-1 = unknown) with per-row weights."""
-
-    features: torch.Tensor
-    targets: dict[str, torch.Tensor]
-    weights: torch.Tensor
-    datasets: np.ndarray
-    years: np.ndarray | None = None
-
-
-def teacher_features(teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
-    return pd.read_parquet(teacher / f"{view}_index.parquet"), np.load(teacher / f"{view}.npy").astype(np.float32)
-
-
-def joined(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
-    """Table rows in the order of a teacher view's index (by path)."""
-    by_path = table.set_index("path")
-    return by_path.loc[index["path"]].reset_index()
-
-
-def encode(values: pd.Series, labels: Sequence[str]) -> np.ndarray:
-    lookup = {label: i for i, label in enumerate(labels)}
-    return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
-
-
-def car_splits(table: pd.DataFrame, teacher: Path, body_raw: Sequence[str]) -> dict[str, Split]:
-    """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks."""
-    index, features = teacher_features(teacher, "crop")
-    rows = joined(table, index)
-    keep = (rows["year"] > 0).to_numpy()
-    rows, features = rows[keep].reset_index(drop=True), features[keep]
-    out = {}
-    for split in ("train", "val", "test"):
-        mask = (rows["split"] == split).to_numpy()
-        part = rows[mask]
-        out[split] = Split(
-            torch.from_numpy(features[mask]),
-            {
-                "year_bin": torch.from_numpy(part["year_bin"].to_numpy(np.int64)),
-                "body_type": torch.from_numpy(encode(part["body_type"], SEED_BODY_TYPES)),
-                "body_raw": torch.from_numpy(encode(part["body_type_raw"], body_raw)),
-            },
-            torch.ones(int(mask.sum())),
-            part["dataset"].to_numpy(),
-            part["year"].to_numpy(float),
-        )
-    return out
 
 
 def gate_splits(table: pd.DataFrame, teacher: Path) -> dict[str, Split]:
@@ -111,17 +65,6 @@ def gate_splits(table: pd.DataFrame, teacher: Path) -> dict[str, Split]:
         )
         for name in ("train", "val", "test")
     }
-
-
-def source_weights(dataset: np.ndarray, views: np.ndarray) -> np.ndarray:
-    """Weights (mean 1 over view-labelled rows) giving every data set with view labels the same total weight."""
-    weights = np.ones(len(dataset), np.float32)
-    labelled = views >= 0
-    sources = np.unique(dataset[labelled])
-    for source in sources:
-        rows = labelled & (dataset == source)
-        weights[rows] = labelled.sum() / (len(sources) * rows.sum())
-    return weights
 
 
 Loss = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -343,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
                       args)  # fmt: skip
+        year = add_year_head(args.out / "modernity.pt", table, args.teacher, year_head_args(args.seed))
+        print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
         weight = class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES))
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
@@ -350,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher), gate_loss, gate_metrics, args)
+        view_head = refit_view_head(args.out / "gate.pt", table, args.teacher, args.seed)
+        chosen = {k: v for k, v in view_head.items() if k != "candidates"} if view_head else "kept: too few cars"
+        print(json.dumps({"view head by car-grouped cross-validation": chosen}), flush=True)
     if all((args.out / f"{key}.pt").is_file() for key in ("modernity", "bodytype", "gate")):
         cars = car_splits(table, args.teacher, body_raw)
         per_view = per_view_validation(args, cars)

@@ -91,13 +91,15 @@ class Shapes:
 
     dim: int
     year_bins: int
+    head_years: int
     body_types: int
     tile: int
     morph: int
 
     @classmethod
     def of(cls, manifest: Manifest, morph_image_size: int) -> Shapes:
-        sizes = (len(manifest.year_bins), len(manifest.body_types), manifest.atlas.tile, morph_image_size)
+        head_years = manifest.networks["modernity"].heads.get("year", 0)
+        sizes = (len(manifest.year_bins), head_years, len(manifest.body_types), manifest.atlas.tile, morph_image_size)
         return cls(embedding_dim(manifest), *sizes)
 
 
@@ -114,6 +116,7 @@ def from_bytes(column: pd.Series, dtype: type, shape: tuple[int, ...]) -> np.nda
 def outputs_from_frame(frame: pd.DataFrame, shapes: Shapes) -> NetworkOutputs:
     return NetworkOutputs(
         year_logits=from_bytes(frame["year_logits"], np.float32, (shapes.year_bins,)),
+        year_head_logits=from_bytes(frame["year_head_logits"], np.float32, (shapes.head_years,)),
         body_logits=from_bytes(frame["body_logits"], np.float32, (shapes.body_types,)),
         features=from_bytes(frame["features"], np.float32, (shapes.dim,)),
         frontal_prob=frame["frontal_prob"].to_numpy(np.float32),
@@ -129,6 +132,7 @@ def embedded_frame(rows: pd.DataFrame, embedded: EmbeddedBatch, manifest: Manife
     frame["body_index"] = body_indices(rows["body_type"], manifest.body_types)
     frame["member"] = embedded.members
     frame["year_logits"] = to_bytes(outputs.year_logits.astype(np.float32))
+    frame["year_head_logits"] = to_bytes(outputs.year_head_logits.astype(np.float32))
     frame["body_logits"] = to_bytes(outputs.body_logits.astype(np.float32))
     frame["features"] = to_bytes(outputs.features.astype(np.float32))
     frame["frontal_prob"] = outputs.frontal_prob.astype(np.float32)

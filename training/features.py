@@ -1,0 +1,76 @@
+"""Cached frozen-backbone features (from `training.teacher`) joined to the prepared table, and label helpers
+shared by the trainers that read them (`training.heads`, `training.view_head`, `training.finetune`,
+`training.distill`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.config import SEED_BODY_TYPES
+
+
+def teacher_features(teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
+    return pd.read_parquet(teacher / f"{view}_index.parquet"), np.load(teacher / f"{view}.npy").astype(np.float32)
+
+
+def joined(table: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """Table rows in the order of a teacher view's index (by path)."""
+    by_path = table.set_index("path")
+    return by_path.loc[index["path"]].reset_index()
+
+
+def encode(values: pd.Series, labels: Sequence[str]) -> np.ndarray:
+    lookup = {label: i for i, label in enumerate(labels)}
+    return np.array([lookup.get(v, -1) for v in values], dtype=np.int64)
+
+
+def source_weights(dataset: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Weights (mean 1 over view-labelled rows) giving every data set with view labels the same total weight."""
+    weights = np.ones(len(dataset), np.float32)
+    labelled = views >= 0
+    sources = np.unique(dataset[labelled])
+    for source in sources:
+        rows = labelled & (dataset == source)
+        weights[rows] = labelled.sum() / (len(sources) * rows.sum())
+    return weights
+
+
+@dataclass
+class Split:
+    """Cached pooled features (N x 1280 float32) and integer targets (-1 = unknown) with per-row weights."""
+
+    features: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    datasets: np.ndarray
+    years: np.ndarray | None = None
+
+
+def car_splits(table: pd.DataFrame, teacher: Path, body_raw: Sequence[str]) -> dict[str, Split]:
+    """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks."""
+    index, features = teacher_features(teacher, "crop")
+    rows = joined(table, index)
+    keep = (rows["year"] > 0).to_numpy()
+    rows, features = rows[keep].reset_index(drop=True), features[keep]
+    out = {}
+    for split in ("train", "val", "test"):
+        mask = (rows["split"] == split).to_numpy()
+        part = rows[mask]
+        out[split] = Split(
+            torch.from_numpy(features[mask]),
+            {
+                "year_bin": torch.from_numpy(part["year_bin"].to_numpy(np.int64)),
+                "body_type": torch.from_numpy(encode(part["body_type"], SEED_BODY_TYPES)),
+                "body_raw": torch.from_numpy(encode(part["body_type_raw"], body_raw)),
+            },
+            torch.ones(int(mask.sum())),
+            part["dataset"].to_numpy(),
+            part["year"].to_numpy(float),
+        )
+    return out
