@@ -94,5 +94,18 @@ def view_rejection(decision: FrontalDecision, valid_views: str, view_threshold: 
     probability = decision.probability_of(views)
     if probability >= view_threshold:
         return None
-    seen = SEEN[decision.view] if decision.view else "Not a valid view"
-    return f"{seen} (probability of a valid view {probability:.2f} < threshold {view_threshold:.2f}): {accepted}"
+    return (
+        f"{seen_as(decision, views)} (probability of a valid view {probability:.2f} < threshold "
+        f"{view_threshold:.2f}): {accepted}"
+    )
+
+
+def seen_as(decision: FrontalDecision, views: Sequence[str]) -> str:
+    """How a refused car is seen: its most likely view, or, when that view is a valid one that is not sure enough,
+    the most likely of the refused views ("Uncertain view, perhaps seen from the side")."""
+    if decision.view is None:
+        return "Not a valid view"
+    if decision.view not in views:
+        return SEEN[decision.view]
+    refused = max((v for v in VIEW_CLASSES if v not in views), key=lambda v: decision.probability_of((v,)))
+    return f"Uncertain view, perhaps {SEEN[refused][0].lower()}{SEEN[refused][1:]}"

@@ -160,8 +160,9 @@ def test_a_list_of_valid_views_accepts_by_the_probability_of_any_of_them():
     three_quarter = frontal_decision(0.3, 0.5, (0.3, 0.4, 0.2, 0.1))
     assert three_quarter.view == "three_quarter" and not three_quarter.is_frontal
     assert view_rejection(three_quarter, "front,three_quarter", view_threshold=0.6) is None
+    # the likeliest view (three-quarter) is valid but not sure enough: the message names the likeliest refused one
     assert view_rejection(three_quarter, "front,three_quarter", view_threshold=0.75) == (
-        "Seen at a three-quarter angle (probability of a valid view 0.70 < threshold 0.75): "
+        "Uncertain view, perhaps seen from the side (probability of a valid view 0.70 < threshold 0.75): "
         "the models are validated on front and three-quarter views only."
     )
     side = frontal_decision(0.05, 0.5, (0.05, 0.15, 0.7, 0.1))
