@@ -211,12 +211,12 @@ def standard_networks(
     arch: str = RESNET18,
     necks: Mapping[str, int] | None = None,
     shared_backbone: bool = False,
-    head_years: int = 0,
+    year_classes: int = 0,
 ) -> dict[str, NetworkSpec]:
     """The three networks of a bundle with head sizes matching the label sets (the seed's gate layout for a
-    ResNet-18, the view layout otherwise); `head_years` > 0 gives the modernity network a per-year head."""
+    ResNet-18, the view layout otherwise); `year_classes` > 0 gives the modernity network a per-year head."""
     gate = dict(LEGACY_GATE_HEADS if arch == RESNET18 else VIEW_GATE_HEADS)
-    modernity = {"year_bin": year_bins} | ({"year": head_years} if head_years else {})
+    modernity = {"year_bin": year_bins} | ({"year": year_classes} if year_classes else {})
     heads = {"modernity": modernity, "bodytype": {"body_type": body_types}, "gate": gate}
     inits, necks = inits or {}, necks or {}
     backbone = BACKBONE_FILE if shared_backbone else ""
@@ -404,7 +404,7 @@ def check_manifest(manifest: Manifest) -> None:
         raise BundleError(f"manifest.json: networks must be {sorted(NETWORK_FILES)}, got {sorted(manifest.networks)}.")
     has_year_head = "year" in manifest.networks["modernity"].heads
     years = len(head_years(manifest.year_bins)) if has_year_head else 0
-    expected = standard_networks(len(manifest.year_bins), len(manifest.body_types), head_years=years)
+    expected = standard_networks(len(manifest.year_bins), len(manifest.body_types), year_classes=years)
     for key, spec in manifest.networks.items():
         if spec.arch not in ARCHITECTURES:
             raise BundleError(

@@ -184,3 +184,13 @@ def test_the_fine_tuned_last_stage_gives_a_cache_its_network_reproduces(tmp_path
     features, _ = teacher.batch_features(model, [load() for load in loaders[:4]], info.transform(), maps=False)
     assert len(index) == len(after)
     np.testing.assert_allclose(features.astype(np.float32), after[:4].astype(np.float32), atol=2e-2, rtol=2e-2)
+
+
+def test_a_gate_built_with_another_table_is_refused_with_a_reason(frozen_run):
+    """The view thresholds come from out-of-fold estimates of the training table's rows: another table cannot
+    give them."""
+    table = pd.read_parquet(frozen_run / "table.parquet")
+    estimates = build.out_of_fold_views(frozen_run / "heads" / "gate.pt", table)
+    assert estimates is not None and len(estimates.rows) == len(estimates.probabilities) > 0
+    with pytest.raises(SystemExit, match="its view head was fitted on .* images this --table lacks"):
+        build.out_of_fold_views(frozen_run / "heads" / "gate.pt", table[table["split"] == "test"])

@@ -78,6 +78,10 @@ def out_of_fold_views(gate_checkpoint: Path, table: pd.DataFrame) -> ViewEstimat
     if "view_head" not in checkpoint:
         return None
     head = checkpoint["view_head"]
+    missing = set(head["paths"]) - set(table["path"])
+    if missing:
+        raise SystemExit(f"--gate: its view head was fitted on {len(missing)} images this --table lacks (e.g. "
+                         f"{sorted(missing)[0]}); build with the table it was trained on")  # fmt: skip
     rows = table.set_index("path").loc[head["paths"]].reset_index()
     return ViewEstimates(rows, head["probabilities"].numpy())
 
