@@ -192,5 +192,5 @@ def test_a_gate_built_with_another_table_is_refused_with_a_reason(frozen_run):
     table = pd.read_parquet(frozen_run / "table.parquet")
     estimates = build.out_of_fold_views(frozen_run / "heads" / "gate.pt", table)
     assert estimates is not None and len(estimates.rows) == len(estimates.probabilities) > 0
-    with pytest.raises(SystemExit, match="its view head was fitted on .* images this --table lacks"):
+    with pytest.raises(SystemExit, match=r"its view head was fitted on .* images this --table lacks"):
         build.out_of_fold_views(frozen_run / "heads" / "gate.pt", table[table["split"] == "test"])
