@@ -4,11 +4,12 @@ the fitted regression folded onto the pooled feature gives the regression's own 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from core.viewpoint import VIEW_CLASSES
-from training.view_head import ViewRows, car_folds, fit_view, front_recall
+from training.view_head import ViewRows, car_folds, fit_view, front_recall, refit_view_head
 
 
 def synthetic_rows(seed: int = 0, cars: int = 12, per_car: int = 8, classes: int = 4) -> ViewRows:
@@ -63,3 +64,18 @@ def test_front_recall_is_measured_per_data_set():
     perfect = (rows.views == VIEW_CLASSES.index("front")).astype(float)
     assert front_recall(rows, perfect) == {"dvm_porsche": 1.0, "epfl_multiview": 1.0}
     assert front_recall(rows, 1.0 - perfect) == {"dvm_porsche": 0.0, "epfl_multiview": 0.0}
+
+
+def test_without_view_labels_the_neural_head_is_kept(tmp_path):
+    """A table with no view labels (e.g. car crops only): nothing to cross-validate, the checkpoint is untouched."""
+    teacher = tmp_path / "t"
+    teacher.mkdir()
+    for view in ("crop", "frame"):
+        pd.DataFrame({"path": ["a.jpg"]}).to_parquet(teacher / f"{view}_index.parquet")
+        np.save(teacher / f"{view}.npy", np.zeros((1, 1280), np.float16))
+    table = pd.DataFrame({"path": ["a.jpg"], "split": ["train"], "view": [""], "dataset": ["stanford_cars"],
+                          "group": ["g"]})  # fmt: skip
+    checkpoint = tmp_path / "gate.pt"
+    checkpoint.write_bytes(b"untouched")
+    assert refit_view_head(checkpoint, table, teacher) is None
+    assert checkpoint.read_bytes() == b"untouched"

@@ -56,13 +56,16 @@ class Candidate:
         return float(np.mean(list(self.recall.values())))
 
 
-def view_rows(table: pd.DataFrame, teacher: Path) -> ViewRows:
+def view_rows(table: pd.DataFrame, teacher: Path) -> ViewRows | None:
+    """None when no training or validation row has a view label."""
     index, crops = teacher_features(teacher, "crop")
     pooled = dict(zip(index["path"], crops, strict=True))
     index, frames = teacher_features(teacher, "frame")
     pooled |= dict(zip(index["path"], frames, strict=True))
     rows = table[table["split"].isin(["train", "val"]) & table["view"].isin(VIEW_CLASSES)]
     rows = joined(rows, pd.DataFrame({"path": [p for p in rows["path"] if p in pooled]}))
+    if rows.empty:
+        return None
     return ViewRows(list(rows["path"]), rows["dataset"].to_numpy(), rows["group"].to_numpy(),
                     encode(rows["view"], VIEW_CLASSES), np.stack([pooled[p] for p in rows["path"]]))  # fmt: skip
 
@@ -139,9 +142,11 @@ def out_of_fold(rows: ViewRows, fold: np.ndarray, weights: np.ndarray, linear: t
 def refit_view_head(checkpoint_path: Path, table: pd.DataFrame, teacher: Path, seed: int = 0) -> dict | None:
     """Replace the gate checkpoint's view head by the cross-validated regression (see the module docstring) and
     record the choice and the out-of-fold probabilities in it; None (head kept) when train + val hold too few cars
-    or views to cross-validate."""
+    or views to cross-validate (or none has a view label)."""
     rows = view_rows(table, teacher)
-    folds = min(FOLDS, *(len(np.unique(rows.groups[rows.datasets == d])) for d in np.unique(rows.datasets)))
+    if rows is None:
+        return None
+    folds = min([FOLDS, *(len(np.unique(rows.groups[rows.datasets == d])) for d in np.unique(rows.datasets))])
     fold = car_folds(rows, folds, seed) if folds >= 2 else None
     if fold is None or any(len(np.unique(rows.views[fold != k])) < 2 for k in range(folds)):
         return None
