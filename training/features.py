@@ -52,6 +52,11 @@ class Split:
     years: np.ndarray | None = None
 
 
+def training_body_types(table: pd.DataFrame) -> list[str]:
+    """The raw body types of the training cars: the classes of the auxiliary `body_raw` head."""
+    return sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
+
+
 def car_splits(table: pd.DataFrame, teacher: Path, body_raw: Sequence[str]) -> dict[str, Split]:
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks."""
     index, features = teacher_features(teacher, "crop")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from core.config import SEED_BODY_TYPES
 from core.models import CarNet
-from training.features import Split, encode, joined
+from training.features import Split, encode, joined, training_body_types
 from training.heads import car_loss, car_metrics
 from training.teacher import VIEWS, BackboneInfo, frozen_backbone, lite_tail
 from training.train import class_weights
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     teacher_info = BackboneInfo.read(args.teacher)
     table = pd.read_parquet(args.table)
-    body_raw = sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
+    body_raw = training_body_types(table)
     model = frozen_backbone(teacher_info, {"year_bin": 5, "body_type": len(SEED_BODY_TYPES),
                                            "body_raw": len(body_raw)})  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

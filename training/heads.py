@@ -35,7 +35,15 @@ import torch.nn.functional as F
 from core.config import SEED_BODY_TYPES, SHARED_YEAR_BINS
 from core.models import CarNet
 from core.viewpoint import VIEW_CLASSES
-from training.features import Split, car_splits, encode, joined, source_weights, teacher_features
+from training.features import (
+    Split,
+    car_splits,
+    encode,
+    joined,
+    source_weights,
+    teacher_features,
+    training_body_types,
+)
 from training.metrics import classification_metrics, recall_at_precision
 from training.teacher import BackboneInfo, frozen_backbone
 from training.train import class_weights, emd_loss
@@ -279,14 +287,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     args.year_centres = [b.centre for b in SHARED_YEAR_BINS]
     table = pd.read_parquet(args.table)
-    body_raw = sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
+    body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
         cars = car_splits(table, args.teacher, body_raw)
     if "modernity" in args.networks:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
                       args)  # fmt: skip
-        year = add_year_head(args.out / "modernity.pt", table, args.teacher, year_head_args(args.seed))
+        year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
         weight = class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES))

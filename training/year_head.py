@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from core.config import SHARED_YEAR_BINS, head_years
 from core.models import CarNet
-from training.features import Split, car_splits
+from training.features import Split, car_splits, training_body_types
 
 SIGMA = 1.0
 
@@ -73,18 +73,17 @@ def fit_year_head(
     return head, best
 
 
-def add_year_head(checkpoint_path: Path, table: pd.DataFrame, teacher: Path, args: argparse.Namespace) -> dict:
-    """Train the per-year head of a modernity checkpoint (heads of `training.heads` on `teacher`'s features) and
-    write it into the checkpoint; returns what was chosen and measured."""
+def add_year_head(checkpoint_path: Path, cars: dict[str, Split], args: argparse.Namespace) -> dict:
+    """Train the per-year head of a modernity checkpoint (heads of `training.heads` on the cached features that
+    `cars` holds) and write it into the checkpoint; returns what was chosen and measured."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     saved = checkpoint["args"]
     heads = {k: v for k, v in checkpoint["heads"].items() if k != "year"}
     model = CarNet(heads, saved["arch"], int(saved["neck"]))
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if not k.startswith("heads.year.")})
     model.eval()
-    body_raw = sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
     classes = head_years(SHARED_YEAR_BINS).astype(np.float64)
-    head, record = fit_year_head(model, car_splits(table, teacher, body_raw), classes, args)
+    head, record = fit_year_head(model, cars, classes, args)
     checkpoint["model"]["heads.year.weight"] = head.weight.detach().clone()
     checkpoint["model"]["heads.year.bias"] = head.bias.detach().clone()
     checkpoint["heads"] = heads | {"year": len(classes)}
@@ -116,7 +115,8 @@ def year_head_args(seed: int) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    record = add_year_head(args.checkpoint, pd.read_parquet(args.table), args.teacher, args)
+    table = pd.read_parquet(args.table)
+    record = add_year_head(args.checkpoint, car_splits(table, args.teacher, training_body_types(table)), args)
     print(json.dumps({"per-year head": record}), flush=True)
 
 
