@@ -53,12 +53,15 @@ def open_bundle(path: Path | None, workdir: Path) -> Bundle:
 
 
 class BareForward:
-    """Times the three networks' forward passes on a real photo preprocessed by the bundle's transform: the very
-    tensor (values, size and memory layout) score_image feeds them, minus everything else it does."""
+    """Times the three networks' forward passes on a real photo preprocessed by the bundle's transforms (the gate's
+    for the gate): the very tensors (values, size and memory layout) score_image feeds them, minus everything else
+    it does."""
 
     def __init__(self, bundle: Bundle, photo: bytes):
-        self.x = bundle.transform([load_image(photo)])
+        image = load_image(photo)
         self.networks = bundle.networks
+        self.inputs = {name: (bundle.gate_transform if name == "gate" else bundle.transform)([image])
+                       for name in self.networks}  # fmt: skip
         self.samples: dict[str, list[float]] = {name: [] for name in (*self.networks, "sum")}
 
     def run(self, record: bool = True) -> None:
@@ -66,7 +69,7 @@ class BareForward:
         with torch.inference_mode():
             for name, network in self.networks.items():
                 start = time.perf_counter()
-                network(self.x)
+                network(self.inputs[name])
                 elapsed = (time.perf_counter() - start) * 1000.0
                 total += elapsed
                 if record:
@@ -95,6 +98,7 @@ def measure(bundle: Bundle, photos: list[bytes], n: int) -> dict[str, object]:
     return {
         "bundle": bundle.name,
         "input_size": bundle.transform.size,
+        "gate_input_size": bundle.gate_transform.size,
         "segmenter": cold.segmenter,
         "torch_threads": torch.get_num_threads(),
         "n": n,
@@ -108,7 +112,8 @@ def measure(bundle: Bundle, photos: list[bytes], n: int) -> dict[str, object]:
 
 def print_table(report: dict[str, object], source: Path, photos: int) -> None:
     print(
-        f"bundle {report['bundle']} · input {report['input_size']} px · segmenter {report['segmenter']} · "
+        f"bundle {report['bundle']} · input {report['input_size']} px (gate {report['gate_input_size']} px) · "
+        f"segmenter {report['segmenter']} · "
         f"torch threads {report['torch_threads']} · {photos} photos from {source} · n = {report['n']}"
     )
     print(f"{'stage':<12}{'cold ms':>10}{'warm ms':>10}")

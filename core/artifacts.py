@@ -148,10 +148,17 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    gate_input_size: int | None = None  # the gate's own input size where it differs from the scores' (None: same)
 
     @property
     def transform(self) -> ImageTransform:
+        """What the modernity and body-type networks see (the car crop)."""
         return ImageTransform(self.input_size, self.mean, self.std)
+
+    @property
+    def gate_transform(self) -> ImageTransform:
+        """What the gate sees (the whole image)."""
+        return ImageTransform(self.gate_input_size or self.input_size, self.mean, self.std)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +166,7 @@ class Manifest:
             "name": self.name,
             "created": self.created,
             "input_size": self.input_size,
+            "gate_input_size": self.gate_input_size or self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
@@ -183,6 +191,7 @@ class Manifest:
             name=_field(data, "name", str),
             created=_field(data, "created", str),
             input_size=_field(data, "input_size", int),
+            gate_input_size=_field(data, "gate_input_size", int) if "gate_input_size" in data else None,
             mean=_field(data, "mean", _triple),
             std=_field(data, "std", _triple),
             year_bins=_field(
@@ -279,6 +288,10 @@ class Bundle:
     @property
     def provenance(self) -> dict[str, Any]:
         return self.manifest.provenance
+
+    @property
+    def gate_transform(self) -> ImageTransform:
+        return self.manifest.gate_transform
 
     @property
     def shares_backbone(self) -> bool:
@@ -384,8 +397,9 @@ def check_manifest(manifest: Manifest) -> None:
         raise BundleError("manifest.json: year_bins needs at least two bins.")
     if not manifest.body_types or len(set(manifest.body_types)) != len(manifest.body_types):
         raise BundleError(f"manifest.json: body_types must be non-empty and unique, got {list(manifest.body_types)}.")
-    if manifest.input_size < 16:
-        raise BundleError(f"manifest.json: input_size {manifest.input_size} is too small (at least 16 px).")
+    for name, size in (("input_size", manifest.input_size), ("gate_input_size", manifest.gate_transform.size)):
+        if size < 16:
+            raise BundleError(f"manifest.json: {name} {size} is too small (at least 16 px).")
     for name, value in asdict(manifest.thresholds).items():
         if not 0.0 <= value <= 1.0:
             raise BundleError(f"manifest.json: thresholds.{name} = {value} is outside [0, 1].")
@@ -669,9 +683,12 @@ def predict_images(
     frames: Sequence[Image.Image],
     transform: ImageTransform,
     cam_threshold: float = DEFAULT_CAM_THRESHOLD,
+    gate_transform: ImageTransform | None = None,
 ) -> NetworkOutputs:
-    """One batch through the three networks: modernity and body type on the car crops, the gate on the frames.
-    A backbone shared by the networks runs once per image (twice where the crop is not the whole frame)."""
+    """One batch through the three networks: modernity and body type on the car crops (`transform`), the gate on
+    the frames (`gate_transform`, default `transform`). A backbone shared by the networks runs once per image (twice
+    where the crop is not the whole frame or the gate has its own input size)."""
+    gate_transform = gate_transform or transform
     modernity, bodytype, gate = networks["modernity"], networks["bodytype"], networks["gate"]
     with torch.inference_mode():
         crop_batch = transform(list(crops))
@@ -680,10 +697,10 @@ def predict_images(
         shared = modernity.backbone is bodytype.backbone
         year = modernity.forward_from_maps(maps) if shared else modernity(crop_batch)
         frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
-        if frames_are_crops and gate.backbone is bodytype.backbone:
+        if frames_are_crops and gate.backbone is bodytype.backbone and gate_transform == transform:
             estimates = gate_estimates_from_maps(gate, maps, cam_threshold)
         else:
-            estimates = gate_estimates(gate, transform(list(frames)), cam_threshold)
+            estimates = gate_estimates(gate, gate_transform(list(frames)), cam_threshold)
     views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
         year_logits=year["year_bin"].numpy(),

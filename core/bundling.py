@@ -97,7 +97,9 @@ def embed_batch(
     tile = manifest.atlas.tile
     tiles = np.stack([np.asarray(atlas_tile(crop, tile), dtype=np.uint8) for crop in crops]).reshape(-1, tile, tile, 3)
     if pooled is None:
-        outputs = predict_images(networks, crops, frames, manifest.transform, manifest.thresholds.cam)
+        outputs = predict_images(
+            networks, crops, frames, manifest.transform, manifest.thresholds.cam, manifest.gate_transform
+        )
     else:
         outputs = predict_pooled(networks, pooled)
     members = labelled_training_rows(rows, manifest) & outputs.accepted(manifest.thresholds, manifest.valid_views)

@@ -109,7 +109,7 @@ def bundle_segmenter(bundle: Bundle) -> Segmenter:
         if bundle.segmenter == "gate":
             thresholds = bundle.thresholds
             bundle.cache[key] = GateSegmenter(
-                bundle.gate, bundle.transform, thresholds.car, cam_threshold=thresholds.cam
+                bundle.gate, bundle.gate_transform, thresholds.car, cam_threshold=thresholds.cam
             )
         else:
             bundle.cache[key] = make_segmenter(bundle.segmenter, score_threshold=bundle.thresholds.car)
@@ -125,7 +125,7 @@ def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _
     """From the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
     probability, views = found.frontal_probability, found.view_probabilities
     if probability is None:
-        estimates = gate_estimates(bundle.gate, bundle.transform([picture]), bundle.thresholds.cam)
+        estimates = gate_estimates(bundle.gate, bundle.gate_transform([picture]), bundle.thresholds.cam)
         probability = float(estimates.frontal[0])
         views = None if estimates.views is None else tuple(float(p) for p in estimates.views[0])
         clock.lap("frontal")

@@ -136,6 +136,19 @@ def test_missing_manifest_field(bundle_copy: Path):
     assert "lacks the field 'thresholds'" in refused(bundle_copy)
 
 
+def test_the_gate_input_size_is_optional_and_checked(bundle_copy: Path, tiny_bundle: Bundle):
+    """A manifest without gate_input_size runs the gate at the scores' size; one with it, at its own."""
+    assert tiny_bundle.gate_transform == tiny_bundle.transform
+    edit_manifest(bundle_copy, lambda data: data.pop("gate_input_size"))
+    assert load_bundle(bundle_copy).gate_transform == tiny_bundle.transform
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("gate_input_size", 48))
+    bundle = load_bundle(bundle_copy)
+    assert bundle.gate_transform.size == 48 and bundle.transform == tiny_bundle.transform
+    assert bundle.manifest.to_dict()["gate_input_size"] == 48
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("gate_input_size", 8))
+    assert "gate_input_size 8 is too small" in refused(bundle_copy)
+
+
 @pytest.mark.parametrize(("version", "expected"), [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
 def test_unsupported_schema_version(bundle_copy: Path, version: int, expected: str):
     edit_manifest(bundle_copy, lambda data: data.__setitem__("schema_version", version))

@@ -194,3 +194,14 @@ def test_a_gate_built_with_another_table_is_refused_with_a_reason(frozen_run):
     assert estimates is not None and len(estimates.rows) == len(estimates.probabilities) > 0
     with pytest.raises(SystemExit, match=r"its view head was fitted on .* images this --table lacks"):
         build.out_of_fold_views(frozen_run / "heads" / "gate.pt", table[table["split"] == "test"])
+
+
+def test_mirror_loads_every_image_mirrored_left_right(tmp_path):
+    prepare.main(["--data", str(FIXTURE_DATA), "--out", str(tmp_path / "table.parquet")])
+    table = pd.read_parquet(tmp_path / "table.parquet")
+    for view in ("crop", "frame"):
+        _, plain = teacher.view_images(table, FIXTURE_DATA, view, 0)
+        _, mirrored = teacher.view_images(table, FIXTURE_DATA, view, 0, mirror=True)
+        assert len(plain) == len(mirrored) > 0
+        original, flipped = np.asarray(plain[0]()), np.asarray(mirrored[0]())
+        assert np.array_equal(original[:, ::-1], flipped) and not np.array_equal(original, flipped)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.artifacts import load_bundle
+from core.artifacts import MANIFEST_FILE, load_bundle
+from core.gate import gate_estimates
+from core.imaging import load_image
 from core.models import LITE_MEAN, build_carnet
 from core.pipeline import score_image
 from training import build, evaluate, prepare, teacher, train
@@ -117,6 +119,41 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
 
     result = score_image((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg").__next__().read_bytes(), bundle)
     assert result.accepted or result.reason
+
+
+def test_a_gate_trained_at_another_size_runs_at_its_own_size(runs, tmp_path):
+    """The scores keep their input size and the gate its own: the manifest records both, and the bundle's table,
+    its test metrics and score_image all run the gate on the whole photo at the gate's size."""
+    common = ["--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache"),
+              "--cache-size", "56", "--batch-size", "4", "--epochs", "1"]  # fmt: skip
+    train.main(["--task", "gate", "--size", "48", "--out", str(tmp_path / "gate48"), *common])
+    out, cars = tmp_path / "bundle", str(runs / "cars" / "best.pt")
+    build.main(["--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA), "--modernity", cars,
+                "--bodytype", cars, "--gate", str(tmp_path / "gate48" / "best.pt"), "--out", str(out), "--map", "pca",
+                "--morph-min-members", "1"])  # fmt: skip
+    bundle = load_bundle(out)
+    assert (bundle.transform.size, bundle.gate_transform.size) == (32, 48)
+    assert json.loads((out / MANIFEST_FILE).read_text())["gate_input_size"] == 48
+    row = bundle.images.iloc[0]
+    photo = load_image(FIXTURE_DATA / row["path"])
+    at_48 = gate_estimates(bundle.gate, bundle.gate_transform([photo]))
+    at_32 = gate_estimates(bundle.gate, bundle.transform([photo]))
+    assert row["frontal_prob"] == pytest.approx(float(at_48.frontal[0]), abs=1e-5)
+    assert abs(float(at_48.frontal[0]) - float(at_32.frontal[0])) > 1e-4  # the size makes a difference
+    assert score_image(photo, bundle).car_confidence == pytest.approx(float(at_48.car[0]), abs=1e-5)
+
+
+def test_the_two_scores_must_share_an_input_size():
+    def record(size: int, mean=(0.5, 0.5, 0.5)) -> dict:
+        return {"args": {"size": size, "mean": list(mean), "std": [0.5, 0.5, 0.5]}}
+
+    scores, gate = build.serving_transforms({"modernity": record(224), "bodytype": record(224), "gate": record(160)})
+    assert (scores.size, gate.size) == (224, 160) and gate.mean == scores.mean
+    with pytest.raises(ValueError, match="one crop at one size"):
+        build.serving_transforms({"modernity": record(224), "bodytype": record(160), "gate": record(160)})
+    with pytest.raises(ValueError, match="another normalisation"):
+        grey = record(160, (0.4, 0.4, 0.4))
+        build.serving_transforms({"modernity": record(224), "bodytype": record(224), "gate": grey})
 
 
 def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):

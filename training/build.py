@@ -368,6 +368,26 @@ def load_networks_from_checkpoints(args: argparse.Namespace) -> tuple[dict[str, 
     return networks, records, share_frozen_backbone(networks, records)
 
 
+def serving_transforms(records: dict[str, dict[str, Any]]) -> tuple[ImageTransform, ImageTransform]:
+    """The scores' transform and the gate's, from the sizes and normalisation the networks were trained with. The
+    two scores see the same crop, so they share one size; the gate may have its own (e.g. the frozen teacher at a
+    smaller size than the fine-tuned scores). ValueError where the checkpoints disagree."""
+    transforms = {
+        key: ImageTransform(int(record["args"]["size"]), *(tuple(record["args"][k]) for k in ("mean", "std")
+                                                          if k in record["args"]))
+        for key, record in records.items()
+    }  # fmt: skip
+    scores, gate = transforms["modernity"], transforms["gate"]
+    if transforms["bodytype"] != scores:
+        raise ValueError(
+            f"the modernity and body-type networks were trained at {scores.size} and {transforms['bodytype'].size} "
+            "px (or with other normalisations): a bundle runs them on one crop at one size"
+        )
+    if (gate.mean, gate.std) != (scores.mean, scores.std):
+        raise ValueError("the gate was trained with another normalisation than the scores: a bundle has one")
+    return scores, gate
+
+
 def overall_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """n-weighted means over the data sets of modernity accuracy and MAE, body-type accuracy and car accuracy."""
 
@@ -425,14 +445,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     table = pd.read_parquet(args.table)
     networks, records, shared = load_networks_from_checkpoints(args)
-    first = records["modernity"]["args"]
-    sizes = {int(record["args"]["size"]) for record in records.values()}
-    if len(sizes) > 1:
-        p.error(f"the networks were trained at input sizes {sorted(sizes)}: a bundle runs them all at one size")
-    size, arch = int(first["size"]), first.get("arch", RESNET18)
-    transform = ImageTransform(size, *(tuple(first[k]) for k in ("mean", "std") if k in first))
-    cache = FeatureCache.read(args.features) if args.features and shared else None
-    val = validation_gate(table, args.data, networks, transform, cache)
+    try:
+        transform, gate_transform = serving_transforms(records)
+    except ValueError as error:
+        p.error(str(error))
+    size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
+    one_pass = shared and gate_transform == transform
+    cache = FeatureCache.read(args.features) if args.features and one_pass else None
+    val = validation_gate(table, args.data, networks, gate_transform, cache)
     views_oof = out_of_fold_views(args.gate, table)
     thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision, views_oof)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
@@ -459,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     manifest = Manifest(
         name=args.name,
         input_size=size,
+        gate_input_size=gate_transform.size if gate_transform.size != size else None,
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
         networks=standard_networks(

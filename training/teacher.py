@@ -13,7 +13,8 @@ its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes
   (car-in-a-scene positives for the gate, with their boxes).
 
 Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupted run resumes where it stopped;
-`OUT/<view>.npy` and `OUT/index.parquet` are written at the end. With `--tail-maps` (teacher only) the maps that
+`OUT/<view>.npy` and `OUT/index.parquet` are written at the end. `--mirror` takes every image mirrored left-right
+(to measure test-time flip averaging on validation). With `--tail-maps` (teacher only) the maps that
 enter the teacher's last stage (192 x 7 x 7 at 224 px) are kept too (`OUT/<view>_maps/`), so that
 `training.finetune` can train that stage without running the rest of the network again.
 
@@ -102,8 +103,17 @@ def paste(background: Image.Image, car: Image.Image, box: Sequence[float]) -> Im
     return out
 
 
-def view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> tuple[pd.DataFrame, list]:
-    """The index rows of a view and a loader per row (a callable returning the PIL image)."""
+def view_images(
+    table: pd.DataFrame, data_root: Path, view: str, seed: int, mirror: bool = False
+) -> tuple[pd.DataFrame, list]:
+    """The index rows of a view and a loader per row (a callable returning the PIL image, mirrored if `mirror`)."""
+    index, loaders = _view_images(table, data_root, view, seed)
+    if mirror:
+        loaders = [lambda load=load: ImageOps.mirror(load()) for load in loaders]
+    return index, loaders
+
+
+def _view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> tuple[pd.DataFrame, list]:
     if view == "composite":
         plans = plan_composites(table, seed)
         index = pd.DataFrame(
@@ -233,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail-maps", action="store_true", help="also keep the maps entering the last stage")
+    p.add_argument("--mirror", action="store_true", help="every image mirrored left-right (flip averaging)")
     args = p.parse_args(argv)
     if args.tail_maps and args.backbone:
         p.error("--tail-maps is for an EfficientNet-Lite teacher only")
@@ -245,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.out / "backbone.json").write_text(json.dumps(asdict(info), indent=1) + "\n")
     for view in args.views:
         tic = time.time()
-        index, loaders = view_images(table, args.data, view, args.seed)
+        index, loaders = view_images(table, args.data, view, args.seed, args.mirror)
         features = extract_view(model, loaders, transform, args.out / view, args.batch_size, args.tail_maps)
         np.save(args.out / f"{view}.npy", features)
         index.to_parquet(args.out / f"{view}_index.parquet", index=False)
