@@ -158,7 +158,11 @@ class Manifest:
     @property
     def gate_transform(self) -> ImageTransform:
         """What the gate sees (the whole image)."""
-        return ImageTransform(self.gate_input_size or self.input_size, self.mean, self.std)
+        return ImageTransform(self.gate_size, self.mean, self.std)
+
+    @property
+    def gate_size(self) -> int:
+        return self.input_size if self.gate_input_size is None else self.gate_input_size
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +170,7 @@ class Manifest:
             "name": self.name,
             "created": self.created,
             "input_size": self.input_size,
-            "gate_input_size": self.gate_input_size or self.input_size,
+            "gate_input_size": self.gate_size,
             "mean": list(self.mean),
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
@@ -397,7 +401,7 @@ def check_manifest(manifest: Manifest) -> None:
         raise BundleError("manifest.json: year_bins needs at least two bins.")
     if not manifest.body_types or len(set(manifest.body_types)) != len(manifest.body_types):
         raise BundleError(f"manifest.json: body_types must be non-empty and unique, got {list(manifest.body_types)}.")
-    for name, size in (("input_size", manifest.input_size), ("gate_input_size", manifest.gate_transform.size)):
+    for name, size in (("input_size", manifest.input_size), ("gate_input_size", manifest.gate_size)):
         if size < 16:
             raise BundleError(f"manifest.json: {name} {size} is too small (at least 16 px).")
     for name, value in asdict(manifest.thresholds).items():

@@ -145,8 +145,9 @@ def test_the_gate_input_size_is_optional_and_checked(bundle_copy: Path, tiny_bun
     bundle = load_bundle(bundle_copy)
     assert bundle.gate_transform.size == 48 and bundle.transform == tiny_bundle.transform
     assert bundle.manifest.to_dict()["gate_input_size"] == 48
-    edit_manifest(bundle_copy, lambda data: data.__setitem__("gate_input_size", 8))
-    assert "gate_input_size 8 is too small" in refused(bundle_copy)
+    for size in (8, 0):
+        edit_manifest(bundle_copy, lambda data, size=size: data.__setitem__("gate_input_size", size))
+        assert f"gate_input_size {size} is too small" in refused(bundle_copy)
 
 
 @pytest.mark.parametrize(("version", "expected"), [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
