@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +49,7 @@ from core.models import (
     RESNET18,
     CarNet,
     ImageTransform,
+    crop_outputs,
     load_carnet,
     save_backbone,
     save_carnet,
@@ -149,6 +150,7 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     gate_input_size: int | None = None  # the gate's own input size where it differs from the scores' (None: same)
+    flip_average: bool = False  # the scores are the mean over the crop and its mirror image
 
     @property
     def transform(self) -> ImageTransform:
@@ -171,6 +173,7 @@ class Manifest:
             "created": self.created,
             "input_size": self.input_size,
             "gate_input_size": self.gate_size,
+            "flip_average": self.flip_average,
             "mean": list(self.mean),
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
@@ -196,6 +199,7 @@ class Manifest:
             created=_field(data, "created", str),
             input_size=_field(data, "input_size", int),
             gate_input_size=_field(data, "gate_input_size", int) if "gate_input_size" in data else None,
+            flip_average=_field(data, "flip_average", _boolean) if "flip_average" in data else False,
             mean=_field(data, "mean", _triple),
             std=_field(data, "std", _triple),
             year_bins=_field(
@@ -223,18 +227,25 @@ def standard_networks(
     inits: Mapping[str, str] | None = None,
     arch: str = RESNET18,
     necks: Mapping[str, int] | None = None,
-    shared_backbone: bool = False,
+    shared_backbone: Collection[str] = (),
     year_classes: int = 0,
 ) -> dict[str, NetworkSpec]:
     """The three networks of a bundle with head sizes matching the label sets (the seed's gate layout for a
-    ResNet-18, the view layout otherwise); `year_classes` > 0 gives the modernity network a per-year head."""
+    ResNet-18, the view layout otherwise); the networks named in `shared_backbone` run one backbone, stored once;
+    `year_classes` > 0 gives the modernity network a per-year head."""
     gate = dict(LEGACY_GATE_HEADS if arch == RESNET18 else VIEW_GATE_HEADS)
     modernity = {"year_bin": year_bins} | ({"year": year_classes} if year_classes else {})
     heads = {"modernity": modernity, "bodytype": {"body_type": body_types}, "gate": gate}
     inits, necks = inits or {}, necks or {}
-    backbone = BACKBONE_FILE if shared_backbone else ""
     return {
-        key: NetworkSpec(NETWORK_FILES[key], heads[key], inits.get(key, "scratch"), arch, necks.get(key, 0), backbone)
+        key: NetworkSpec(
+            NETWORK_FILES[key],
+            heads[key],
+            inits.get(key, "scratch"),
+            arch,
+            necks.get(key, 0),
+            BACKBONE_FILE if key in shared_backbone else "",
+        )
         for key in NETWORK_FILES
     }
 
@@ -298,11 +309,6 @@ class Bundle:
         return self.manifest.gate_transform
 
     @property
-    def shares_backbone(self) -> bool:
-        """All three networks run one backbone module (compute its maps once per image)."""
-        return self.modernity.backbone is self.bodytype.backbone is self.gate.backbone
-
-    @property
     def accepted_views(self) -> tuple[str, ...]:
         return accepted_views(self.valid_views)
 
@@ -351,7 +357,7 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
 
 
 def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
-    """The three networks in eval mode; networks naming one backbone file share one backbone module."""
+    """The three networks in eval mode; the networks naming one backbone file share one backbone module."""
     networks = {
         key: load_carnet(
             directory / spec.file,
@@ -362,11 +368,13 @@ def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
         )
         for key, spec in manifest.networks.items()
     }
-    backbones = {spec.backbone for spec in manifest.networks.values()}
-    if backbones != {""} and len(backbones) == 1:
-        shared = networks["bodytype"].backbone
-        for network in networks.values():
-            network.backbone = shared
+    groups: dict[str, list[CarNet]] = {}
+    for key, spec in manifest.networks.items():
+        if spec.backbone:
+            groups.setdefault(spec.backbone, []).append(networks[key])
+    for members in groups.values():
+        for network in members[1:]:
+            network.backbone = members[0].backbone
     return networks
 
 
@@ -556,6 +564,12 @@ def _field(data: Mapping[str, Any], key: str, convert: Callable[[Any], Any]) -> 
         raise BundleError(f"manifest.json: field {key!r} is malformed ({type(error).__name__}: {error}).") from error
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _triple(values: Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ValueError(f"expected 3 numbers, got {len(values)}")
@@ -594,7 +608,6 @@ def write_bundle(
     embeddings: np.ndarray,
     morphs: Morphs,
     atlas: Path,
-    half: bool = True,
 ) -> Manifest:
     """Write every file, then manifest.json last with their sha256 (a half-written bundle has no manifest). `atlas`
     is the folder of the shards an `AtlasCanvas` wrote, laid out as `manifest.atlas`: it moves into the bundle.
@@ -607,7 +620,8 @@ def write_bundle(
     for key, spec in manifest.networks.items():
         if networks[key].head_sizes != spec.heads:
             raise ValueError(f"network {key!r} has heads {networks[key].head_sizes}, manifest says {spec.heads}")
-        save_carnet(networks[key], directory / spec.file, half=half, backbone=not spec.backbone)
+        own_backbone = not spec.backbone  # stored with it, in fp16; a shared backbone file is full precision
+        save_carnet(networks[key], directory / spec.file, half=own_backbone, backbone=own_backbone)
         if spec.backbone:
             save_backbone(networks[key], directory / spec.backbone)
     missing = [column for column in IMAGE_COLUMNS if column not in images.columns]
@@ -682,27 +696,21 @@ def per_year_logits(outputs: Mapping[str, torch.Tensor]) -> np.ndarray:
 
 
 def predict_images(
-    networks: Mapping[str, CarNet],
-    crops: Sequence[Image.Image],
-    frames: Sequence[Image.Image],
-    transform: ImageTransform,
-    cam_threshold: float = DEFAULT_CAM_THRESHOLD,
-    gate_transform: ImageTransform | None = None,
+    networks: Mapping[str, CarNet], crops: Sequence[Image.Image], frames: Sequence[Image.Image], manifest: Manifest
 ) -> NetworkOutputs:
-    """One batch through the three networks: modernity and body type on the car crops (`transform`), the gate on
-    the frames (`gate_transform`, default `transform`). A backbone shared by the networks runs once per image (twice
-    where the crop is not the whole frame or the gate has its own input size)."""
-    gate_transform = gate_transform or transform
+    """One batch through the three networks as `manifest` says: modernity and body type on the car crops (its
+    `transform`; with `flip_average`, the mean over each crop and its mirror image), the gate on the frames (its
+    `gate_transform`). A backbone shared by the networks runs once per image (twice where the crop is not the
+    whole frame or the gate has its own input size)."""
+    transform, gate_transform, cam_threshold = manifest.transform, manifest.gate_transform, manifest.thresholds.cam
     modernity, bodytype, gate = networks["modernity"], networks["bodytype"], networks["gate"]
     with torch.inference_mode():
-        crop_batch = transform(list(crops))
-        maps = bodytype.feature_maps(crop_batch)
-        body = bodytype.forward_from_maps(maps)
-        shared = modernity.backbone is bodytype.backbone
-        year = modernity.forward_from_maps(maps) if shared else modernity(crop_batch)
+        scores = crop_outputs(modernity, bodytype, transform(list(crops)), manifest.flip_average)
+        year, body = scores.year, scores.body
         frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
-        if frames_are_crops and gate.backbone is bodytype.backbone and gate_transform == transform:
-            estimates = gate_estimates_from_maps(gate, maps, cam_threshold)
+        one_pass = scores.maps is not None and gate.backbone is bodytype.backbone and gate_transform == transform
+        if frames_are_crops and one_pass:
+            estimates = gate_estimates_from_maps(gate, scores.maps, cam_threshold)
         else:
             estimates = gate_estimates(gate, gate_transform(list(frames)), cam_threshold)
     views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
@@ -863,7 +871,7 @@ def build_bundle(
     """
     from core import bundling  # imported here: core.bundling builds on this module
 
-    labels, stored, half = prepare_build(labels, networks, manifest)
+    labels, stored = prepare_build(labels, networks, manifest)
     atlas = AtlasCanvas.staged(directory, len(labels), manifest.atlas)
     parts = []
     for start in range(0, len(labels), batch_size):
@@ -886,19 +894,19 @@ def build_bundle(
     sample = bundling.map_sample_rows(len(labels), map_sample, seed)
     coords = bundling.fit_map(features[sample], sample, map_coordinates).positions(features, np.arange(len(labels)))
     table = annotate_images(labels, embedded.outputs, morphs, coords, manifest.thresholds)
-    return bundling.finish_bundle(directory, manifest, stored, table, features, morphs, atlas, half)
+    return bundling.finish_bundle(directory, manifest, stored, table, features, morphs, atlas)
 
 
 def prepare_build(
     labels: pd.DataFrame, networks: Mapping[str, CarNet], manifest: Manifest
-) -> tuple[pd.DataFrame, dict[str, CarNet], bool]:
-    """Checked labels (index 0..n-1), the networks as the bundle stores them, and whether it stores them in fp16
-    (not with a shared backbone)."""
+) -> tuple[pd.DataFrame, dict[str, CarNet]]:
+    """Checked labels (index 0..n-1) and the networks as the bundle stores them: fp16 where a network keeps its
+    own backbone, full precision on a shared backbone file."""
     missing = [column for column in LABEL_COLUMNS if column not in labels.columns]
     if missing:
         raise ValueError(f"labels lack columns {missing}")
-    half = not any(spec.backbone for spec in manifest.networks.values())
-    return labels.reset_index(drop=True), stored_networks(networks, half), half
+    own = {key for key, spec in manifest.networks.items() if not spec.backbone}
+    return labels.reset_index(drop=True), stored_networks(networks, own)
 
 
 def build_untrained_bundle(
@@ -960,13 +968,13 @@ def _lean_towards_largest_group(networks: Mapping[str, CarNet], labels: pd.DataF
         networks["bodytype"].heads["body_type"].bias[SEED_BODY_TYPES.index(body)] += 3.0
 
 
-def stored_networks(networks: Mapping[str, CarNet], half: bool) -> dict[str, CarNet]:
-    """Copies in eval mode as the bundle stores them: float weights rounded through fp16 when `half`; networks
-    that shared one backbone module still share one copy of it."""
+def stored_networks(networks: Mapping[str, CarNet], half: Collection[str]) -> dict[str, CarNet]:
+    """Copies in eval mode as the bundle stores them: the float weights of the networks named in `half` rounded
+    through fp16; networks that shared one backbone module still share one copy of it."""
     copies = copy.deepcopy(dict(networks))
-    for model in copies.values():
+    for key, model in copies.items():
         model.eval()
-        if half:
+        if key in half:
             with torch.no_grad():
                 for tensor in model.state_dict().values():
                     if tensor.is_floating_point():

@@ -97,9 +97,9 @@ def embed_batch(
     tile = manifest.atlas.tile
     tiles = np.stack([np.asarray(atlas_tile(crop, tile), dtype=np.uint8) for crop in crops]).reshape(-1, tile, tile, 3)
     if pooled is None:
-        outputs = predict_images(
-            networks, crops, frames, manifest.transform, manifest.thresholds.cam, manifest.gate_transform
-        )
+        outputs = predict_images(networks, crops, frames, manifest)
+    elif manifest.flip_average:
+        raise ValueError("pooled features are of the crops alone: a flip-averaging bundle needs the backbone pass")
     else:
         outputs = predict_pooled(networks, pooled)
     members = labelled_training_rows(rows, manifest) & outputs.accepted(manifest.thresholds, manifest.valid_views)
@@ -210,7 +210,6 @@ def finish_bundle(
     embeddings: np.ndarray,
     morphs: Morphs,
     atlas: AtlasCanvas,
-    half: bool,
 ) -> Bundle:
     """Write the bundle (its manifest records the layout of the atlas, whose every row was pasted) and load it
     back, validated."""
@@ -222,6 +221,5 @@ def finish_bundle(
         embeddings=embeddings,
         morphs=morphs,
         atlas=atlas.folder,
-        half=half,
     )
     return load_bundle(directory)

@@ -131,6 +131,38 @@ class CarNet(nn.Module):
         return self.forward_from_maps(self.feature_maps(x))
 
 
+@dataclass(frozen=True)
+class CropOutputs:
+    """The modernity and body-type networks' outputs on a batch of car crops, and the backbone's maps of the crops
+    as given (None unless the two networks share their backbone)."""
+
+    year: dict[str, torch.Tensor]
+    body: dict[str, torch.Tensor]
+    maps: torch.Tensor | None
+
+
+def crop_outputs(modernity: CarNet, bodytype: CarNet, batch: torch.Tensor, flip_average: bool = False) -> CropOutputs:
+    """Both score networks on `batch` (N x 3 x H x W), their backbone run once when they share it. With
+    `flip_average` every output is the mean over each crop and its mirror image: the heads are affine in the
+    embedding, so the mean logits are exactly the logits of the mean embedding."""
+    n = len(batch)
+    both = torch.cat([batch, batch.flip(-1)]) if flip_average else batch
+    maps = None
+    if modernity.backbone is bodytype.backbone:
+        maps = bodytype.feature_maps(both)
+        year, body = modernity.forward_from_maps(maps), bodytype.forward_from_maps(maps)
+        maps = maps[:n]
+    else:
+        year, body = modernity(both), bodytype(both)
+    if flip_average:
+        year, body = _mean_over_mirror(year, n), _mean_over_mirror(body, n)
+    return CropOutputs(year, body, maps)
+
+
+def _mean_over_mirror(outputs: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {name: (value[:n] + value[n:]) / 2 for name, value in outputs.items()}
+
+
 def _backbone(arch: str) -> nn.Module:
     if arch in LITES:
         import timm  # only bundles of these architectures need timm

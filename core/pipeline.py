@@ -20,6 +20,7 @@ from core.artifacts import Bundle
 from core.config import CROP_MARGIN
 from core.gate import gate_estimates
 from core.imaging import load_image
+from core.models import crop_outputs
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
 from core.segment import GateSegmenter, Segmentation, Segmenter, make_segmenter
@@ -133,25 +134,18 @@ def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _
 
 
 def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
-    """Both networks on the crop (batch of one), then typicality and the map position."""
+    """Both networks on the crop (and its mirror image where the bundle averages over both), then typicality and
+    the map position."""
     batch = bundle.transform([result.crop])
     clock.lap("preprocess")
     with torch.inference_mode():
-        if bundle.shares_backbone:
-            maps = bundle.bodytype.feature_maps(batch)
-            clock.lap("backbone")
-            year = bundle.modernity.forward_from_maps(maps)
-            outputs = bundle.bodytype.forward_from_maps(maps)
-            clock.lap("heads")
-        else:
-            year = bundle.modernity(batch)
-            clock.lap("modernity")
-            outputs = bundle.bodytype(batch)
-            clock.lap("bodytype")
+        scores = crop_outputs(bundle.modernity, bundle.bodytype, batch, bundle.manifest.flip_average)
+    clock.lap("networks")
+    year, body = scores.year, scores.body
     per_year = year["year"][0] if "year" in year else None
     result.modernity = modernity_from_logits(year["year_bin"][0], bundle.year_bins, per_year)
-    result.body_type = body_type_from_logits(outputs["body_type"][0], bundle.body_types)
-    result.embedding = outputs["features"][0].numpy()
+    result.body_type = body_type_from_logits(body["body_type"][0], bundle.body_types)
+    result.embedding = body["features"][0].numpy()
     result.typicality = typicality(
         result.embedding, bundle.morphs, result.body_type.index, result.modernity.predicted_bin
     )

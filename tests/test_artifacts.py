@@ -3,6 +3,7 @@ with a BundleError that names the problem."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from core.artifacts import (
     BOX_COLUMNS,
@@ -24,6 +25,7 @@ from core.artifacts import (
     NETWORK_FILES,
     SCHEMA_VERSION,
     Bundle,
+    NetworkOutputs,
     crop_to_box,
     flip_aligned_mean,
     load_bundle,
@@ -110,10 +112,41 @@ def test_table_agrees_with_the_loaded_networks(tiny_bundle: Bundle, fixture_data
     row = tiny_bundle.images.iloc[0]
     frame = Image.open(fixture_data_dir / row["path"]).convert("RGB")
     networks = {"modernity": tiny_bundle.modernity, "bodytype": tiny_bundle.bodytype, "gate": tiny_bundle.gate}
-    outputs = predict_images(networks, [crop_to_box(frame, (0, 0, *frame.size))], [frame], tiny_bundle.transform)
+    outputs = predict_images(networks, [crop_to_box(frame, (0, 0, *frame.size))], [frame], tiny_bundle.manifest)
     assert np.allclose(outputs.features[0], tiny_bundle.embeddings[0], atol=1e-5)
     assert outputs.frontal_prob[0] == pytest.approx(row["frontal_prob"], abs=1e-5)
     assert int(outputs.year_logits[0].argmax()) == row["pred_year_bin"]
+
+
+def test_flip_averaging_scores_the_mean_over_the_crop_and_its_mirror_image(tiny_bundle: Bundle, car_photo):
+    """A flip-averaging manifest gives the mean of the outputs on the crop and on the mirrored photo, and its
+    logits are the heads' logits of its mean embedding (what typicality and the map use)."""
+    flipping = dataclasses.replace(tiny_bundle.manifest, flip_average=True)
+    mirrored = ImageOps.mirror(car_photo)
+
+    def outputs(photo: Image.Image, manifest) -> NetworkOutputs:
+        return predict_images(tiny_bundle.networks, [photo], [photo], manifest)
+
+    plain, mirror, mean = (outputs(car_photo, tiny_bundle.manifest), outputs(mirrored, tiny_bundle.manifest),
+                           outputs(car_photo, flipping))  # fmt: skip
+    for name in ("features", "year_logits", "year_head_logits", "body_logits"):
+        expected = (getattr(plain, name) + getattr(mirror, name)) / 2
+        assert np.allclose(getattr(mean, name), expected, atol=1e-4), name
+    assert not np.allclose(mean.features, plain.features, atol=1e-4)
+    assert np.array_equal(mean.car_prob, plain.car_prob)  # the gate sees the photo as it is
+    heads = tiny_bundle.bodytype.heads["body_type"]
+    with torch.no_grad():
+        assert np.allclose(heads(torch.from_numpy(mean.features)).numpy(), mean.body_logits, atol=1e-5)
+
+
+def test_flip_average_is_optional_and_a_boolean(bundle_copy: Path):
+    assert not load_bundle(bundle_copy).manifest.flip_average
+    edit_manifest(bundle_copy, lambda data: data.pop("flip_average"))
+    assert not load_bundle(bundle_copy).manifest.flip_average
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("flip_average", True))
+    assert load_bundle(bundle_copy).manifest.flip_average
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("flip_average", "yes"))
+    assert "field 'flip_average' is malformed" in refused(bundle_copy)
 
 
 def test_missing_directory_says_how_to_make_a_bundle(tmp_path: Path):

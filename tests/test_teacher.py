@@ -31,6 +31,7 @@ from core.models import (
 )
 from core.pipeline import score_image
 from training import build, evaluate, finetune, heads, prepare, teacher
+from training.features import car_splits, training_body_types
 from training.teacher import frozen_backbone
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
@@ -112,7 +113,8 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
                 str(h / "gate.pt"), "--out", str(out), "--map", "pca", "--morph-min-members", "1",
                 "--valid-views", "front,three_quarter"])  # fmt: skip
     bundle = load_bundle(out)
-    assert bundle.shares_backbone and (out / BACKBONE_FILE).is_file()
+    assert bundle.modernity.backbone is bundle.bodytype.backbone is bundle.gate.backbone
+    assert (out / BACKBONE_FILE).is_file()
     assert bundle.manifest.networks["gate"].heads == {"car": 1, "view": 4}
     # the view head was refitted by car-grouped cross-validation (two EPFL cars here: two folds), and the view
     # thresholds chosen on its out-of-fold estimates
@@ -142,7 +144,8 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
 
 def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path):
     """The gate keeps the ImageNet teacher (presence and view need what ImageNet knows) while the scores use a
-    fine-tuned backbone: each network then stores and runs its own backbone."""
+    fine-tuned backbone: the two scores share it (stored once, full precision, run once per crop) and the gate
+    stores and runs its own."""
     table_args = ["--table", str(frozen_run / "table.parquet")]
     teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "t"), "--size", "64",
                   "--views", "crop", "--tail-maps"])  # fmt: skip
@@ -155,7 +158,9 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
                 "--bodytype", str(tmp_path / "h" / "bodytype.pt"), "--gate", str(frozen_run / "heads" / "gate.pt"),
                 "--out", str(out), "--map", "pca", "--morph-min-members", "1"])  # fmt: skip
     bundle = load_bundle(out)
-    assert not bundle.shares_backbone and not (out / BACKBONE_FILE).exists()
+    assert bundle.modernity.backbone is bundle.bodytype.backbone is not bundle.gate.backbone
+    assert [spec.backbone for spec in bundle.manifest.networks.values()] == [BACKBONE_FILE, BACKBONE_FILE, ""]
+    assert (out / BACKBONE_FILE).stat().st_size > (out / bundle.manifest.networks["gate"].file).stat().st_size
     teacher_stage = frozen_backbone(teacher.BackboneInfo.read(frozen_run / "t")).backbone.blocks[-1]
 
     def is_teachers(network: torch.nn.Module) -> bool:  # the last stage: what the fine-tune changed
@@ -205,3 +210,29 @@ def test_mirror_loads_every_image_mirrored_left_right(tmp_path):
         assert len(plain) == len(mirrored) > 0
         original, flipped = np.asarray(plain[0]()), np.asarray(mirrored[0]())
         assert np.array_equal(original[:, ::-1], flipped) and not np.array_equal(original, flipped)
+
+
+def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_path):
+    """`training.heads --mirror`: the training split gains every crop mirrored (same labels); validation and test
+    stay as they are, and a cache of other images is refused."""
+    table_path = frozen_run / "table.parquet"
+    teacher.main(["--table", str(table_path), "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "tm"),
+                  "--size", "64", "--views", "crop", "--mirror"])  # fmt: skip
+    table = pd.read_parquet(table_path)
+    body_raw = training_body_types(table)
+    plain = car_splits(table, frozen_run / "t", body_raw)
+    doubled = car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")
+    n = len(plain["train"].features)
+    assert len(doubled["train"].features) == 2 * n > 0
+    assert torch.equal(doubled["train"].features[:n], plain["train"].features)
+    assert not torch.allclose(doubled["train"].features[n:], plain["train"].features, atol=1e-3)
+    for name, target in plain["train"].targets.items():
+        assert torch.equal(doubled["train"].targets[name], torch.cat([target, target]))
+    assert torch.equal(doubled["val"].features, plain["val"].features)
+    heads.main(["--table", str(table_path), "--teacher", str(frozen_run / "t"), "--mirror", str(tmp_path / "tm"),
+                "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "bodytype"])  # fmt: skip
+    assert torch.load(tmp_path / "h" / "bodytype.pt", weights_only=True)["args"]["mirror"] == str(tmp_path / "tm")
+    index = pd.read_parquet(tmp_path / "tm" / "crop_index.parquet")
+    index.iloc[::-1].to_parquet(tmp_path / "tm" / "crop_index.parquet")
+    with pytest.raises(SystemExit, match="other images"):
+        car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")

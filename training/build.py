@@ -86,19 +86,27 @@ def out_of_fold_views(gate_checkpoint: Path, table: pd.DataFrame) -> ViewEstimat
     return ViewEstimates(rows, head["probabilities"].numpy())
 
 
-def share_frozen_backbone(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> bool:
-    """Give the networks one backbone module when all were trained on the same frozen backbone (training.heads):
-    the bundle then stores it once and runs it once per image. Heads trained on different frozen backbones (e.g. the
-    gate on the ImageNet teacher, the scores on a fine-tuned one) keep their own, each stored with its network."""
-    if not all(record["args"].get("frozen_backbone") for record in records.values()):
-        return False
+def share_frozen_backbone(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """Give the networks trained on the body-type network's frozen backbone (training.heads) that one backbone
+    module: the bundle then stores it once and runs it once per image. Returns their keys (none when fewer than two
+    share it). Heads trained on another backbone (e.g. the gate on the ImageNet teacher, the scores on a fine-tuned
+    one) keep their own, stored with their network."""
     reference = networks["bodytype"].backbone.state_dict()
-    for network in networks.values():
-        if any(not torch.equal(v, reference[k]) for k, v in network.backbone.state_dict().items()):
-            return False
-    for network in networks.values():
-        network.backbone = networks["bodytype"].backbone
-    return True
+
+    def on_reference(key: str) -> bool:
+        state = networks[key].backbone.state_dict()
+        return (
+            bool(records[key]["args"].get("frozen_backbone"))
+            and state.keys() == reference.keys()
+            and all(torch.equal(v, reference[k]) for k, v in state.items())
+        )
+
+    shared = tuple(key for key in networks if on_reference(key))
+    if len(shared) < 2:
+        return ()
+    for key in shared:
+        networks[key].backbone = networks["bodytype"].backbone
+    return shared
 
 
 def collection_labels(table: pd.DataFrame) -> pd.DataFrame:
@@ -357,7 +365,9 @@ DATASET_NOTES = {
 }
 
 
-def load_networks_from_checkpoints(args: argparse.Namespace) -> tuple[dict[str, CarNet], dict[str, dict], bool]:
+def load_networks_from_checkpoints(
+    args: argparse.Namespace,
+) -> tuple[dict[str, CarNet], dict[str, dict], tuple[str, ...]]:
     networks, records = {}, {}
     for key, path, head in (
         ("modernity", args.modernity, "year_bin"),
@@ -437,11 +447,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="training.teacher cache of the shared frozen backbone: skips its pass over the collection (checked on a "
         "sample against the backbone itself)",
     )
+    p.add_argument(
+        "--flip-average",
+        action="store_true",
+        help="the scores (modernity, body type, the embedding) are the mean over the crop and its mirror image, in "
+        "the app as in the bundle's table and metrics (twice the scores' compute)",
+    )
     args = p.parse_args(argv)
     try:
         accepted_views(args.valid_views)
     except ValueError as error:
         p.error(str(error))
+    if args.features and args.flip_average:
+        p.error("--features holds the crops alone: a --flip-average bundle needs the backbone pass over the collection")
 
     table = pd.read_parquet(args.table)
     networks, records, shared = load_networks_from_checkpoints(args)
@@ -450,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         p.error(str(error))
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
-    one_pass = shared and gate_transform == transform
+    one_pass = set(shared) == set(networks) and gate_transform == transform
     cache = FeatureCache.read(args.features) if args.features and one_pass else None
     val = validation_gate(table, args.data, networks, gate_transform, cache)
     views_oof = out_of_fold_views(args.gate, table)
@@ -480,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         name=args.name,
         input_size=size,
         gate_input_size=gate_transform.size if gate_transform.size != size else None,
+        flip_average=args.flip_average,
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
         networks=standard_networks(

@@ -72,11 +72,7 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
             box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
-        parts.append(
-            predict_images(
-                bundle.networks, crops, frames, bundle.transform, bundle.thresholds.cam, bundle.gate_transform
-            )
-        )
+        parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
     outputs = NetworkOutputs.concatenate(parts)
     predicted_views = [outputs.view_decision(i, bundle.thresholds).view or "" for i in range(len(labels))]
     bins = [softmax(row) for row in outputs.year_logits]

@@ -57,25 +57,40 @@ def training_body_types(table: pd.DataFrame) -> list[str]:
     return sorted(table.loc[(table["split"] == "train") & (table["car"] == 1), "body_type_raw"].unique())
 
 
-def car_splits(table: pd.DataFrame, teacher: Path, body_raw: Sequence[str]) -> dict[str, Split]:
-    """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks."""
+def car_splits(
+    table: pd.DataFrame, teacher: Path, body_raw: Sequence[str], mirror: Path | None = None
+) -> dict[str, Split]:
+    """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
+    `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
+    mirrored: flip augmentation for heads trained on cached features; validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
     rows, features = rows[keep].reset_index(drop=True), features[keep]
+    mirrored = mirrored_features(index, mirror)[keep] if mirror else None
     out = {}
     for split in ("train", "val", "test"):
         mask = (rows["split"] == split).to_numpy()
-        part = rows[mask]
+        part, x = rows[mask], features[mask]
+        if split == "train" and mirrored is not None:
+            part, x = pd.concat([part, part]), np.concatenate([x, mirrored[mask]])
         out[split] = Split(
-            torch.from_numpy(features[mask]),
+            torch.from_numpy(x),
             {
                 "year_bin": torch.from_numpy(part["year_bin"].to_numpy(np.int64)),
                 "body_type": torch.from_numpy(encode(part["body_type"], SEED_BODY_TYPES)),
                 "body_raw": torch.from_numpy(encode(part["body_type_raw"], body_raw)),
             },
-            torch.ones(int(mask.sum())),
+            torch.ones(len(part)),
             part["dataset"].to_numpy(),
             part["year"].to_numpy(float),
         )
     return out
+
+
+def mirrored_features(index: pd.DataFrame, mirror: Path) -> np.ndarray:
+    """The crop features of a `--mirror` cache, checked to be of the same images in the same order as `index`."""
+    mirror_index, features = teacher_features(mirror, "crop")
+    if not mirror_index["path"].equals(index["path"]):
+        raise SystemExit(f"--mirror {mirror} holds other images than the features it should mirror")
+    return features

@@ -280,6 +280,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--input-dropout", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
+                   "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
     return p
 
 
@@ -289,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
-        cars = car_splits(table, args.teacher, body_raw)
+        cars = car_splits(table, args.teacher, body_raw, args.mirror)
     if "modernity" in args.networks:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),

@@ -238,7 +238,7 @@ def build_bundle_on_ray(
     """`core.artifacts.build_bundle` (same arguments, same bundle) on the running Ray cluster. Shards go to
     `work_dir` (on a cluster: storage every node reads, like `image_root`); `concurrency` embedding actors of one
     CPU each (default: one per CPU of the cluster)."""
-    labels, stored, half = prepare_build(labels, networks, manifest)
+    labels, stored = prepare_build(labels, networks, manifest)
     shapes = Shapes.of(manifest, morph_image_size)
     work = Path(work_dir).resolve()
     shutil.rmtree(work / "embedded", ignore_errors=True)
@@ -277,4 +277,4 @@ def build_bundle_on_ray(
         features[rows] = from_bytes(part["features"], np.float32, (shapes.dim,))
         tables.append(part.loc[:, ["row", *IMAGE_COLUMNS]])
     table = pd.concat(tables).sort_values("row").drop(columns="row").reset_index(drop=True)
-    return finish_bundle(directory, manifest, stored, table, features, morphs, atlas, half)
+    return finish_bundle(directory, manifest, stored, table, features, morphs, atlas)
