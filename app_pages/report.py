@@ -144,13 +144,17 @@ def training_section(bundle: Bundle) -> None:
                     )
 
 
+MIRRORED = ", the scores averaged over the crop and its mirror image"
+
+
 def provenance_section(bundle: Bundle) -> None:
     st.header("Provenance")
     manifest = bundle.manifest
     st.markdown(
         f"**Bundle** {manifest.name} · schema {manifest.schema_version} · built {manifest.created or 'unknown'}  \n"
         f"**Backbones** {initialisation_line(manifest.networks)}  \n"
-        f"**Input** {manifest.input_size} px (gate {manifest.gate_transform.size} px) · "
+        f"**Input** {manifest.input_size} px{MIRRORED if manifest.flip_average else ''} "
+        f"(gate {manifest.gate_transform.size} px) · "
         f"**thresholds** car {fmt.percent(manifest.thresholds.car)}, "
         f"frontal {fmt.percent(manifest.thresholds.frontal)} · **valid views** {manifest.valid_views} · "
         f"**segmenter** {manifest.segmenter} · **morphs** at least {manifest.morph_min_members} training cars"

@@ -112,7 +112,11 @@ def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> di
             source, root / "front_only", thresholds={"car": 0.0, "frontal": 1.0}, valid_views="frontal"
         ),
         "report": bundle_variant(
-            source, root / "report", metrics=recorded_metrics(tiny_bundle), training=recorded_training()
+            source,
+            root / "report",
+            metrics=recorded_metrics(tiny_bundle),
+            training=recorded_training(),
+            flip_average=True,
         ),
         "large": write_synthetic_bundle(source, root / "large", LARGE_ROWS),
     }
@@ -423,6 +427,7 @@ def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
     constant = table[table["measure"] == "constant year"]["value"].tolist()
     assert constant == ["2012"], f"a year reads as a year: {constant}"
     assert "Training curves" in [h.value for h in at.header]
+    assert "the scores averaged over the crop and its mirror image" in texts(at)
 
     def figures_of(dataset: str) -> list[str]:
         return [t.name for t in tasks if t.confusion is not None and t.name.startswith(dataset)]
@@ -447,6 +452,7 @@ def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:
     at = app(page="app_pages/report.py")
     assert_clean(at)
     assert "records no evaluation metrics" in at.info[0].value
+    assert "Provenance" in texts(at) and "mirror image" not in texts(at)
 
 
 # ---------------------------------------------------------------------------------------------------- tour
