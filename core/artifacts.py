@@ -105,8 +105,8 @@ MAP_SAMPLE = 50_000  # rows a build fits the 2-D map on; the others are placed b
 @dataclass(frozen=True)
 class NetworkSpec:
     """One network of a bundle: its weights file, head sizes, where its backbone started (scratch, or imagenet with
-    the source), its architecture, the width of its neck (0: heads on the pooled feature) and, when the bundle's
-    networks share one frozen backbone, that backbone's file (then `file` holds only the neck and heads)."""
+    the source), its architecture, the width of its neck (0: heads on the pooled feature) and, when it shares one
+    backbone with other networks of the bundle, that backbone's file (then `file` holds only the neck and heads)."""
 
     file: str
     heads: dict[str, int]

@@ -214,7 +214,7 @@ def test_mirror_loads_every_image_mirrored_left_right(tmp_path):
 
 def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_path):
     """`training.heads --mirror`: the training split gains every crop mirrored (same labels); validation and test
-    stay as they are, and a cache of other images is refused."""
+    stay as they are, and a cache of other images or of another backbone is refused."""
     table_path = frozen_run / "table.parquet"
     teacher.main(["--table", str(table_path), "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "tm"),
                   "--size", "64", "--views", "crop", "--mirror"])  # fmt: skip
@@ -235,4 +235,8 @@ def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_pat
     index = pd.read_parquet(tmp_path / "tm" / "crop_index.parquet")
     index.iloc[::-1].to_parquet(tmp_path / "tm" / "crop_index.parquet")
     with pytest.raises(SystemExit, match="other images"):
+        car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")
+    info = json.loads((tmp_path / "tm" / "backbone.json").read_text())
+    (tmp_path / "tm" / "backbone.json").write_text(json.dumps(info | {"size": 96}))
+    with pytest.raises(SystemExit, match="another backbone"):
         car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")

@@ -4,6 +4,7 @@ shared by the trainers that read them (`training.heads`, `training.view_head`, `
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def car_splits(
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
     rows, features = rows[keep].reset_index(drop=True), features[keep]
-    mirrored = mirrored_features(index, mirror)[keep] if mirror else None
+    mirrored = mirrored_features(teacher, index, mirror)[keep] if mirror else None
     out = {}
     for split in ("train", "val", "test"):
         mask = (rows["split"] == split).to_numpy()
@@ -88,9 +89,12 @@ def car_splits(
     return out
 
 
-def mirrored_features(index: pd.DataFrame, mirror: Path) -> np.ndarray:
-    """The crop features of a `--mirror` cache, checked to be of the same images in the same order as `index`."""
+def mirrored_features(teacher: Path, index: pd.DataFrame, mirror: Path) -> np.ndarray:
+    """The crop features of a `--mirror` cache, checked to be of the backbone that made `teacher` and of the same
+    images in the same order as its `index`."""
     mirror_index, features = teacher_features(mirror, "crop")
+    if json.loads((mirror / "backbone.json").read_text()) != json.loads((teacher / "backbone.json").read_text()):
+        raise SystemExit(f"--mirror {mirror} was made by another backbone than {teacher} (see their backbone.json)")
     if not mirror_index["path"].equals(index["path"]):
-        raise SystemExit(f"--mirror {mirror} holds other images than the features it should mirror")
+        raise SystemExit(f"--mirror {mirror} holds other images than {teacher}")
     return features
