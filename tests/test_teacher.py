@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.artifacts import BACKBONE_FILE, load_bundle
+from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
 from core.config import SHARED_DATA_DIR
 from core.gate import cam_boxes
 from core.models import (
@@ -142,10 +142,10 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     assert report["by_make"]["other"]["share_truly_after_2012"] == 0.0
 
 
-def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path):
+def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path, capsys):
     """The gate keeps the ImageNet teacher (presence and view need what ImageNet knows) while the scores use a
-    fine-tuned backbone: the two scores share it (stored once, full precision, run once per crop) and the gate
-    stores and runs its own."""
+    fine-tuned backbone: the two scores share it (stored once, full precision, run once per crop, here averaged
+    over the crop and its mirror image as the table is) and the gate stores and runs its own."""
     table_args = ["--table", str(frozen_run / "table.parquet")]
     teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "t"), "--size", "64",
                   "--views", "crop", "--tail-maps"])  # fmt: skip
@@ -154,10 +154,21 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
     heads.main([*table_args, "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "h"), "--epochs", "2",
                 "--networks", "modernity", "bodytype"])  # fmt: skip
     out = tmp_path / "bundle"
-    build.main([*table_args, "--data", str(FIXTURE_DATA), "--modernity", str(tmp_path / "h" / "modernity.pt"),
-                "--bodytype", str(tmp_path / "h" / "bodytype.pt"), "--gate", str(frozen_run / "heads" / "gate.pt"),
-                "--out", str(out), "--map", "pca", "--morph-min-members", "1"])  # fmt: skip
+    networks = ["--modernity", str(tmp_path / "h" / "modernity.pt"), "--bodytype", str(tmp_path / "h" / "bodytype.pt"),
+                "--gate", str(frozen_run / "heads" / "gate.pt")]  # fmt: skip
+    with pytest.raises(SystemExit):  # a feature cache holds the crops alone, not their mirror images
+        build.main([*table_args, *networks, "--out", str(out), "--features", str(tmp_path / "ft"), "--flip-average"])
+    assert "needs the backbone pass" in capsys.readouterr().err
+    build.main([*table_args, "--data", str(FIXTURE_DATA), *networks, "--out", str(out), "--map", "pca",
+                "--morph-min-members", "1", "--flip-average"])  # fmt: skip
     bundle = load_bundle(out)
+    assert bundle.manifest.flip_average
+    label = build.collection_labels(pd.read_parquet(frozen_run / "table.parquet")).iloc[0]  # the bundle's row 0
+    assert label["path"] == bundle.images["path"].iloc[0]
+    photo = Image.open(FIXTURE_DATA / label["path"]).convert("RGB")
+    crop = crop_to_box(photo, [label[c] for c in BOX_COLUMNS])
+    assert np.allclose(predict_images(bundle.networks, [crop], [photo], bundle.manifest).features[0],
+                       bundle.embeddings[0], atol=1e-4)  # fmt: skip
     assert bundle.modernity.backbone is bundle.bodytype.backbone is not bundle.gate.backbone
     assert [spec.backbone for spec in bundle.manifest.networks.values()] == [BACKBONE_FILE, BACKBONE_FILE, ""]
     assert (out / BACKBONE_FILE).stat().st_size > (out / bundle.manifest.networks["gate"].file).stat().st_size
