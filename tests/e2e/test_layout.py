@@ -2,11 +2,13 @@
 and every label stays readable at the default width and at a projector's width in presentation mode (no word broken
 mid-word, nothing past the right edge, captions apart, chart titles inside their charts).
 
-Each check waits for the page's run to finish (what the page shows), never for a fixed time.
+Each check waits for the page's run to finish (what the page shows) and for the layout to settle, never for a fixed
+time.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ WIDTHS = {
     "projector": ({"width": 1024, "height": 768}, "present=true"),
 }
 LAYOUT_PAGES = ("explore", "morphs", "report", "tour?slide=2", "tour?slide=4")
+LAYOUT_SETTLE_MS = 5_000
 TEXT = '[data-testid="stMain"] :is([data-testid="stMarkdownContainer"], [data-testid="stImageCaption"], button, h1, h4)'
 
 # Words (hyphens may break) whose letters sit on more than one line although the word fits the element's width.
@@ -116,6 +119,17 @@ def test_deep_links_open_their_page_without_a_dialog_or_a_request_off_the_machin
     assert not guarded.refused, f"requests to other hosts: {guarded.refused}"
 
 
+def settled(app: AppPage, finder: str, arg: Any = None) -> list:
+    """What `finder` (a function listing the offending elements) lists once the layout has settled: after the script
+    run ends, Plotly still sizes each chart to its column and places its title, so a first look can catch a title
+    mid-move. Waits until the list is empty, at most LAYOUT_SETTLE_MS, then returns what is still listed."""
+    with contextlib.suppress(Exception):  # Playwright's TimeoutError: still offending, and the list below says what
+        app.page.wait_for_function(
+            f"(arg) => ({finder})(arg).length === 0", arg=arg, timeout=LAYOUT_SETTLE_MS, polling=100
+        )
+    return app.page.evaluate(finder, arg)
+
+
 @pytest.mark.parametrize("width", list(WIDTHS))
 @pytest.mark.parametrize("path", LAYOUT_PAGES)
 def test_labels_stay_readable(guarded: Any, path: str, width: str) -> None:
@@ -123,13 +137,13 @@ def test_labels_stay_readable(guarded: Any, path: str, width: str) -> None:
     url = f"{path}{'&' if '?' in path else '?'}{extra}" if extra else path
     app = guarded(url, viewport, f"layout-{path}-{width}")
     app.expect_no_traceback()
-    broken = app.page.evaluate(BROKEN_WORDS_JS, TEXT)
+    broken = settled(app, BROKEN_WORDS_JS, TEXT)
     app.expect(not broken, f"words broken across lines: {broken}")
-    outside = app.page.evaluate(OUTSIDE_JS)
+    outside = settled(app, OUTSIDE_JS)
     app.expect(not outside, f"past the main column: {outside}")
-    overlaps = app.page.evaluate(OVERLAPS_JS)
+    overlaps = settled(app, OVERLAPS_JS)
     app.expect(not overlaps, f"captions on top of each other: {overlaps}")
-    cut = app.page.evaluate(CUT_TITLES_JS)
+    cut = settled(app, CUT_TITLES_JS)
     app.expect(not cut, f"chart titles cut off: {cut}")
     app.screenshot(width)
     assert not guarded.refused, f"requests to other hosts: {guarded.refused}"
