@@ -115,6 +115,11 @@ class NetworkSpec:
     neck: int = 0
     backbone: str = ""
 
+    @property
+    def stored_in_half(self) -> bool:
+        """A network stored with its own backbone is stored in fp16; on a shared backbone file, in full precision."""
+        return not self.backbone
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -620,8 +625,7 @@ def write_bundle(
     for key, spec in manifest.networks.items():
         if networks[key].head_sizes != spec.heads:
             raise ValueError(f"network {key!r} has heads {networks[key].head_sizes}, manifest says {spec.heads}")
-        own_backbone = not spec.backbone  # stored with it, in fp16; a shared backbone file is full precision
-        save_carnet(networks[key], directory / spec.file, half=own_backbone, backbone=own_backbone)
+        save_carnet(networks[key], directory / spec.file, half=spec.stored_in_half, backbone=not spec.backbone)
         if spec.backbone:
             save_backbone(networks[key], directory / spec.backbone)
     missing = [column for column in IMAGE_COLUMNS if column not in images.columns]
@@ -905,8 +909,8 @@ def prepare_build(
     missing = [column for column in LABEL_COLUMNS if column not in labels.columns]
     if missing:
         raise ValueError(f"labels lack columns {missing}")
-    own = {key for key, spec in manifest.networks.items() if not spec.backbone}
-    return labels.reset_index(drop=True), stored_networks(networks, own)
+    half = {key for key, spec in manifest.networks.items() if spec.stored_in_half}
+    return labels.reset_index(drop=True), stored_networks(networks, half)
 
 
 def build_untrained_bundle(

@@ -4,7 +4,6 @@ shared by the trainers that read them (`training.heads`, `training.view_head`, `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 
 from core.config import SEED_BODY_TYPES
+from training.teacher import BackboneInfo
 
 
 def teacher_features(teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -93,7 +93,7 @@ def mirrored_features(teacher: Path, index: pd.DataFrame, mirror: Path) -> np.nd
     """The crop features of a `--mirror` cache, checked to be of the backbone that made `teacher` and of the same
     images in the same order as its `index`."""
     mirror_index, features = teacher_features(mirror, "crop")
-    if json.loads((mirror / "backbone.json").read_text()) != json.loads((teacher / "backbone.json").read_text()):
+    if BackboneInfo.read(mirror) != BackboneInfo.read(teacher):
         raise SystemExit(f"--mirror {mirror} was made by another backbone than {teacher} (see their backbone.json)")
     if not mirror_index["path"].equals(index["path"]):
         raise SystemExit(f"--mirror {mirror} holds other images than {teacher}")

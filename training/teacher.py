@@ -14,8 +14,8 @@ its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes
 
 Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupted run resumes where it stopped;
 `OUT/<view>.npy` and `OUT/index.parquet` are written at the end. `--mirror` takes every image mirrored left-right
-(to measure test-time flip averaging on validation). With `--tail-maps` (teacher only) the maps that
-enter the teacher's last stage (192 x 7 x 7 at 224 px) are kept too (`OUT/<view>_maps/`), so that
+(for `training.heads --mirror`, and to measure flip averaging on validation). With `--tail-maps` (teacher only)
+the maps that enter the teacher's last stage (192 x 7 x 7 at 224 px) are kept too (`OUT/<view>_maps/`), so that
 `training.finetune` can train that stage without running the rest of the network again.
 
   python -m training.teacher --table runs/table.parquet --out cache/teacher224
