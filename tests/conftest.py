@@ -72,6 +72,34 @@ def negative_photo_path(fixture_rows: dict[str, list[dict[str, str]]]) -> Path:
     return Path(fixture_rows["negatives"][0]["path"])
 
 
+@pytest.fixture
+def resized_dvm_folder(tmp_path: Path) -> Path:
+    """`tmp_path/data/dvm_mini`: DVM-CAR's resized_DVM layout (<Maker>/<Genmodel>/<Year>/<Colour>/, DVM's file
+    names) of six fixture photos, with its Ad_table.csv (Macan SUV, 911 Coupe, Boxster Convertible) and a
+    views.csv labelling one front and one three-quarter view."""
+    source = next((FIXTURE_DATA_DIR / "stanford_cars" / "images").glob("*.jpg"))
+    folder = tmp_path / "data" / "dvm_mini"
+    files = []
+    for genmodel, gid, year, adv, n in (("Macan", "71_10", 2016, 1, 1), ("Macan", "71_10", 2016, 1, 2),
+                                        ("Macan", "71_10", 2018, 7, 1), ("911", "71_1", 2004, 3, 5),
+                                        ("Boxster", "71_6", 2012, 9, 1), ("Boxster", "71_6", 2019, 4, 2)):  # fmt: skip
+        relative = (
+            f"images/Porsche/{genmodel}/{year}/Grey/Porsche$${genmodel}$${year}$$Grey$${gid}$${adv}$$image_{n}.jpg"
+        )
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(source).save(folder / relative)
+        files.append(relative)
+    with open(folder / "Ad_table.csv", "w", newline="") as ads:
+        writer = csv.writer(ads)
+        writer.writerow(["Maker", "Genmodel", "Genmodel_ID", "Adv_ID", "Bodytype"])
+        writer.writerows([["Porsche", "Macan", "71_10", "71_10$$1", "SUV"],
+                          ["Porsche", "911", "71_1", "71_1$$3", "Coupe"],
+                          ["Porsche", "Boxster", "71_6", "71_6$$9", "Convertible"]])  # fmt: skip
+    with open(folder / "views.csv", "w", newline="") as views:
+        csv.writer(views).writerows([["file", "view"], [files[0], "front"], [files[3], "three_quarter"]])
+    return folder
+
+
 # ============================================ end of fixture photos ==========================================
 
 

@@ -111,40 +111,10 @@ def test_dvm_reader_parses_names_joins_body_type_and_uses_seed_bins(tmp_path):
     assert all((tmp_path / p).is_file() for p in table["path"])
 
 
-def make_resized_dvm_folder(root: Path) -> Path:
-    """DVM-CAR's resized_DVM layout (<Maker>/<Genmodel>/<Year>/<Colour>/) with Ad_table.csv and views.csv."""
-    source = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
-    folder = root / "dvm_mini"
-    files = []
-    for genmodel, gid, year, adv, n in (("Macan", "71_10", 2016, 1, 1), ("Macan", "71_10", 2016, 1, 2),
-                                        ("Macan", "71_10", 2018, 7, 1), ("911", "71_1", 2004, 3, 5),
-                                        ("Boxster", "71_6", 2012, 9, 1), ("Boxster", "71_6", 2019, 4, 2)):  # fmt: skip
-        relative = (
-            f"images/Porsche/{genmodel}/{year}/Grey/Porsche$${genmodel}$${year}$$Grey$${gid}$${adv}$$image_{n}.jpg"
-        )
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        Image.open(source).save(folder / relative)
-        files.append(relative)
-    ads = pd.DataFrame(
-        {
-            "Maker": "Porsche",
-            "Genmodel": ["Macan", "911", "Boxster"],
-            "Genmodel_ID": ["71_10", "71_1", "71_6"],
-            "Adv_ID": ["71_10$$1", "71_1$$3", "71_6$$9"],
-            "Bodytype": ["SUV", "Coupe", "Convertible"],
-        }
-    )
-    ads.to_csv(folder / "Ad_table.csv", index=False)
-    views = pd.DataFrame({"file": [files[0], files[3]], "view": ["front", "three_quarter"]})
-    views.to_csv(folder / "views.csv", index=False)
-    return folder
-
-
-def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data(tmp_path):
-    data = tmp_path / "data"
+def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data(resized_dvm_folder):
+    data = resized_dvm_folder.parent
     for name in ("stanford_cars", "negatives"):
         shutil.copytree(FIXTURE_DATA / name, data / name)
-    make_resized_dvm_folder(data)
     table = prepare(data)
     dvm = table[table["dataset"] == "dvm_mini"].set_index("year")
     assert len(dvm) == 6 and set(dvm["make"]) == {"Porsche"}

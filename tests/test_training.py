@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.artifacts import MANIFEST_FILE, load_bundle
 from core.gate import gate_estimates
@@ -154,6 +155,28 @@ def test_the_two_scores_must_share_an_input_size():
     with pytest.raises(ValueError, match="another normalisation"):
         grey = record(160, (0.4, 0.4, 0.4))
         build.serving_transforms({"modernity": record(224), "bodytype": record(224), "gate": grey})
+
+
+def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny_bundle_dir, resized_dvm_folder,
+                                                                            capsys):  # fmt: skip
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 6 and report["car"]["n"] == 6
+    assert report["modernity"]["n"] == 6 and report["body_type"]["n"] == 5  # the 911 is a Coupe: no seed type
+    assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)  # views.csv: front, three_quarter
+    assert {"front", "three_quarter"} <= set(report["by_view"]) and set(report["by_make"]) == {"porsche"}
+
+    (resized_dvm_folder / "Ad_table.csv").unlink()  # DVM's file names alone: years known, body types not
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["modernity"]["n"] == 6 and "body_type" not in report
+
+
+def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path):
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "car.jpg")
+    with pytest.raises(SystemExit, match=r"neither a labels\.csv"):
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])
 
 
 def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):

@@ -1,5 +1,6 @@
 """Evaluate a bundle on a data set folder and print JSON: a folder laid out like ../shared/data/<dataset>/
-(labels.csv + images/) or a DVM-CAR folder (Ad_table.csv, images found by DVM's file names).
+(labels.csv + images/) or a DVM-CAR folder (images found by DVM's file names at any depth, body types from its
+Ad_table.csv where it has one).
 
 Tasks follow the labels the folder has: `modernity` and `body_type` (year and body_type columns), `frontal`
 (a frontal column, an EPFL angle, or a `views.csv` beside the labels: frontal = `front`), `car` (every folder:
@@ -144,13 +145,15 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
         mod = modernity_metrics(
             bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows], outputs["expected_year"][rows]
         )
-        body = body_type_metrics(bundle, labels["body_type"][rows], outputs["body_logits"][rows])
+        body = labels.get("body_type", pd.Series("", index=labels.index)).fillna("")[rows]
         result[name] = {
             "n": int(rows.sum()),
             "modernity_macro_f1": mod["macro_f1"],
             "modernity_accuracy": mod["accuracy"],
             "mae_years": mod["mae_years"],
-            "body_type_accuracy": body["accuracy"],
+            "body_type_accuracy": body_type_metrics(bundle, body, outputs["body_logits"][rows])["accuracy"]
+            if (body != "").any()
+            else None,
         }
     return result
 
@@ -198,7 +201,7 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
         report["modernity"] = modernity_metrics(
             bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["expected_year"]
         )
-    if "body_type" in labels:
+    if "body_type" in labels and (labels["body_type"].fillna("") != "").any():
         report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
     if "year" in labels:
         report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
@@ -232,7 +235,8 @@ def clean(value: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="a dataset folder with labels.csv and images/")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="a dataset folder: labels.csv and images/, or a DVM-CAR folder")  # fmt: skip
     parser.add_argument("--split", choices=["train", "val", "test"], help="only rows of the bundle's split")
     parser.add_argument("--json", type=Path, help="also write the metrics to this file")
     args = parser.parse_args(argv)
@@ -240,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         bundle = load_bundle(args.bundle)
     except CarmorphError as error:
         sys.exit(f"error: {error}")
-    if not (args.data / "labels.csv").is_file():
-        sys.exit(f"error: {args.data} has no labels.csv (expected a folder like ../shared/data/stanford_cars)")
+    if not ((args.data / "labels.csv").is_file() or is_dvm_folder(args.data)):
+        sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
+                 "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
+                 "image_N.jpg)")  # fmt: skip
     report = clean(evaluate_folder(bundle, args.data, args.split))
     text = json.dumps(report, indent=2)
     print(text)

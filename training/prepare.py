@@ -123,12 +123,11 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
     """DVM-CAR images found by file name (`Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$image_N.jpg`) at any
     depth, so both `resized_DVM` (`<Maker>/<Genmodel>/<Year>/<Colour>/`) and `Confirmed_fronts` layouts read.
 
-    Body type is joined from `Ad_table.csv` (default: inside `folder`) by Genmodel_ID (its most frequent
-    Bodytype); views from `views.csv` beside the images (every `Confirmed_fronts` image is a front view). A car
-    model class (the split's group) is Genmodel + year, as Stanford's make + model + year."""
-    ads = pd.read_csv(ad_table or folder / "Ad_table.csv")
-    ads.columns = [c.strip() for c in ads.columns]
-    body_by_model = ads.dropna(subset=["Bodytype"]).groupby("Genmodel_ID")["Bodytype"].agg(lambda s: s.mode().iat[0])
+    Body type is joined from `Ad_table.csv` (default: inside `folder`; without one, body types are unknown) by
+    Genmodel_ID (its most frequent Bodytype); views from `views.csv` beside the images (every `Confirmed_fronts`
+    image is a front view). A car model class (the split's group) is Genmodel + year, as Stanford's make + model +
+    year."""
+    body_by_model = body_type_by_model(ad_table or folder / "Ad_table.csv")
     views = read_views(folder)
     rows = []
     for path in sorted(folder.rglob("*.jpg")):
@@ -160,8 +159,20 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
     return table
 
 
+def body_type_by_model(ad_table: Path) -> pd.Series:
+    """Genmodel_ID -> its most frequent Bodytype in an `Ad_table.csv`; empty when there is no such file."""
+    if not ad_table.is_file():
+        return pd.Series(dtype=str)
+    ads = pd.read_csv(ad_table)
+    ads.columns = [c.strip() for c in ads.columns]
+    return ads.dropna(subset=["Bodytype"]).groupby("Genmodel_ID")["Bodytype"].agg(lambda s: s.mode().iat[0])
+
+
 def is_dvm_folder(folder: Path) -> bool:
-    return (folder / "Ad_table.csv").is_file()
+    """A DVM-CAR folder: an `Ad_table.csv`, or no `labels.csv` and images named the DVM way at any depth."""
+    if (folder / "Ad_table.csv").is_file():
+        return True
+    return not (folder / "labels.csv").is_file() and any(DVM_NAME.match(p.name) for p in folder.rglob("*.jpg"))
 
 
 def _bin_or_missing(year: int, bins: Sequence[YearBin]) -> int:
