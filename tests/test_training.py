@@ -3,7 +3,9 @@ build a bundle, evaluate it. Tiny sizes: this proves the wiring, not the accurac
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,27 @@ def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])
     report = json.loads(capsys.readouterr().out)
     assert report["modernity"]["n"] == 6 and "body_type" not in report
+
+
+def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_bundle_dir, tmp_path, capsys):
+    """A hand-labelled folder: views in labels.csv (any case), some years unknown, one file that is no image."""
+    folder = tmp_path / "handmade"
+    (folder / "images").mkdir(parents=True)
+    photos = sorted((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))[:4]
+    for photo in photos[:3]:
+        shutil.copy(photo, folder / "images" / photo.name)
+    (folder / "images" / photos[3].name).write_text("not a photo")
+    files = [f"images/{p.name}" for p in photos]
+    with open(folder / "labels.csv", "w", newline="") as labels:
+        csv.writer(labels).writerows([["file", "year", "body_type", "view"], [files[0], 2010, "SUV", "Front"],
+                                      [files[1], "", "Saloon", "rear"], [files[2], 2005, "", ""],
+                                      [files[3], 2019, "SUV", "front"]])  # fmt: skip
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(folder)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["unreadable"]["n"] == 1 and report["unreadable"]["files"][0]["file"] == files[3]
+    assert report["n"] == 3 and report["modernity"]["n"] == 2 and report["body_type"]["n"] == 2
+    assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)
+    assert report["by_view"]["rear"]["mae_years"] is None and report["by_view"]["front"]["mae_years"] is not None
 
 
 def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path):

@@ -35,10 +35,12 @@ from training.metrics import classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
 
 BATCH = 64
+MAX_LISTED = 20  # unreadable files named in the report
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
-    """The folder's labels with `file` (relative to the folder), `path` (folder name + file) and `view`."""
+    """The folder's labels with `file` (relative to the folder), `path` (folder name + file) and `view` (from a
+    `views.csv` beside the labels, else the labels' own `view` column, else an EPFL angle)."""
     if is_dvm_folder(folder):
         labels = read_dvm(folder)
         labels["file"] = labels["path"].str.removeprefix(folder.name + "/")
@@ -46,9 +48,11 @@ def read_folder(folder: Path) -> pd.DataFrame:
     labels = pd.read_csv(folder / "labels.csv")
     labels["path"] = folder.name + "/" + labels["file"]
     views = read_views(folder)
+    given = labels["view"].fillna("").astype(str).str.strip().str.lower() if "view" in labels else ""
     from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""
-    labels["view"] = labels["file"].map(views).fillna(from_angle if "angle_deg" in labels else "")
-    labelled = labels["file"].isin(views.keys())
+    fallback = given.where(given != "", from_angle) if "view" in labels else from_angle
+    labels["view"] = labels["file"].map(views).fillna(fallback)
+    labelled = labels["file"].isin(views.keys()) | (given != "")
     if labelled.any() or "frontal" not in labels:
         frontal = labels["view"].map(frontal_from_view)
         labels["frontal"] = frontal.where(labelled, labels["frontal"]) if "frontal" in labels else frontal
@@ -62,48 +66,61 @@ def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Serie
     return labels["path"].map(by_path)
 
 
-def run_networks(bundle: Bundle, labels: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one)."""
+def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.ndarray] | None, list[dict[str, str]]]:
+    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one).
+    Returns the outputs of the rows whose image could be read (None if none could) and the rows that could not
+    (file and reason)."""
     has_box = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns)
-    parts = []
+    parts, unreadable = [], []
     for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
         frames, crops = [], []
         for _, row in labels.iloc[start : start + BATCH].iterrows():
-            frame = load_image(Path(row["root"]) / row["file"])
+            try:
+                frame = load_image(Path(row["root"]) / row["file"])
+            except (CarmorphError, OSError) as error:
+                unreadable.append({"file": str(row["file"]), "reason": str(error)})
+                continue
             box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
-        parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
+        if frames:
+            parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
+    if not parts:
+        return None, unreadable
     outputs = NetworkOutputs.concatenate(parts)
-    predicted_views = [outputs.view_decision(i, bundle.thresholds).view or "" for i in range(len(labels))]
+    predicted_views = [outputs.view_decision(i, bundle.thresholds).view or "" for i in range(len(outputs.car_prob))]
     bins = [softmax(row) for row in outputs.year_logits]
-    return {
-        "year_logits": outputs.year_logits,
-        "expected_year": np.array(
-            [expected_year(p, bundle.year_bins, y) for p, y in zip(bins, outputs.year_head_logits, strict=True)]
-        ),
-        "body_logits": outputs.body_logits,
-        "frontal_prob": outputs.frontal_prob,
-        "car_prob": outputs.car_prob,
-        "view": np.array(predicted_views),
-        "accepted": outputs.accepted(bundle.thresholds, bundle.valid_views),
-    }
+    return (
+        {
+            "year_logits": outputs.year_logits,
+            "expected_year": np.array(
+                [expected_year(p, bundle.year_bins, y) for p, y in zip(bins, outputs.year_head_logits, strict=True)]
+            ),
+            "body_logits": outputs.body_logits,
+            "frontal_prob": outputs.frontal_prob,
+            "car_prob": outputs.car_prob,
+            "view": np.array(predicted_views),
+            "accepted": outputs.accepted(bundle.thresholds, bundle.valid_views),
+        },
+        unreadable,
+    )
 
 
 def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
     """Year-bin metrics of the logits and the MAE of the expected year (the app's reading), with baselines."""
     bins = bundle.year_bins
-    true = np.array([-1 if (b := year_to_bin(int(y), bins)) is None else b for y in years])
+    known = years > 0  # a year of 0 or below is unknown
+    true = np.array([-1 if y <= 0 or (b := year_to_bin(int(y), bins)) is None else b for y in years])
     probs = np.array([softmax(row) for row in logits])
     m = classification_metrics(true, probs.argmax(1), len(bins))
     majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()
-    constant = float(np.median(years))
+    constant = float(np.median(years[known]))
     return {
         "accuracy": m.accuracy,
         "macro_f1": m.macro_f1,
         "per_class_f1": m.per_class_f1,
         "confusion": m.confusion,
-        "mae_years": float(np.abs(expected - years).mean()),
+        "mae_years": float(np.abs(expected - years)[known].mean()),
         "labels": [b.label for b in bins],
         "n": int((true >= 0).sum()),
         "baselines": {
@@ -111,7 +128,7 @@ def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, exp
             "majority_accuracy": float((true == majority).mean()),
             "majority_macro_f1": classification_metrics(true, np.full_like(true, majority), len(bins)).macro_f1,
             "constant_year": constant,
-            "constant_mae_years": float(np.abs(years - constant).mean()),
+            "constant_mae_years": float(np.abs(years[known] - constant).mean()),
         },
     }
 
@@ -142,8 +159,11 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
     for name, rows in groups:
         if rows.sum() == 0:
             continue
-        mod = modernity_metrics(
-            bundle, labels["year"].to_numpy()[rows], outputs["year_logits"][rows], outputs["expected_year"][rows]
+        years = labels["year"].to_numpy()[rows]
+        mod = (
+            modernity_metrics(bundle, years, outputs["year_logits"][rows], outputs["expected_year"][rows])
+            if (years > 0).any()
+            else dict.fromkeys(("macro_f1", "accuracy", "mae_years"))
         )
         body = labels.get("body_type", pd.Series("", index=labels.index)).fillna("")[rows]
         result[name] = {
@@ -185,6 +205,8 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
     """Metrics for every task the folder's labels support."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
+    if "year" in labels:  # blank or unreadable years are unknown (-1)
+        labels["year"] = pd.to_numeric(labels["year"], errors="coerce").fillna(-1).astype(int)
     report: dict[str, Any] = {"data": str(folder), "bundle": bundle.name, "split": split or "all"}
     if split:
         splits = bundle_split(bundle, labels, folder.name)
@@ -193,17 +215,21 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
         labels = labels[splits == split].reset_index(drop=True)
     elif not bundle_split(bundle, labels, folder.name).isna().all():
         report["warning"] = "rows include the bundle's training data: metrics are inflated; use --split test"
+    outputs, unreadable = run_networks(bundle, labels)
+    if unreadable:
+        report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
+        labels = labels[~labels["file"].astype(str).isin({u["file"] for u in unreadable})].reset_index(drop=True)
     report["n"] = len(labels)
-    if not len(labels):
+    if outputs is None:
         return report
-    outputs = run_networks(bundle, labels)
-    if "year" in labels:
+    has_years = "year" in labels and bool((labels["year"] > 0).any())
+    if has_years:
         report["modernity"] = modernity_metrics(
             bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["expected_year"]
         )
     if "body_type" in labels and (labels["body_type"].fillna("") != "").any():
         report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
-    if "year" in labels:
+    if has_years:
         report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
         report["by_make"] = by_make(bundle, labels, outputs["year_logits"], outputs["expected_year"])
         if (labels["view"] != "").any():
