@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,48 @@ def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_pat
     (tmp_path / "tm" / "backbone.json").write_text(json.dumps(info | {"size": 96}))
     with pytest.raises(SystemExit, match="another backbone"):
         car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")
+
+
+def test_swap_background_replaces_the_white_around_the_car_only():
+    car = np.full((40, 40, 3), 255, np.uint8)
+    car[10:30, 8:32] = 40  # the car
+    car[16:22, 14:26] = 255  # a white window inside it
+    out = np.asarray(teacher.swap_background(Image.fromarray(car), Image.new("RGB", (80, 60), (200, 30, 30))))
+    assert (out[0, 0] == [200, 30, 30]).all() and (out[35, 20] == [200, 30, 30]).all()
+    assert (out[10, 20] == [200, 30, 30]).all()  # the car's outer 2 px go with the white: no white fringe
+    assert (out[12, 20] == 40).all() and (out[15, 12] == 40).all()
+    assert (out[19, 20] == 255).all()  # white inside the car stays
+
+
+def test_backdrop_puts_each_dvm_car_before_a_negative_and_heads_can_train_on_it(resized_dvm_folder, tmp_path):
+    data = resized_dvm_folder.parent
+    for name in ("stanford_cars", "negatives"):
+        shutil.copytree(FIXTURE_DATA / name, data / name)
+    prepare.main(["--data", str(data), "--out", str(tmp_path / "table.parquet")])
+    table = pd.read_parquet(tmp_path / "table.parquet")
+    index, loaders = teacher.view_images(table, data, "backdrop", 0)
+    dvm = table[table["dataset"] == "dvm_mini"]
+    assert sorted(index["path"]) == sorted(dvm["path"])
+    assert index["background"].isin(table.loc[table["car"] == 0, "path"]).all()
+    assert loaders[0]().size == Image.open(data / index["path"][0]).size
+    teacher.main(["--table", str(tmp_path / "table.parquet"), "--data", str(data), "--out", str(tmp_path / "t"),
+                  "--size", "64", "--views", "crop", "frame", "composite", "backdrop"])  # fmt: skip
+    body_raw = training_body_types(table)
+    plain = car_splits(table, tmp_path / "t", body_raw)
+    backdrop = car_splits(table, tmp_path / "t", body_raw, backdrop=True)
+    dvm_training_cars = ((dvm["split"] == "train") & (dvm["year"] > 0)).sum()
+    assert dvm_training_cars > 0
+    assert len(backdrop["train"].features) == len(plain["train"].features) + dvm_training_cars
+    assert torch.equal(backdrop["val"].features, plain["val"].features)
+    gate_plain, gate_backdrop = heads.gate_splits(table, tmp_path / "t"), heads.gate_splits(table, tmp_path / "t", True)
+    for split in ("train", "val", "test"):
+        added = int((dvm["split"] == split).sum())
+        assert len(gate_backdrop[split].features) == len(gate_plain[split].features) + added
+        assert (gate_backdrop[split].targets["car"][-added:] == 1).all() if added else True
+        assert (gate_backdrop[split].targets["view"][-added:] == -1).all() if added else True
+    heads.main(["--table", str(tmp_path / "table.parquet"), "--teacher", str(tmp_path / "t"), "--backdrop",
+                "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "modernity", "gate"])  # fmt: skip
+    assert torch.load(tmp_path / "h" / "gate.pt", weights_only=True)["args"]["backdrop"] is True
+    (tmp_path / "t" / "backdrop_index.parquet").unlink()
+    with pytest.raises(SystemExit, match="has no backdrop view"):
+        car_splits(table, tmp_path / "t", body_raw, backdrop=True)

@@ -59,11 +59,12 @@ def training_body_types(table: pd.DataFrame) -> list[str]:
 
 
 def car_splits(
-    table: pd.DataFrame, teacher: Path, body_raw: Sequence[str], mirror: Path | None = None
+    table: pd.DataFrame, teacher: Path, body_raw: Sequence[str], mirror: Path | None = None, backdrop: bool = False
 ) -> dict[str, Split]:
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
-    mirrored: flip augmentation for heads trained on cached features; validation and test stay as they are."""
+    mirrored: flip augmentation for heads trained on cached features; with `backdrop`, every DVM-CAR training car
+    in front of a photo instead of white too (the cache's `backdrop` view). Validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
@@ -75,6 +76,9 @@ def car_splits(
         part, x = rows[mask], features[mask]
         if split == "train" and mirrored is not None:
             part, x = pd.concat([part, part]), np.concatenate([x, mirrored[mask]])
+        if split == "train" and backdrop:
+            extra, extra_x = backdrop_training_cars(table, teacher)
+            part, x = pd.concat([part, extra]), np.concatenate([x, extra_x])
         out[split] = Split(
             torch.from_numpy(x),
             {
@@ -87,6 +91,17 @@ def car_splits(
             part["year"].to_numpy(float),
         )
     return out
+
+
+def backdrop_training_cars(table: pd.DataFrame, teacher: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table rows and features of the training cars in the cache's `backdrop` view (`training.teacher --views
+    backdrop`)."""
+    if not (teacher / "backdrop_index.parquet").is_file():
+        raise SystemExit(f"--backdrop: {teacher} has no backdrop view (training.teacher --views backdrop)")
+    index, features = teacher_features(teacher, "backdrop")
+    rows = joined(table, index)
+    keep = ((rows["split"] == "train") & (rows["year"] > 0)).to_numpy()
+    return rows[keep], features[keep]
 
 
 def mirrored_features(teacher: Path, index: pd.DataFrame, mirror: Path) -> np.ndarray:

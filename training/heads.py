@@ -53,14 +53,16 @@ from training.year_head import add_year_head, year_head_args
 NECK = 256
 
 
-def gate_splits(table: pd.DataFrame, teacher: Path) -> dict[str, Split]:
-    """Car crops, whole frames and composites: car presence for all, the view where a source labels it."""
+def gate_splits(table: pd.DataFrame, teacher: Path, backdrop: bool = False) -> dict[str, Split]:
+    """Car crops, whole frames and composites (and with `backdrop`, DVM-CAR's cars in front of photos): car presence
+    for all, the view where a source labels it (not on composites and backdrops)."""
     parts = []
-    for view in ("crop", "frame", "composite"):
+    for view in ("crop", "frame", "composite", "backdrop") if backdrop else ("crop", "frame", "composite"):
         index, features = teacher_features(teacher, view)
         rows = joined(table, index)
-        car = np.ones(len(rows), np.int64) if view == "composite" else rows["car"].to_numpy(np.int64)
-        views = encode(rows["view"], VIEW_CLASSES) if view != "composite" else np.full(len(rows), -1)
+        pasted = view in ("composite", "backdrop")
+        car = np.ones(len(rows), np.int64) if pasted else rows["car"].to_numpy(np.int64)
+        views = np.full(len(rows), -1) if pasted else encode(rows["view"], VIEW_CLASSES)
         parts.append((rows["split"].to_numpy(), rows["dataset"].to_numpy(), features, car, views))
     split, dataset, features, car, views = (np.concatenate(column) for column in zip(*parts, strict=True))
     weights = source_weights(dataset, views)
@@ -185,7 +187,7 @@ def fit(
             scheduler.step()
         record = {"epoch": epoch, "loss": float(loss.detach()), **metrics_fn(model, data["val"])}
         history.append(record)
-        if record["score"] > best:
+        if not best_state or record["score"] > best:  # the first epoch even if its score is NaN
             best, best_state = record["score"], {k: v.clone() for k, v in model.state_dict().items()}
     return best_state, history
 
@@ -282,6 +284,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
+    p.add_argument("--backdrop", action="store_true", help="the networks also train on the DVM-CAR cars in front "
+                   "of photos (the --teacher cache's backdrop view): modernity and body type on the training cars, "
+                   "the gate's car presence on them as cars in scenes")  # fmt: skip
     return p
 
 
@@ -291,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
-        cars = car_splits(table, args.teacher, body_raw, args.mirror)
+        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.backdrop)
     if "modernity" in args.networks:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
@@ -304,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
-        train_network("gate", heads, 0, gate_splits(table, args.teacher), gate_loss, gate_metrics, args)
+        train_network("gate", heads, 0, gate_splits(table, args.teacher, args.backdrop), gate_loss, gate_metrics, args)
         view_head = refit_view_head(args.out / "gate.pt", table, args.teacher, args.seed)
         chosen = {k: v for k, v in view_head.items() if k != "candidates"} if view_head else "kept: too few cars"
         print(json.dumps({"view head by car-grouped cross-validation": chosen}), flush=True)

