@@ -168,6 +168,13 @@ def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny
     assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)  # views.csv: front, three_quarter
     assert {"front", "three_quarter"} <= set(report["by_view"]) and set(report["by_make"]) == {"porsche"}
 
+    negatives = FIXTURE_DATA / "negatives"
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder), "--backdrops", str(negatives)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["backdrops"] == str(negatives) and report["n"] == 6 and report["modernity"]["n"] == 6
+    chosen = evaluate.backdrop_photos(load_bundle(tiny_bundle_dir), negatives, "test", 50, seed=0)
+    assert len(chosen) == 50 and {Path(c).parent.name for c in chosen} == {"images"}
+
     (resized_dvm_folder / "Ad_table.csv").unlink()  # DVM's file names alone: years known, body types not
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])
     report = json.loads(capsys.readouterr().out)

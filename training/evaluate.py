@@ -8,7 +8,9 @@ cars are positives, a `car` column marks negatives). Where views are known, `by_
 body-type metrics per labelled view (and `by_predicted_view` per view the gate estimates); `by_make` splits
 modernity into Porsche and other makes (after 2012 the shared data's cars are all Porsches). With `--split`,
 only rows of that split of the bundle's own grouped split are used (folders the bundle was trained on);
-metrics on training rows are inflated, and the output says so.
+metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
+has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
+knows those photos): how the answers hold when a car leaves its photo style.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
+from training.teacher import swap_background
 
 BATCH = 64
 MAX_LISTED = 20  # unreadable files named in the report
@@ -77,6 +80,8 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.nda
         for _, row in labels.iloc[start : start + BATCH].iterrows():
             try:
                 frame = load_image(Path(row["root"]) / row["file"])
+                if "background" in row:
+                    frame = swap_background(frame, load_image(row["background"]))
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
@@ -201,8 +206,23 @@ def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray, expected: 
     return result
 
 
-def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> dict[str, Any]:
-    """Metrics for every task the folder's labels support."""
+def backdrop_photos(bundle: Bundle, folder: Path, split: str | None, count: int, seed: int) -> list[str]:
+    """`count` photos drawn from a folder of photos without cars (`labels.csv` + images/), of the bundle's `split`
+    where the bundle was trained on that folder (its other photos taught the gate "no car")."""
+    photos = read_folder(folder)
+    if split and not (splits := bundle_split(bundle, photos, folder.name)).isna().all():
+        photos = photos[splits == split]
+    if photos.empty:
+        raise SystemExit(f"--backdrops: no photos in {folder}" + (f" of the {split} split" if split else ""))
+    paths = [str(folder / f) for f in photos["file"]]
+    return [paths[i] for i in np.random.default_rng(seed).integers(len(paths), size=count)]
+
+
+def evaluate_folder(
+    bundle: Bundle, folder: Path, split: str | None = None, backdrops: Path | None = None
+) -> dict[str, Any]:
+    """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
+    background (DVM-CAR's) replaced by photos of that folder."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
@@ -215,6 +235,9 @@ def evaluate_folder(bundle: Bundle, folder: Path, split: str | None = None) -> d
         labels = labels[splits == split].reset_index(drop=True)
     elif not bundle_split(bundle, labels, folder.name).isna().all():
         report["warning"] = "rows include the bundle's training data: metrics are inflated; use --split test"
+    if backdrops:
+        labels["background"] = backdrop_photos(bundle, backdrops, split, len(labels), seed=0)
+        report["backdrops"] = str(backdrops)
     outputs, unreadable = run_networks(bundle, labels)
     if unreadable:
         report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
@@ -265,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a dataset folder: labels.csv and images/, or a DVM-CAR folder")  # fmt: skip
     parser.add_argument("--split", choices=["train", "val", "test"], help="only rows of the bundle's split")
     parser.add_argument("--json", type=Path, help="also write the metrics to this file")
+    parser.add_argument("--backdrops", type=Path, help="a folder of photos without cars (labels.csv + images/, "
+                        "e.g. ../shared/data/negatives): the white background of every photo (DVM-CAR's) is replaced "
+                        "by one of them, of --split where the bundle was trained on them")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle)
@@ -274,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
-    report = clean(evaluate_folder(bundle, args.data, args.split))
+    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
