@@ -17,6 +17,9 @@ from training.teacher import BackboneInfo
 
 
 def teacher_features(teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A view's index and features from a `training.teacher` cache; refuses a cache without that view."""
+    if not (teacher / f"{view}_index.parquet").is_file():
+        raise SystemExit(f"{teacher} has no {view} view (training.teacher --views {view})")
     return pd.read_parquet(teacher / f"{view}_index.parquet"), np.load(teacher / f"{view}.npy").astype(np.float32)
 
 
@@ -96,8 +99,6 @@ def car_splits(
 def backdrop_training_cars(table: pd.DataFrame, teacher: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """The table rows and features of the training cars in the cache's `backdrop` view (`training.teacher --views
     backdrop`)."""
-    if not (teacher / "backdrop_index.parquet").is_file():
-        raise SystemExit(f"--backdrop: {teacher} has no backdrop view (training.teacher --views backdrop)")
     index, features = teacher_features(teacher, "backdrop")
     rows = joined(table, index)
     keep = ((rows["split"] == "train") & (rows["year"] > 0)).to_numpy()

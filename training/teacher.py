@@ -105,11 +105,12 @@ def plan_backdrops(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     negatives = view_rows(table, "composite")
     if negatives.empty:
         raise SystemExit("--views backdrop needs the negatives (photos without a car) in the table")
+    pools = {split: negatives.loc[negatives["split"] == split, "path"].tolist() for split in cars["split"].unique()}
+    all_paths = negatives["path"].tolist()
     backgrounds = []
     for split in cars["split"]:
-        pool = negatives.loc[negatives["split"] == split, "path"]
-        pool = pool if len(pool) else negatives["path"]  # a tiny table may lack negatives in a split
-        backgrounds.append(pool.iloc[int(rng.integers(len(pool)))])
+        pool = pools[split] or all_paths  # a tiny table may lack negatives in a split
+        backgrounds.append(pool[int(rng.integers(len(pool)))])
     return pd.DataFrame({"path": cars["path"].to_numpy(), "background": backgrounds})
 
 
