@@ -265,7 +265,16 @@ def test_swap_background_replaces_the_white_around_the_car_only():
     assert (out[19, 20] == 255).all()  # white inside the car stays
 
 
-def test_backdrop_puts_each_dvm_car_before_a_negative_and_heads_can_train_on_it(resized_dvm_folder, tmp_path):
+def test_cut_out_on_white_keeps_the_car_in_its_box_and_whitens_the_rest():
+    photo = np.full((60, 80, 3), (40, 120, 40), np.uint8)  # a green scene
+    photo[20:45, 15:65] = (200, 20, 20)  # a red car
+    out = np.asarray(teacher.cut_out_on_white(Image.fromarray(photo), (12, 17, 68, 48)))
+    assert (out[:15] == 255).all() and (out[50:] == 255).all() and (out[:, :10] == 255).all()  # outside the box
+    assert (out[32, 40] == (200, 20, 20)).all() and (out[22, 18] == (200, 20, 20)).all()  # the car
+    assert (out[18, 14] == 255).all()  # scene inside the box goes too
+
+
+def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(resized_dvm_folder, tmp_path):
     data = resized_dvm_folder.parent
     for name in ("stanford_cars", "negatives"):
         shutil.copytree(FIXTURE_DATA / name, data / name)
@@ -276,24 +285,32 @@ def test_backdrop_puts_each_dvm_car_before_a_negative_and_heads_can_train_on_it(
     assert sorted(index["path"]) == sorted(dvm["path"])
     assert index["background"].isin(table.loc[table["car"] == 0, "path"]).all()
     assert loaders[0]().size == Image.open(data / index["path"][0]).size
+    index, loaders = teacher.view_images(table, data, "whiteout", 0)
+    stanford = table[table["dataset"] == "stanford_cars"]
+    assert sorted(index["path"]) == sorted(stanford.loc[stanford["year"] > 0, "path"])
+    first = np.asarray(loaders[0]())
+    assert first.min(axis=2).max() == 255 and first.min() < 200  # white around the car, the car kept
     teacher.main(["--table", str(tmp_path / "table.parquet"), "--data", str(data), "--out", str(tmp_path / "t"),
-                  "--size", "64", "--views", "crop", "frame", "composite", "backdrop"])  # fmt: skip
+                  "--size", "64", "--views", "crop", "frame", "composite", "backdrop", "whiteout"])  # fmt: skip
     body_raw = training_body_types(table)
     plain = car_splits(table, tmp_path / "t", body_raw)
-    backdrop = car_splits(table, tmp_path / "t", body_raw, backdrop=True)
-    dvm_training_cars = ((dvm["split"] == "train") & (dvm["year"] > 0)).sum()
-    assert dvm_training_cars > 0
-    assert len(backdrop["train"].features) == len(plain["train"].features) + dvm_training_cars
-    assert torch.equal(backdrop["val"].features, plain["val"].features)
-    gate_plain, gate_backdrop = heads.gate_splits(table, tmp_path / "t"), heads.gate_splits(table, tmp_path / "t", True)
+    restyled = car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop", "whiteout"))
+    training_cars = {name: ((rows["split"] == "train") & (rows["year"] > 0)).sum() for name, rows in
+                     (("dvm", dvm), ("stanford", stanford))}  # fmt: skip
+    assert min(training_cars.values()) > 0
+    assert len(restyled["train"].features) == len(plain["train"].features) + sum(training_cars.values())
+    assert torch.equal(restyled["val"].features, plain["val"].features)
+    gate_plain = heads.gate_splits(table, tmp_path / "t")
+    gate_restyled = heads.gate_splits(table, tmp_path / "t", ("backdrop", "whiteout"))
     for split in ("train", "val", "test"):
-        added = int((dvm["split"] == split).sum())
-        assert len(gate_backdrop[split].features) == len(gate_plain[split].features) + added
-        assert (gate_backdrop[split].targets["car"][-added:] == 1).all() if added else True
-        assert (gate_backdrop[split].targets["view"][-added:] == -1).all() if added else True
-    heads.main(["--table", str(tmp_path / "table.parquet"), "--teacher", str(tmp_path / "t"), "--backdrop",
-                "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "modernity", "gate"])  # fmt: skip
-    assert torch.load(tmp_path / "h" / "gate.pt", weights_only=True)["args"]["backdrop"] is True
+        added = int((dvm["split"] == split).sum() + ((stanford["split"] == split) & (stanford["year"] > 0)).sum())
+        assert len(gate_restyled[split].features) == len(gate_plain[split].features) + added
+        assert (gate_restyled[split].targets["car"][-added:] == 1).all() if added else True
+        assert (gate_restyled[split].targets["view"][-added:] == -1).all() if added else True
+    heads.main(["--table", str(tmp_path / "table.parquet"), "--teacher", str(tmp_path / "t"), "--restyled",
+                "backdrop", "whiteout", "--out", str(tmp_path / "h"), "--epochs", "1",
+                "--networks", "modernity", "gate"])  # fmt: skip
+    assert torch.load(tmp_path / "h" / "gate.pt", weights_only=True)["args"]["restyled"] == ["backdrop", "whiteout"]
     (tmp_path / "t" / "backdrop_index.parquet").unlink()
     with pytest.raises(SystemExit, match="has no backdrop view"):
-        car_splits(table, tmp_path / "t", body_raw, backdrop=True)
+        car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop",))

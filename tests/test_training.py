@@ -110,6 +110,10 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     assert {"accuracy", "macro_f1", "confusion"} <= set(report["body_type"])
     assert "inflated" in report["warning"]
     assert len(report["modernity"]["confusion"]) == 5
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--whiteout"])
+    white = json.loads(capsys.readouterr().out)
+    assert white["whiteout"] is True and white["n"] == report["n"]
+    assert white["modernity"]["mae_years"] != report["modernity"]["mae_years"]  # other pixels, other answers
 
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
     report = json.loads(capsys.readouterr().out)
@@ -174,6 +178,9 @@ def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny
     assert report["backdrops"] == str(negatives) and report["n"] == 6 and report["modernity"]["n"] == 6
     chosen = evaluate.backdrop_photos(load_bundle(tiny_bundle_dir), negatives, "test", 50, seed=0)
     assert len(chosen) == 50 and {Path(c).parent.name for c in chosen} == {"images"}
+
+    with pytest.raises(SystemExit, match="--whiteout needs the car's box"):
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder), "--whiteout"])
 
     (resized_dvm_folder / "Ad_table.csv").unlink()  # DVM's file names alone: years known, body types not
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])

@@ -20,10 +20,15 @@ from tqdm import tqdm
 from core.artifacts import crop_to_box
 
 
-def crop_box(image: Image.Image, row: pd.Series) -> Image.Image:
-    """The car's box (normalised columns box_x1..box_y2) with the serving margin; the whole image when unknown."""
+def pixel_box(image: Image.Image, row: pd.Series) -> tuple[float, float, float, float]:
+    """The row's car box (normalised columns box_x1..box_y2) in the image's pixels (NaN when unknown)."""
     w, h = image.size
-    box = [row["box_x1"] * w, row["box_y1"] * h, row["box_x2"] * w, row["box_y2"] * h]
+    return row["box_x1"] * w, row["box_y1"] * h, row["box_x2"] * w, row["box_y2"] * h
+
+
+def crop_box(image: Image.Image, row: pd.Series) -> Image.Image:
+    """The car's box with the serving margin; the whole image when unknown."""
+    box = pixel_box(image, row)
     return crop_to_box(image, None if np.isnan(box[0]) else box)
 
 

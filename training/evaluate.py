@@ -10,7 +10,8 @@ modernity into Porsche and other makes (after 2012 the shared data's cars are al
 only rows of that split of the bundle's own grouped split are used (folders the bundle was trained on);
 metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
 has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
-knows those photos): how the answers hold when a car leaves its photo style.
+knows those photos), and `--whiteout` puts every car with a labelled box (Stanford's photos) on white, cut out by
+GrabCut: how the answers hold when a car leaves its photo style.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
-from training.teacher import swap_background
+from training.teacher import cut_out_on_white, swap_background
 
 BATCH = 64
 MAX_LISTED = 20  # unreadable files named in the report
@@ -78,14 +79,16 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.nda
     for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
         frames, crops = [], []
         for _, row in labels.iloc[start : start + BATCH].iterrows():
+            box = (row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]) if has_box else None
             try:
                 frame = load_image(Path(row["root"]) / row["file"])
                 if "background" in row:
                     frame = swap_background(frame, load_image(row["background"]))
+                if "whiteout" in row:
+                    frame = cut_out_on_white(frame, box)
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
-            box = [row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]] if has_box else None
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
         if frames:
@@ -219,10 +222,10 @@ def backdrop_photos(bundle: Bundle, folder: Path, split: str | None, count: int,
 
 
 def evaluate_folder(
-    bundle: Bundle, folder: Path, split: str | None = None, backdrops: Path | None = None
+    bundle: Bundle, folder: Path, split: str | None = None, backdrops: Path | None = None, whiteout: bool = False
 ) -> dict[str, Any]:
     """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
-    background (DVM-CAR's) replaced by photos of that folder."""
+    background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
@@ -238,6 +241,11 @@ def evaluate_folder(
     if backdrops:
         labels["background"] = backdrop_photos(bundle, backdrops, split, len(labels), seed=0)
         report["backdrops"] = str(backdrops)
+    if whiteout:
+        if not {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns):
+            raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
+        labels["whiteout"] = True
+        report["whiteout"] = True
     outputs, unreadable = run_networks(bundle, labels)
     if unreadable:
         report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
@@ -291,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backdrops", type=Path, help="a folder of photos without cars (labels.csv + images/, "
                         "e.g. ../shared/data/negatives): the white background of every photo (DVM-CAR's) is replaced "
                         "by one of them, of --split where the bundle was trained on them")  # fmt: skip
+    parser.add_argument("--whiteout", action="store_true", help="every car (its labelled box, cut out "
+                        "by GrabCut) is put on white, as on DVM-CAR's adverts: the answers in that style")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle)
@@ -300,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
-    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops))
+    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -62,12 +62,17 @@ def training_body_types(table: pd.DataFrame) -> list[str]:
 
 
 def car_splits(
-    table: pd.DataFrame, teacher: Path, body_raw: Sequence[str], mirror: Path | None = None, backdrop: bool = False
+    table: pd.DataFrame,
+    teacher: Path,
+    body_raw: Sequence[str],
+    mirror: Path | None = None,
+    restyled: Sequence[str] = (),
 ) -> dict[str, Split]:
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
-    mirrored: flip augmentation for heads trained on cached features; with `backdrop`, every DVM-CAR training car
-    in front of a photo instead of white too (the cache's `backdrop` view). Validation and test stay as they are."""
+    mirrored: flip augmentation for heads trained on cached features; with `restyled` views of the cache, the
+    training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos; `whiteout`: Stanford's
+    cars on white). Validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
@@ -79,8 +84,8 @@ def car_splits(
         part, x = rows[mask], features[mask]
         if split == "train" and mirrored is not None:
             part, x = pd.concat([part, part]), np.concatenate([x, mirrored[mask]])
-        if split == "train" and backdrop:
-            extra, extra_x = backdrop_training_cars(table, teacher)
+        for view in restyled if split == "train" else ():
+            extra, extra_x = restyled_training_cars(table, teacher, view)
             part, x = pd.concat([part, extra]), np.concatenate([x, extra_x])
         out[split] = Split(
             torch.from_numpy(x),
@@ -96,10 +101,10 @@ def car_splits(
     return out
 
 
-def backdrop_training_cars(table: pd.DataFrame, teacher: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """The table rows and features of the training cars in the cache's `backdrop` view (`training.teacher --views
-    backdrop`)."""
-    index, features = teacher_features(teacher, "backdrop")
+def restyled_training_cars(table: pd.DataFrame, teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table rows and features of the training cars (known year) in a restyled view of the cache
+    (`training.teacher --views backdrop|whiteout`)."""
+    index, features = teacher_features(teacher, view)
     rows = joined(table, index)
     keep = ((rows["split"] == "train") & (rows["year"] > 0)).to_numpy()
     return rows[keep], features[keep]

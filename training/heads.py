@@ -45,7 +45,7 @@ from training.features import (
     training_body_types,
 )
 from training.metrics import classification_metrics, recall_at_precision
-from training.teacher import BackboneInfo, frozen_backbone
+from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone
 from training.train import class_weights, emd_loss
 from training.view_head import refit_view_head
 from training.year_head import add_year_head, year_head_args
@@ -53,14 +53,15 @@ from training.year_head import add_year_head, year_head_args
 NECK = 256
 
 
-def gate_splits(table: pd.DataFrame, teacher: Path, backdrop: bool = False) -> dict[str, Split]:
-    """Car crops, whole frames and composites (and with `backdrop`, DVM-CAR's cars in front of photos): car presence
-    for all, the view where a source labels it (not on composites and backdrops)."""
+def gate_splits(table: pd.DataFrame, teacher: Path, restyled: Sequence[str] = ()) -> dict[str, Split]:
+    """Car crops, whole frames and composites (and the cars in the `restyled` views: DVM-CAR's in front of photos,
+    Stanford's on white): car presence for all, the view where a source labels it (not on composites and restyled
+    cars)."""
     parts = []
-    for view in ("crop", "frame", "composite", "backdrop") if backdrop else ("crop", "frame", "composite"):
+    for view in ("crop", "frame", "composite", *restyled):
         index, features = teacher_features(teacher, view)
         rows = joined(table, index)
-        pasted = view in ("composite", "backdrop")
+        pasted = view in ("composite", *RESTYLED_VIEWS)
         car = np.ones(len(rows), np.int64) if pasted else rows["car"].to_numpy(np.int64)
         views = np.full(len(rows), -1) if pasted else encode(rows["view"], VIEW_CLASSES)
         parts.append((rows["split"].to_numpy(), rows["dataset"].to_numpy(), features, car, views))
@@ -284,9 +285,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
-    p.add_argument("--backdrop", action="store_true", help="the networks also train on the DVM-CAR cars in front "
-                   "of photos (the --teacher cache's backdrop view): modernity and body type on the training cars, "
-                   "the gate's car presence on them as cars in scenes")  # fmt: skip
+    p.add_argument("--restyled", nargs="+", choices=RESTYLED_VIEWS, default=[], help="the networks also train on "
+                   "the cars in these views of the --teacher cache (training.teacher --views): backdrop, DVM-CAR's "
+                   "cars in front of photos; whiteout, Stanford's cars on white. Modernity and body type on the "
+                   "training cars, the gate's car presence on all of them")  # fmt: skip
     return p
 
 
@@ -296,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
-        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.backdrop)
+        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled)
     if "modernity" in args.networks:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
@@ -309,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
-        train_network("gate", heads, 0, gate_splits(table, args.teacher, args.backdrop), gate_loss, gate_metrics, args)
+        train_network("gate", heads, 0, gate_splits(table, args.teacher, args.restyled), gate_loss, gate_metrics, args)
         view_head = refit_view_head(args.out / "gate.pt", table, args.teacher, args.seed)
         chosen = {k: v for k, v in view_head.items() if k != "candidates"} if view_head else "kept: too few cars"
         print(json.dumps({"view head by car-grouped cross-validation": chosen}), flush=True)

@@ -13,7 +13,10 @@ its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes
   (car-in-a-scene positives for the gate, with their boxes);
 - `backdrop` (only when asked for): every DVM-CAR car with its white background replaced by a negative photo of
   the same split, so that heads can learn DVM-CAR's years and body types from the car and not from the white
-  backdrop (`training.heads --backdrop`).
+  backdrop (`training.heads --restyled backdrop`);
+- `whiteout` (only when asked for): every car with a known year and box (Stanford's) cut out by GrabCut and put
+  on white, as DVM-CAR's adverts are, then cropped like `crop`: so that a car on white is not read as a Porsche of
+  DVM-CAR's years (`training.heads --restyled whiteout`).
 
 Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupted run resumes where it stopped;
 `OUT/<view>.npy` and `OUT/index.parquet` are written at the end. `--mirror` takes every image mirrored left-right
@@ -56,10 +59,12 @@ from core.models import (
     lite_weights_source,
     load_state_dict_file,
 )
-from training.data import crop_box
+from core.segment import Box, grabcut_mask
+from training.data import crop_box, pixel_box
 
 DEFAULT_VIEWS = ("crop", "frame", "composite")
-VIEWS = (*DEFAULT_VIEWS, "backdrop")
+RESTYLED_VIEWS = ("backdrop", "whiteout")  # the training cars in another photo style
+VIEWS = (*DEFAULT_VIEWS, *RESTYLED_VIEWS)
 WHITE = 238  # a channel minimum at or above this is the white of a background-removed advert photo
 CHUNK = 256
 
@@ -78,6 +83,8 @@ def view_rows(table: pd.DataFrame, view: str) -> pd.DataFrame:
         return table[table["car"] == 1]
     if view == "backdrop":
         return table[(table["car"] == 1) & table["group"].str.startswith("dvm:")]
+    if view == "whiteout":
+        return table[(table["car"] == 1) & (table["year"] > 0) & table["box_x1"].notna()]
     if view == "composite":
         return table[table["car"] == 0]
     return table[table["dataset"].isin(["epfl_multiview", "negatives"])]
@@ -127,6 +134,19 @@ def swap_background(car: Image.Image, background: Image.Image) -> Image.Image:
     return Image.fromarray(np.where(outside[..., None], scene, pixels))
 
 
+def cut_out_on_white(image: Image.Image, box: Box) -> Image.Image:
+    """`image` with everything but the car in `box` (x1, y1, x2, y2 px) made white, as on DVM-CAR's adverts: the
+    car is cut out by GrabCut (at 160 px, three iterations, where a car needs about 40 ms)."""
+    mask = grabcut_mask(image, box, max_side=160, iterations=3)
+    pixels = np.asarray(image).copy()
+    pixels[~mask] = 255
+    return Image.fromarray(pixels)
+
+
+def on_white(image: Image.Image, row: pd.Series) -> Image.Image:
+    return cut_out_on_white(image, pixel_box(image, row))
+
+
 def open_rgb(path: Path) -> Image.Image:
     with Image.open(path) as raw:  # trusted training data, not user uploads
         return ImageOps.exif_transpose(raw).convert("RGB")
@@ -168,6 +188,10 @@ def _view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> 
     index = rows[["path", "box_x1", "box_y1", "box_x2", "box_y2"]].reset_index(drop=True)
     if view == "frame":
         return index, [lambda r=r: open_rgb(data_root / r["path"]) for _, r in rows.iterrows()]
+    if view == "whiteout":
+        return index, [
+            lambda r=r: crop_box(on_white(open_rgb(data_root / r["path"]), r), r) for _, r in rows.iterrows()
+        ]
     return index, [lambda r=r: crop_box(open_rgb(data_root / r["path"]), r) for _, r in rows.iterrows()]
 
 
