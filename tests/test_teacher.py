@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
@@ -34,6 +35,7 @@ from core.pipeline import score_image
 from training import build, evaluate, finetune, heads, prepare, teacher
 from training.features import car_splits, training_body_types
 from training.teacher import frozen_backbone
+from training.train import emd_loss
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
@@ -265,6 +267,19 @@ def test_swap_background_replaces_the_white_around_the_car_only():
     assert (out[19, 20] == 255).all()  # white inside the car stays
 
 
+def test_row_weights_count_rows_and_equal_the_plain_losses_at_one():
+    torch.manual_seed(0)
+    logits, target = torch.randn(12, 5), torch.randint(0, 5, (12,))
+    class_weight = torch.rand(5) + 0.5
+    ones = torch.ones(12)
+    plain = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=0.1)
+    assert torch.allclose(heads.weighted_cross_entropy(logits, target, ones, class_weight, 0.1), plain)
+    assert torch.allclose(emd_loss(logits, target, ones), emd_loss(logits, target))
+    half = torch.cat([torch.ones(6), torch.zeros(6)])  # rows of weight 0 do not count
+    assert torch.allclose(heads.weighted_cross_entropy(logits, target, half), F.cross_entropy(logits[:6], target[:6]))
+    assert torch.allclose(emd_loss(logits, target, half), emd_loss(logits[:6], target[:6]))
+
+
 def test_cut_out_on_white_keeps_the_car_in_its_box_and_whitens_the_rest():
     photo = np.full((60, 80, 3), (40, 120, 40), np.uint8)  # a green scene
     photo[20:45, 15:65] = (200, 20, 20)  # a red car
@@ -300,6 +315,11 @@ def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(re
     assert min(training_cars.values()) > 0
     assert len(restyled["train"].features) == len(plain["train"].features) + sum(training_cars.values())
     assert torch.equal(restyled["val"].features, plain["val"].features)
+    weighted = car_splits(table, tmp_path / "t", body_raw, restyled=("whiteout",), restyled_weight=0.3)
+    n = len(plain["train"].features)
+    assert (weighted["train"].weights[:n] == 1).all() and torch.allclose(
+        weighted["train"].weights[n:], torch.tensor(0.3)
+    )
     gate_plain = heads.gate_splits(table, tmp_path / "t")
     gate_restyled = heads.gate_splits(table, tmp_path / "t", ("backdrop", "whiteout"))
     for split in ("train", "val", "test"):
@@ -308,9 +328,10 @@ def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(re
         assert (gate_restyled[split].targets["car"][-added:] == 1).all() if added else True
         assert (gate_restyled[split].targets["view"][-added:] == -1).all() if added else True
     heads.main(["--table", str(tmp_path / "table.parquet"), "--teacher", str(tmp_path / "t"), "--restyled",
-                "backdrop", "whiteout", "--out", str(tmp_path / "h"), "--epochs", "1",
+                "backdrop", "whiteout", "--restyled-weight", "0.3", "--out", str(tmp_path / "h"), "--epochs", "1",
                 "--networks", "modernity", "gate"])  # fmt: skip
-    assert torch.load(tmp_path / "h" / "gate.pt", weights_only=True)["args"]["restyled"] == ["backdrop", "whiteout"]
+    saved = torch.load(tmp_path / "h" / "modernity.pt", weights_only=True)["args"]
+    assert saved["restyled"] == ["backdrop", "whiteout"] and saved["restyled_weight"] == 0.3
     (tmp_path / "t" / "backdrop_index.parquet").unlink()
     with pytest.raises(SystemExit, match="has no backdrop view"):
         car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop",))

@@ -67,12 +67,13 @@ def car_splits(
     body_raw: Sequence[str],
     mirror: Path | None = None,
     restyled: Sequence[str] = (),
+    restyled_weight: float = 1.0,
 ) -> dict[str, Split]:
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
     mirrored: flip augmentation for heads trained on cached features; with `restyled` views of the cache, the
     training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos; `whiteout`: Stanford's
-    cars on white). Validation and test stay as they are."""
+    cars on white), each weighing `restyled_weight` in the losses. Validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
@@ -84,9 +85,11 @@ def car_splits(
         part, x = rows[mask], features[mask]
         if split == "train" and mirrored is not None:
             part, x = pd.concat([part, part]), np.concatenate([x, mirrored[mask]])
+        weights = np.ones(len(part), np.float32)
         for view in restyled if split == "train" else ():
             extra, extra_x = restyled_training_cars(table, teacher, view)
             part, x = pd.concat([part, extra]), np.concatenate([x, extra_x])
+            weights = np.concatenate([weights, np.full(len(extra), restyled_weight, np.float32)])
         out[split] = Split(
             torch.from_numpy(x),
             {
@@ -94,7 +97,7 @@ def car_splits(
                 "body_type": torch.from_numpy(encode(part["body_type"], SEED_BODY_TYPES)),
                 "body_raw": torch.from_numpy(encode(part["body_type_raw"], body_raw)),
             },
-            torch.ones(len(part)),
+            torch.from_numpy(weights),
             part["dataset"].to_numpy(),
             part["year"].to_numpy(float),
         )

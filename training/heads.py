@@ -81,16 +81,34 @@ def gate_splits(table: pd.DataFrame, teacher: Path, restyled: Sequence[str] = ()
 Loss = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    class_weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy with a weight per row; with every row weighing 1 it equals `F.cross_entropy`'s (class-weighted)
+    mean."""
+    per_row = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=label_smoothing, reduction="none")
+    norm = weights if class_weight is None else weights * class_weight[target]
+    return (per_row * weights).sum() / norm.sum()
+
+
 def car_loss(main: str, class_weight: torch.Tensor, aux_weight: float = 0.3) -> Loss:
-    def loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], _: torch.Tensor) -> torch.Tensor:
+    """Class-balanced cross-entropy on the main head (+ EMD on year bins) and plain cross-entropy on the raw body
+    types, each row counted by its weight (restyled cars can count less than the photos they come from)."""
+
+    def loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
         known = targets[main] >= 0
-        logits, target = outputs[main][known], targets[main][known]
-        total = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=0.1)
+        logits, target, w = outputs[main][known], targets[main][known], weights[known]
+        total = weighted_cross_entropy(logits, target, w, class_weight, label_smoothing=0.1)
         if main == "year_bin":
-            total = total + emd_loss(logits, target)
+            total = total + emd_loss(logits, target, w)
         if "body_raw" in outputs and (targets["body_raw"] >= 0).any():
             aux = targets["body_raw"] >= 0
-            total = total + aux_weight * F.cross_entropy(outputs["body_raw"][aux], targets["body_raw"][aux])
+            total = total + aux_weight * weighted_cross_entropy(outputs["body_raw"][aux], targets["body_raw"][aux],
+                                                                weights[aux])  # fmt: skip
         return total
 
     return loss
@@ -289,6 +307,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "the cars in these views of the --teacher cache (training.teacher --views): backdrop, DVM-CAR's "
                    "cars in front of photos; whiteout, Stanford's cars on white. Modernity and body type on the "
                    "training cars, the gate's car presence on all of them")  # fmt: skip
+    p.add_argument("--restyled-weight", type=float, default=1.0, help="what a restyled car counts in the "
+                   "modernity and body-type losses, against 1 for a car as photographed")  # fmt: skip
     return p
 
 
@@ -298,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
-        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled)
+        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight)
     if "modernity" in args.networks:
         weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),

@@ -162,11 +162,13 @@ def class_weights(targets: np.ndarray, classes: int) -> torch.Tensor:
     return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
 
 
-def emd_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared earth mover's distance between predicted and true distributions over ordered bins."""
+def emd_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared earth mover's distance between predicted and true distributions over ordered bins (the mean over
+    rows, weighted by `weights` if given)."""
     cdf = torch.cumsum(F.softmax(logits, dim=1), dim=1)
     true_cdf = torch.cumsum(F.one_hot(target, logits.shape[1]).float(), dim=1)
-    return ((cdf - true_cdf) ** 2).sum(dim=1).mean()
+    per_row = ((cdf - true_cdf) ** 2).sum(dim=1)
+    return per_row.mean() if weights is None else (per_row * weights).sum() / weights.sum()
 
 
 class CarLoss:
