@@ -14,6 +14,18 @@ DEFAULT_BUNDLE_DIR = PROJECT_ROOT / "artifacts" / "default"
 SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 
 SEED_BODY_TYPES: tuple[str, ...] = ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
+# Other names of the seed's body types in labels: the US names of Stanford Cars' classes and common spellings.
+BODY_TYPE_SYNONYMS = {"sedan": "Saloon", "minivan": "MPV", "people carrier": "MPV", "cabriolet": "Convertible"}
+
+
+def seed_body_type(label: object) -> str:
+    """The seed body type a label names, in any case or by a synonym (Sedan, Minivan); "" for any other label."""
+    if not isinstance(label, str):
+        return ""
+    key = label.strip().casefold()
+    return {t.casefold(): t for t in SEED_BODY_TYPES}.get(key) or BODY_TYPE_SYNONYMS.get(key, "")
+
+
 EMBEDDING_DIM = 512
 # The crop the modernity and body-type networks see: the car box widened by this fraction of its width/height on
 # each side (training, bundle building and scoring all use it).

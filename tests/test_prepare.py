@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS
+from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS, seed_body_type
 from training.prepare import finalise, grouped_split, prepare, read_dvm
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
@@ -125,3 +125,14 @@ def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data
     assert dvm.groupby("advert")["split"].nunique().max() == 1
     assert dvm.groupby("class_name")["split"].nunique().max() == 1
     assert all((data / p).is_file() for p in dvm["path"])
+
+
+def test_seed_body_type_reads_labels_in_any_case_and_by_their_us_names():
+    assert [seed_body_type(x) for x in ("Saloon", " sedan ", "MINIVAN", "suv", "Cabriolet")] == [
+        "Saloon",
+        "Saloon",
+        "MPV",
+        "SUV",
+        "Convertible",
+    ]
+    assert [seed_body_type(x) for x in ("Coupe", "Estate", "", float("nan"), None)] == [""] * 5

@@ -189,7 +189,8 @@ def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny
 
 
 def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_bundle_dir, tmp_path, capsys):
-    """A hand-labelled folder: views in labels.csv (any case), some years unknown, one file that is no image."""
+    """A hand-labelled folder: views and body types in labels.csv (any case, Sedan for Saloon), some years unknown,
+    one file that is no image."""
     folder = tmp_path / "handmade"
     (folder / "images").mkdir(parents=True)
     photos = sorted((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))[:4]
@@ -198,8 +199,8 @@ def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_b
     (folder / "images" / photos[3].name).write_text("not a photo")
     files = [f"images/{p.name}" for p in photos]
     with open(folder / "labels.csv", "w", newline="") as labels:
-        csv.writer(labels).writerows([["file", "year", "body_type", "view"], [files[0], 2010, "SUV", "Front"],
-                                      [files[1], "", "Saloon", "rear"], [files[2], 2005, "", ""],
+        csv.writer(labels).writerows([["file", "year", "body_type", "view"], [files[0], 2010, "suv", "Front"],
+                                      [files[1], "", " Sedan", "rear"], [files[2], 2005, "", ""],
                                       [files[3], 2019, "SUV", "front"]])  # fmt: skip
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(folder)])
     report = json.loads(capsys.readouterr().out)

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, predict_images
-from core.config import year_to_bin
+from core.config import seed_body_type, year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
 from core.scoring import expected_year, softmax
@@ -43,14 +43,17 @@ MAX_LISTED = 20  # unreadable files named in the report
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
-    """The folder's labels with `file` (relative to the folder), `path` (folder name + file) and `view` (from a
-    `views.csv` beside the labels, else the labels' own `view` column, else an EPFL angle)."""
+    """The folder's labels with `file` (relative to the folder), `path` (folder name + file), `view` (from a
+    `views.csv` beside the labels, else the labels' own `view` column, else an EPFL angle) and the seed's name of
+    each body type (blank for other types)."""
     if is_dvm_folder(folder):
         labels = read_dvm(folder)
         labels["file"] = labels["path"].str.removeprefix(folder.name + "/")
         return labels.drop(columns=["group", "year_bin"])
     labels = pd.read_csv(folder / "labels.csv")
     labels["path"] = folder.name + "/" + labels["file"]
+    if "body_type" in labels:  # hand-written labels: any case, Sedan for Saloon, Minivan for MPV
+        labels["body_type"] = labels["body_type"].map(seed_body_type)
     views = read_views(folder)
     given = labels["view"].fillna("").astype(str).str.strip().str.lower() if "view" in labels else ""
     from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import DVM_YEAR_BINS, SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin, year_to_bin
+from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS, YearBin, seed_body_type, year_to_bin
 
 YEAR_BIN_SETS = {"shared": SHARED_YEAR_BINS, "dvm": DVM_YEAR_BINS}
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.2, "test": 0.1}
@@ -148,7 +148,7 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
                 "group": f"dvm:{match['gid']}:{match['year']}",
                 "advert": f"{match['gid']}$${match['adv']}",
                 "year": int(match["year"]),
-                "body_type": raw_body if raw_body in SEED_BODY_TYPES else "",
+                "body_type": seed_body_type(raw_body),
                 "body_type_raw": raw_body,
                 "view": view,
                 "frontal": frontal_from_view(view),
