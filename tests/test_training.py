@@ -97,8 +97,17 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     bundle = load_bundle(out)
     assert len(bundle.images) == len(list((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg")))
     assert bundle.manifest.networks["modernity"].init == "scratch"
-    assert set(bundle.manifest.metrics) >= {"stanford_cars", "epfl_multiview", "negatives"}
+    metrics = bundle.manifest.metrics
+    assert set(metrics) >= {"stanford_cars", "epfl_multiview", "negatives", "stanford_cars_on_white"}
+    assert "epfl_multiview_on_white" not in metrics  # no years to read off white
+    assert metrics["stanford_cars_on_white"]["whiteout"] is True
+    assert metrics["stanford_cars_on_white"]["n"] == metrics["stanford_cars"]["n"]
     assert len(bundle.morphs) >= 1
+    (out / "manifest.json").write_text(json.dumps(json.loads((out / "manifest.json").read_text()) | {"metrics": {}}))
+    build.main(["--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA), "--out", str(out), "--remeasure"])
+    assert load_bundle(out).manifest.metrics == metrics  # the same numbers, measured again
+    with pytest.raises(SystemExit):
+        build.main(["--table", str(runs / "table.parquet"), "--out", str(out)])  # no networks, no --remeasure
     capsys.readouterr()
 
     evaluate.main(
