@@ -219,11 +219,18 @@ def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_b
     assert report["by_view"]["rear"]["mae_years"] is None and report["by_view"]["front"]["mae_years"] is not None
 
 
-def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path):
+def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "car.jpg")
     with pytest.raises(SystemExit, match=r"neither a labels\.csv"):
         evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])
+    Image.new("RGB", (64, 48)).save(tmp_path / "photos" / "car.jpg")
+    (tmp_path / "photos" / "labels.csv").write_text("file,year,bbox_x1,bbox_y1,bbox_x2,bbox_y2\ncar.jpg,2010,1,1,,7\n")
+    with pytest.raises(SystemExit, match="--whiteout needs the car's box of every photo"):
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos"), "--whiteout"])
+    (tmp_path / "photos" / "labels.csv").write_text("file,year,bbox_x1,bbox_y1,bbox_x2,bbox_y2\ncar.jpg,2010,1,x,6,7\n")
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])  # no box: the whole photo
+    assert json.loads(capsys.readouterr().out)["n"] == 1
 
 
 def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):

@@ -40,6 +40,7 @@ from training.teacher import cut_out_on_white, swap_background
 
 BATCH = 64
 MAX_LISTED = 20  # unreadable files named in the report
+BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # a labels.csv's car box (pixels)
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
@@ -54,6 +55,8 @@ def read_folder(folder: Path) -> pd.DataFrame:
     labels["path"] = folder.name + "/" + labels["file"]
     if "body_type" in labels:  # hand-written labels: any case, Sedan for Saloon, Minivan for MPV
         labels["body_type"] = labels["body_type"].map(seed_body_type)
+    if set(BOX) <= set(labels.columns):  # a box that is not numbers is unknown: the whole photo is the crop
+        labels[BOX] = labels[BOX].apply(pd.to_numeric, errors="coerce")
     views = read_views(folder)
     given = labels["view"].fillna("").astype(str).str.strip().str.lower() if "view" in labels else ""
     from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""
@@ -77,12 +80,12 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.nda
     """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one).
     Returns the outputs of the rows whose image could be read (None if none could) and the rows that could not
     (file and reason)."""
-    has_box = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns)
+    has_box = set(BOX) <= set(labels.columns)
     parts, unreadable = [], []
     for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
         frames, crops = [], []
         for _, row in labels.iloc[start : start + BATCH].iterrows():
-            box = (row["bbox_x1"], row["bbox_y1"], row["bbox_x2"], row["bbox_y2"]) if has_box else None
+            box = tuple(row[BOX]) if has_box else None
             try:
                 frame = load_image(Path(row["root"]) / row["file"])
                 if "background" in row:
@@ -245,7 +248,7 @@ def evaluate_folder(
         labels["background"] = backdrop_photos(bundle, backdrops, split, len(labels), seed=0)
         report["backdrops"] = str(backdrops)
     if whiteout:
-        if not {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"} <= set(labels.columns):
+        if not set(BOX) <= set(labels.columns) or labels[BOX].isna().any(axis=None):
             raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
         labels["whiteout"] = True
         report["whiteout"] = True
