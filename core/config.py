@@ -16,14 +16,12 @@ SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
 SEED_BODY_TYPES: tuple[str, ...] = ("Hatchback", "SUV", "MPV", "Saloon", "Convertible")
 # Other names of the seed's body types in labels: the US names of Stanford Cars' classes and common spellings.
 BODY_TYPE_SYNONYMS = {"sedan": "Saloon", "minivan": "MPV", "people carrier": "MPV", "cabriolet": "Convertible"}
+_BODY_TYPE_NAMES = {t.casefold(): t for t in SEED_BODY_TYPES} | BODY_TYPE_SYNONYMS  # casefolded label -> seed type
 
 
 def seed_body_type(label: object) -> str:
     """The seed body type a label names, in any case or by a synonym (Sedan, Minivan); "" for any other label."""
-    if not isinstance(label, str):
-        return ""
-    key = label.strip().casefold()
-    return {t.casefold(): t for t in SEED_BODY_TYPES}.get(key) or BODY_TYPE_SYNONYMS.get(key, "")
+    return _BODY_TYPE_NAMES.get(label.strip().casefold(), "") if isinstance(label, str) else ""
 
 
 EMBEDDING_DIM = 512

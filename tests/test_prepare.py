@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS, seed_body_type
-from training.prepare import finalise, grouped_split, prepare, read_dvm
+from training.prepare import finalise, grouped_split, prepare, read_dvm, read_stanford
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -136,3 +136,13 @@ def test_seed_body_type_reads_labels_in_any_case_and_by_their_us_names():
         "Convertible",
     ]
     assert [seed_body_type(x) for x in ("Coupe", "Estate", "", float("nan"), None)] == [""] * 5
+
+
+def test_a_stanford_layout_folder_reads_body_types_in_any_spelling(tmp_path):
+    folder = tmp_path / "stanford_cars"
+    (folder / "images").mkdir(parents=True)
+    labels = pd.read_csv(FIXTURE_DATA / "stanford_cars" / "labels.csv")
+    labels["body_type"] = ["sedan", " SUV", "Minivan", "Coupe"] * (len(labels) // 4) + ["sedan"] * (len(labels) % 4)
+    labels.to_csv(folder / "labels.csv", index=False)
+    read = read_stanford(folder, SHARED_YEAR_BINS)["body_type"].tolist()
+    assert read == [seed_body_type(b) for b in labels["body_type"]] and set(read) == {"Saloon", "SUV", "MPV", ""}

@@ -45,7 +45,7 @@ def read_stanford(folder: Path, bins: Sequence[YearBin]) -> pd.DataFrame:
             "class_name": raw["class_name"],
             "group": "class:" + raw["class_id"].astype(str),
             "year": raw["year"].astype(int),
-            "body_type": raw["body_type"].fillna(""),
+            "body_type": raw["body_type"].map(seed_body_type),
             "body_type_raw": raw["body_type_raw"].fillna(""),
             "frontal": -1,
             "angle_deg": np.nan,
