@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from core.atlas import Atlas, AtlasCanvas, AtlasSpec, install_atlas, open_atlas
 from core.config import (
@@ -36,6 +37,7 @@ from core.gate import (
     DEFAULT_CAM_THRESHOLD,
     LEGACY_GATE_HEADS,
     VIEW_GATE_HEADS,
+    BoxHead,
     gate_estimates,
     gate_estimates_from_maps,
     gate_probabilities,
@@ -51,6 +53,7 @@ from core.models import (
     ImageTransform,
     crop_outputs,
     load_carnet,
+    read_safetensors,
     save_backbone,
     save_carnet,
 )
@@ -122,6 +125,20 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class BoxHeadSpec:
+    """The gate's box head (core.gate.BoxHead): its weights file and layout."""
+
+    file: str
+    width: int
+    channels: int
+    grid: int
+
+    @classmethod
+    def of(cls, head: BoxHead, file: str = "box_head.safetensors") -> BoxHeadSpec:
+        return cls(file, head.reduce[0].num_features, head.reduce[1].out_channels, head.grid)
+
+
+@dataclass(frozen=True)
 class Thresholds:
     """Car probability; P(front) for the frontal decision; P(a valid view) for a list of valid views; the car
     activation map's fraction of its peak that bounds the box (view-head gates)."""
@@ -156,6 +173,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     gate_input_size: int | None = None  # the gate's own input size where it differs from the scores' (None: same)
     flip_average: bool = False  # the scores are the mean over the crop and its mirror image
+    box_head: BoxHeadSpec | None = None  # the gate's box from a trained head (None: from the activation map)
 
     @property
     def transform(self) -> ImageTransform:
@@ -179,6 +197,7 @@ class Manifest:
             "input_size": self.input_size,
             "gate_input_size": self.gate_size,
             "flip_average": self.flip_average,
+            "box_head": asdict(self.box_head) if self.box_head else None,
             "mean": list(self.mean),
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
@@ -205,6 +224,7 @@ class Manifest:
             input_size=_field(data, "input_size", int),
             gate_input_size=_field(data, "gate_input_size", int) if "gate_input_size" in data else None,
             flip_average=_field(data, "flip_average", _boolean) if "flip_average" in data else False,
+            box_head=_field(data, "box_head", _box_head_spec) if data.get("box_head") else None,
             mean=_field(data, "mean", _triple),
             std=_field(data, "std", _triple),
             year_bins=_field(
@@ -270,6 +290,7 @@ class Bundle:
     atlas: Atlas  # thumbnails, decoded shard by shard when asked for
     placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
     transform: ImageTransform
+    box_head: BoxHead | None = None  # the gate's box head (None: the box from the activation map)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # per-bundle runtime objects (segmenters...)
 
     @property
@@ -358,7 +379,17 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         atlas=atlas,
         placer=MapPlacer().fit(embeddings, coords),
         transform=manifest.transform,
+        box_head=load_box_head(directory, manifest.box_head) if manifest.box_head else None,
     )
+
+
+def load_box_head(directory: Path, spec: BoxHeadSpec) -> BoxHead:
+    head = BoxHead(spec.width, spec.channels, spec.grid)
+    try:
+        head.load_state_dict({k: v.float() for k, v in read_safetensors(directory / spec.file).items()})
+    except RuntimeError as error:
+        raise BundleError(f"{spec.file} does not fit the box head the manifest describes ({error}).") from error
+    return head.eval()
 
 
 def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
@@ -455,6 +486,7 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
     needed = [spec.file for spec in manifest.networks.values()]
     needed += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
     needed += [IMAGES_FILE, EMBEDDINGS_FILE, MORPHS_FILE, *manifest.atlas.files]
+    needed += [manifest.box_head.file] if manifest.box_head else []
     unlisted = [name for name in needed if name not in manifest.files]
     if unlisted:
         raise BundleError(f"manifest.json: files lacks the sha256 of {unlisted}.")
@@ -595,6 +627,10 @@ def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
     }
 
 
+def _box_head_spec(value: Mapping[str, Any]) -> BoxHeadSpec:
+    return BoxHeadSpec(str(value["file"]), int(value["width"]), int(value["channels"]), int(value["grid"]))
+
+
 def _thresholds(value: Mapping[str, Any]) -> Thresholds:
     defaults = Thresholds()
     return Thresholds(**{name: float(value.get(name, getattr(defaults, name))) for name in ("view", "cam")},
@@ -650,12 +686,21 @@ def write_bundle(
     names += sorted({spec.backbone for spec in manifest.networks.values()} - {""})
     names += manifest.atlas.files
     written = Manifest.from_dict(
-        manifest.to_dict()
+        replace(manifest, box_head=None).to_dict()  # a box head joins a written bundle: `add_box_head`
         | {
             "created": manifest.created or datetime.now(UTC).isoformat(timespec="seconds"),
             "files": {name: sha256_file(directory / name) for name in names},
         }
     )
+    save_manifest(directory, written)
+    return written
+
+
+def add_box_head(directory: Path, manifest: Manifest, box_head: BoxHead) -> Manifest:
+    """Give a written bundle the gate's box head (replacing one it had); returns the manifest as written."""
+    spec = BoxHeadSpec.of(box_head)
+    save_file(box_head.state_dict(), str(directory / spec.file))
+    written = replace(manifest, box_head=spec, files=manifest.files | {spec.file: sha256_file(directory / spec.file)})
     save_manifest(directory, written)
     return written
 

@@ -2,9 +2,9 @@
 
 Two gate layouts exist. The seed's ResNet-18 gate has heads `car`, `box` (normalised x1, y1, x2, y2 through a
 sigmoid) and `frontal`. The EfficientNet-Lite0 gate has linear heads `car` and `view` (VIEW_CLASSES) on the
-pooled feature of a frozen ImageNet backbone; its box is the class activation map of the car head (the car
-logit is the mean over positions of w·f(x, y), so w·f(x, y) says where the car evidence is), thresholded at
-`cam_threshold` of its peak.
+pooled feature of a frozen ImageNet backbone. Its box comes from a `BoxHead` on the backbone's maps where the bundle
+has one (`training.box_head`), else from the class activation map of the car head (the car logit is the mean over
+positions of w·f(x, y), so w·f(x, y) says where the car evidence is), thresholded at `cam_threshold` of its peak.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core.models import CarNet
 from core.viewpoint import VIEW_CLASSES
@@ -41,19 +42,50 @@ def is_gate_layout(heads: Mapping[str, int]) -> bool:
     return dict(heads) in GATE_LAYOUTS
 
 
-def gate_estimates(gate: CarNet, batch: torch.Tensor, cam_threshold: float = DEFAULT_CAM_THRESHOLD) -> GateEstimates:
+class BoxHead(nn.Module):
+    """The car's box (normalised x1, y1, x2, y2) regressed from the gate backbone's maps: a 1x1 convolution to a
+    few channels, then one linear layer over the grid of positions, so that where the car is stays known (the
+    pooled feature has lost it). The maps are pooled to `grid` x `grid` cells first (a no-op at the gate's input
+    size)."""
+
+    def __init__(self, width: int, channels: int = 64, grid: int = 5, dropout: float = 0.2):
+        super().__init__()
+        self.grid = grid
+        self.reduce = nn.Sequential(nn.BatchNorm2d(width), nn.Conv2d(width, channels, 1), nn.BatchNorm2d(channels),
+                                    nn.ReLU(), nn.Dropout(dropout))  # fmt: skip
+        self.out = nn.Linear(channels * grid * grid, 4)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        corners = torch.sigmoid(self.out(self.reduce(F.adaptive_avg_pool2d(maps, self.grid)).flatten(1)))
+        x1, x2 = torch.minimum(corners[:, 0], corners[:, 2]), torch.maximum(corners[:, 0], corners[:, 2])
+        y1, y2 = torch.minimum(corners[:, 1], corners[:, 3]), torch.maximum(corners[:, 1], corners[:, 3])
+        return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def gate_estimates(
+    gate: CarNet,
+    batch: torch.Tensor,
+    cam_threshold: float = DEFAULT_CAM_THRESHOLD,
+    box_head: BoxHead | None = None,
+) -> GateEstimates:
     """Run the gate on a normalised batch of whole frames."""
     with torch.inference_mode():
-        return gate_estimates_from_maps(gate, gate.feature_maps(batch), cam_threshold)
+        return gate_estimates_from_maps(gate, gate.feature_maps(batch), cam_threshold, box_head)
 
 
 def gate_estimates_from_maps(
-    gate: CarNet, maps: torch.Tensor, cam_threshold: float = DEFAULT_CAM_THRESHOLD
+    gate: CarNet,
+    maps: torch.Tensor,
+    cam_threshold: float = DEFAULT_CAM_THRESHOLD,
+    box_head: BoxHead | None = None,
 ) -> GateEstimates:
-    """The gate's estimates from its backbone's maps of the frames (reused when another network computed them)."""
+    """The gate's estimates from its backbone's maps of the frames (reused when another network computed them).
+    The box: `box_head`'s where given, else the seed gate's box head or the car head's activation map."""
     with torch.inference_mode():
         outputs = gate.forward_from_maps(maps)
-        if "view" in outputs:
+        if box_head is not None:
+            boxes = box_head.eval()(maps.float()).numpy()
+        elif "view" in outputs:
             boxes = cam_boxes(maps, gate.heads["car"].weight[0], cam_threshold)
         else:
             boxes = torch.sigmoid(outputs["box"]).numpy()

@@ -302,9 +302,9 @@ def load_carnet(
 ) -> CarNet:
     """A CarNet in eval mode from a bundle's safetensors file (and its shared backbone file); shape mismatches
     become BundleError."""
-    state = _read_safetensors(path)
+    state = read_safetensors(path)
     if backbone_path is not None:
-        state |= {f"backbone.{k}": v for k, v in _read_safetensors(backbone_path).items()}
+        state |= {f"backbone.{k}": v for k, v in read_safetensors(backbone_path).items()}
     model = CarNet(heads, arch, neck)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -320,7 +320,7 @@ def load_carnet(
     return model.eval()
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as error:

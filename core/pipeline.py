@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.artifacts import Bundle
+from core.artifacts import Bundle, crop_to_box
 from core.config import CROP_MARGIN
 from core.gate import gate_estimates
 from core.imaging import load_image
 from core.models import crop_outputs
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
-from core.segment import GateSegmenter, Segmentation, Segmenter, make_segmenter
+from core.segment import GateSegmenter, Segmentation, Segmenter, box_from_normalised, make_segmenter
 from core.viewpoint import FrontalDecision, frontal_decision, view_rejection
 
 ImageInput = bytes | Image.Image | str | Path
@@ -110,11 +110,23 @@ def bundle_segmenter(bundle: Bundle) -> Segmenter:
         if bundle.segmenter == "gate":
             thresholds = bundle.thresholds
             bundle.cache[key] = GateSegmenter(
-                bundle.gate, bundle.gate_transform, thresholds.car, cam_threshold=thresholds.cam
+                bundle.gate,
+                bundle.gate_transform,
+                thresholds.car,
+                cam_threshold=thresholds.cam,
+                box_head=bundle.box_head,
             )
         else:
             bundle.cache[key] = make_segmenter(bundle.segmenter, score_threshold=bundle.thresholds.car)
     return bundle.cache[key]
+
+
+def gate_crops(bundle: Bundle, images: list[Image.Image]) -> list[Image.Image]:
+    """The crops the bundle's gate takes of `images` (its box widened by CROP_MARGIN, as `score_image` crops), in
+    one batch, whether or not it finds a car in them."""
+    estimates = gate_estimates(bundle.gate, bundle.gate_transform(images), bundle.thresholds.cam, bundle.box_head)
+    boxes = [box_from_normalised(box, *image.size) for image, box in zip(images, estimates.boxes, strict=True)]
+    return [crop_to_box(image, box) for image, box in zip(images, boxes, strict=True)]
 
 
 def _car_threshold(segmenter: Segmenter, bundle: Bundle) -> float:

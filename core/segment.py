@@ -30,7 +30,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms.functional import pil_to_tensor
 
 from core.errors import BackendUnavailableError, WeightsNotFoundError
-from core.gate import DEFAULT_CAM_THRESHOLD, LEGACY_GATE_HEADS, gate_estimates, is_gate_layout
+from core.gate import DEFAULT_CAM_THRESHOLD, LEGACY_GATE_HEADS, BoxHead, gate_estimates, is_gate_layout
 from core.models import CarNet, ImageTransform, load_carnet, load_state_dict_file
 
 Box = tuple[float, float, float, float]
@@ -261,7 +261,8 @@ class GateSegmenter:
     """The bundle's gate CarNet on the whole image, then a GrabCut mask in the box.
 
     One forward pass gives the car probability, the box and the view (core.gate.gate_estimates: heads car, box,
-    frontal, or car and view with the box from the car head's activation map). `found` is car probability >=
+    frontal, or car and view with the box from `box_head` where given, else from the car head's activation map).
+    `found` is car probability >=
     `car_threshold`. The model is put in eval mode. GrabCut runs on a copy at most `grabcut_side` px on its
     longer side (a few ms); `mask=False` skips it (mask None).
     """
@@ -278,6 +279,7 @@ class GateSegmenter:
         grabcut_iterations: int = 2,
         min_box_fraction: float = 0.05,
         cam_threshold: float = DEFAULT_CAM_THRESHOLD,
+        box_head: BoxHead | None = None,
     ):
         if not is_gate_layout(model.head_sizes):
             raise BackendUnavailableError(
@@ -292,6 +294,7 @@ class GateSegmenter:
         self.grabcut_iterations = grabcut_iterations
         self.min_box_fraction = min_box_fraction
         self.cam_threshold = cam_threshold
+        self.box_head = box_head
 
     @classmethod
     def from_file(cls, path: Path, transform: ImageTransform, **kwargs: Any) -> GateSegmenter:
@@ -300,7 +303,8 @@ class GateSegmenter:
 
     def segment(self, image: Image.Image) -> Segmentation:
         device = next(self.model.parameters()).device
-        estimates = gate_estimates(self.model, self.transform([image]).to(device), self.cam_threshold)
+        batch = self.transform([image]).to(device)
+        estimates = gate_estimates(self.model, batch, self.cam_threshold, self.box_head)
         car_probability, frontal = float(estimates.car[0]), float(estimates.frontal[0])
         views = None if estimates.views is None else tuple(float(p) for p in estimates.views[0])
         if car_probability < self.car_threshold:

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
-from core.config import SHARED_DATA_DIR
-from core.gate import cam_boxes
+from core.config import CROP_MARGIN, SHARED_DATA_DIR
+from core.gate import cam_boxes, gate_estimates
 from core.models import (
     LITE0,
     LITE1,
@@ -31,8 +31,9 @@ from core.models import (
     lite_state_dict,
     lite_weights_source,
 )
-from core.pipeline import score_image
-from training import build, evaluate, finetune, heads, prepare, teacher
+from core.pipeline import gate_crops, score_image
+from core.segment import GateSegmenter, box_from_normalised
+from training import box_head, build, evaluate, finetune, heads, prepare, teacher
 from training.features import car_splits, training_body_types
 from training.teacher import frozen_backbone
 from training.train import emd_loss
@@ -335,3 +336,36 @@ def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(re
     (tmp_path / "t" / "backdrop_index.parquet").unlink()
     with pytest.raises(SystemExit, match="has no backdrop view"):
         car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop",))
+
+
+def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_path, capsys):
+    h, table = frozen_run / "heads", str(frozen_run / "table.parquet")
+    box_head.main(["--table", table, "--data", str(FIXTURE_DATA), "--teacher", str(frozen_run / "t"), "--gate",
+                   str(h / "gate.pt"), "--cache", str(tmp_path / "maps"), "--out", str(tmp_path / "box"),
+                   "--per-source", "8", "--composites", "1", "--epochs", "2", "--channels", "4"])  # fmt: skip
+    report = json.loads((tmp_path / "box" / "report.json").read_text())
+    assert set(report["cam_val_iou"]) == {"0.25", "0.35", "0.45", "0.55"} and 0 <= report["mean_val_iou"] <= 1
+    out, checkpoint = tmp_path / "bundle", tmp_path / "box" / "box_head.pt"
+    build.main(["--table", table, "--data", str(FIXTURE_DATA), "--modernity", str(h / "modernity.pt"),
+                "--bodytype", str(h / "bodytype.pt"), "--gate", str(h / "gate.pt"), "--out", str(out), "--map", "pca",
+                "--morph-min-members", "1", "--valid-views", "all", "--box-head", str(checkpoint)])  # fmt: skip
+    bundle = load_bundle(out)
+    assert bundle.box_head is not None and bundle.manifest.box_head.file in bundle.manifest.files
+    assert bundle.manifest.training["box_head"]["checkpoint"] == str(checkpoint)
+    assert bundle.manifest.metrics["stanford_cars_gate_box"]["crop"] == "gate box"
+    car = Image.open(next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))).convert("RGB")
+    segmenter = GateSegmenter(bundle.gate, bundle.gate_transform, car_threshold=0.0, mask=False,
+                              box_head=bundle.box_head)  # fmt: skip
+    expected = gate_estimates(bundle.gate, bundle.gate_transform([car]), box_head=bundle.box_head).boxes[0]
+    width, height = car.size
+    assert segmenter.segment(car).box == pytest.approx(box_from_normalised(expected, width, height), abs=1e-3)
+    assert gate_crops(bundle, [car])[0].size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
+    capsys.readouterr()
+    # a box head of another backbone (here: another input size) is refused, and the bundle keeps its own
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["report"]["backbone"]["size"] = 224
+    torch.save(saved, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="another backbone"):
+        build.main(["--table", table, "--data", str(FIXTURE_DATA), "--out", str(out), "--remeasure", "--box-head",
+                    str(tmp_path / "other.pt")])  # fmt: skip
+    assert load_bundle(out).manifest.training["box_head"]["checkpoint"] == str(checkpoint)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +29,24 @@ from core.artifacts import (
     Bundle,
     Manifest,
     Thresholds,
+    add_box_head,
     build_bundle,
     crop_to_box,
     load_bundle,
     predict_pooled,
+    read_manifest,
     standard_networks,
 )
 from core.atlas import AtlasSpec
 from core.bundling import map_sample_rows
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
-from core.gate import DEFAULT_CAM_THRESHOLD, GateEstimates, cam_boxes, gate_estimates_from_maps
+from core.gate import DEFAULT_CAM_THRESHOLD, BoxHead, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
 from core.models import LITES, RESNET18, CarNet, ImageTransform, lite_weights_source, timm_name
 from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
+from training.metrics import box_iou
 
 SERVING_HEADS = {"gate": ("car", "box", "frontal", "view"), "year_bin": ("year_bin", "year"),
                  "body_type": ("body_type",)}  # fmt: skip
@@ -309,14 +312,6 @@ def cam_threshold(val: ValidationGate, gate: CarNet) -> tuple[float, float]:
     return float(round(best, 2)), scores[best]
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of normalised x1, y1, x2, y2 boxes."""
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return w * h / np.maximum(area(a) + area(b) - w * h, 1e-9)
-
-
 def gate_thresholds(
     val: ValidationGate, gate: CarNet, valid_views: str, precision: float, views_oof: ViewEstimates | None = None
 ) -> GateThresholds:
@@ -424,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--remeasure", action="store_true", help="only measure the test metrics of the bundle at --out "
                    "again (e.g. after training.evaluate changed) and write them into its manifest")  # fmt: skip
+    p.add_argument("--box-head", type=Path, help="a training.box_head checkpoint: the gate's box from it instead of "
+                   "the car head's activation map (with --remeasure: added to the bundle at --out first)")  # fmt: skip
     p.add_argument("--name", default="carmorph-default")
     p.add_argument(
         "--valid-views",
@@ -460,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     if args.remeasure:
+        if args.box_head:
+            attach_box_head(args.out, args.box_head)
         remeasure(args.out, pd.read_parquet(args.table), args.data)
         return
     if not (args.modernity and args.bodytype and args.gate):
@@ -550,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with tqdm(total=len(labels), desc="embed collection", unit="img") as bar:
             progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
             bundle = build_bundle(args.out, labels, args.data, networks, manifest, progress=progress, **options)
+    if args.box_head:
+        bundle = attach_box_head(args.out, args.box_head)
     metrics = test_metrics(bundle, table, args.data)
     if args.map == "umap":
         rows = map_sample_rows(len(bundle.images), args.map_sample, args.seed)  # a UMAP fit on at most the sample
@@ -559,8 +560,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def test_metrics(bundle: Bundle, table: pd.DataFrame, data_root: Path) -> dict[str, Any]:
-    """`training.evaluate` on the test split of every data set folder, their n-weighted overall, and how the answers
-    hold when the cars leave their photo style: a DVM-CAR folder's cars in front of the test photos without cars
+    """`training.evaluate` on the test split of every data set folder, their n-weighted overall, the dated folders'
+    scores on the gate's crops as the app takes them (`<name>_gate_box`), and how the answers hold when the cars
+    leave their photo style: a DVM-CAR folder's cars in front of the test photos without cars
     (`<name>_before_photos`), a folder of boxed, dated photos (Stanford's) with every car cut out onto white
     (`<name>_on_white`)."""
     names = [name for name in table["dataset"].unique() if (data_root / name).is_dir()]
@@ -569,6 +571,8 @@ def test_metrics(bundle: Bundle, table: pd.DataFrame, data_root: Path) -> dict[s
     negatives = [name for name in names if (table.loc[table["dataset"] == name, "car"] == 0).all()]
     for name in names:
         rows = table[table["dataset"] == name]
+        if (rows["year"] > 0).any():
+            metrics[f"{name}_gate_box"] = evaluate_folder(bundle, data_root / name, "test", gate_box=True)
         if negatives and rows["group"].str.startswith("dvm:").all():
             metrics[f"{name}_before_photos"] = evaluate_folder(
                 bundle, data_root / name, "test", data_root / negatives[0]
@@ -584,6 +588,22 @@ def write_metrics(out: Path, metrics: dict[str, Any]) -> None:
     data["metrics"] = clean(metrics)
     manifest_path.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(clean(metrics), indent=1)[:6000])
+
+
+def attach_box_head(out: Path, checkpoint: Path) -> Bundle:
+    """The bundle at `out` with the box head of `checkpoint` (training.box_head), which must have been trained on the
+    maps of the gate's own frozen backbone."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    manifest = read_manifest(out)
+    gate, trained_on = manifest.training.get("gate", {}).get("args", {}), saved["report"]["backbone"]
+    if not gate.get("frozen_backbone") or any(gate.get(key) != trained_on[key] for key in ("arch", "size", "origin")):
+        raise SystemExit(f"--box-head {checkpoint} was trained on the maps of {trained_on['origin']} at "
+                         f"{trained_on['size']} px; the gate of {out} runs another backbone")  # fmt: skip
+    head = BoxHead(saved["model"]["reduce.0.weight"].shape[0], saved["channels"])
+    head.load_state_dict(saved["model"])
+    report = saved["report"] | {"checkpoint": str(checkpoint)}
+    add_box_head(out, replace(manifest, training=manifest.training | {"box_head": report}), head)
+    return load_bundle(out)
 
 
 def remeasure(out: Path, table: pd.DataFrame, data_root: Path) -> None:

@@ -11,7 +11,8 @@ only rows of that split of the bundle's own grouped split are used (folders the 
 metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
 has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
 knows those photos), and `--whiteout` puts every car with a labelled box (Stanford's photos) on white, cut out by
-GrabCut: how the answers hold when a car leaves its photo style.
+GrabCut: how the answers hold when a car leaves its photo style. `--gate-box` crops every car by the box the bundle's
+gate finds (as the app does) instead of the labelled one: the scores as a user meets them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, pre
 from core.config import seed_body_type, year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
+from core.pipeline import gate_crops
 from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
@@ -76,8 +78,11 @@ def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Serie
     return labels["path"].map(by_path)
 
 
-def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.ndarray] | None, list[dict[str, str]]]:
-    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one).
+def run_networks(
+    bundle: Bundle, labels: pd.DataFrame, gate_box: bool = False
+) -> tuple[dict[str, np.ndarray] | None, list[dict[str, str]]]:
+    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one), or
+    with `gate_box` on the gate's box.
     Returns the outputs of the rows whose image could be read (None if none could) and the rows that could not
     (file and reason)."""
     has_box = set(BOX) <= set(labels.columns)
@@ -98,6 +103,7 @@ def run_networks(bundle: Bundle, labels: pd.DataFrame) -> tuple[dict[str, np.nda
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
         if frames:
+            crops = gate_crops(bundle, frames) if gate_box else crops
             parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
     if not parts:
         return None, unreadable
@@ -228,10 +234,16 @@ def backdrop_photos(bundle: Bundle, folder: Path, split: str | None, count: int,
 
 
 def evaluate_folder(
-    bundle: Bundle, folder: Path, split: str | None = None, backdrops: Path | None = None, whiteout: bool = False
+    bundle: Bundle,
+    folder: Path,
+    split: str | None = None,
+    backdrops: Path | None = None,
+    whiteout: bool = False,
+    gate_box: bool = False,
 ) -> dict[str, Any]:
     """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
-    background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white."""
+    background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white; with
+    `gate_box`, the scores on the gate's crops."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
@@ -252,7 +264,9 @@ def evaluate_folder(
             raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
         labels["whiteout"] = True
         report["whiteout"] = True
-    outputs, unreadable = run_networks(bundle, labels)
+    if gate_box:
+        report["crop"] = "gate box"
+    outputs, unreadable = run_networks(bundle, labels, gate_box)
     if unreadable:
         report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
         labels = labels[~labels["file"].astype(str).isin({u["file"] for u in unreadable})].reset_index(drop=True)
@@ -307,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "by one of them, of --split where the bundle was trained on them")  # fmt: skip
     parser.add_argument("--whiteout", action="store_true", help="every car (its labelled box, cut out "
                         "by GrabCut) is put on white, as on DVM-CAR's adverts: the answers in that style")  # fmt: skip
+    parser.add_argument("--gate-box", action="store_true", help="score every car on the crop of the box the "
+                        "bundle's gate finds (as the app does), not on its labelled box")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle)
@@ -316,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
-    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout))
+    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout, args.gate_box))
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

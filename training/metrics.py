@@ -57,3 +57,11 @@ def recall_at_precision(true: np.ndarray, prob: np.ndarray, min_precision: float
         return 0.0, 1.0
     best = int(np.argmax(np.where(ok, recall, -1)))
     return float(recall[best]), float(prob[order][best])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of normalised x1, y1, x2, y2 boxes."""
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return w * h / np.maximum(area(a) + area(b) - w * h, 1e-9)
