@@ -36,12 +36,19 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert manifest.training["gate"]["view_head"]["input"] == "imagenet_logits"
     assert manifest.training["thresholds"]["view_thresholds_on"] == "out-of-fold (train + val)"
     assert len(default_bundle.images) == len(default_bundle.embeddings) > 10_000
+    # the gate's box comes from its trained box head, on the gate's own backbone
+    assert default_bundle.box_head is not None
+    assert manifest.training["box_head"]["backbone"]["origin"] == manifest.networks["gate"].init
+    assert {"stanford_cars_gate_box", "dvm_porsche_gate_box"} <= set(manifest.metrics)
 
 
 def test_the_default_gate_finds_the_fixture_cars_and_refuses_the_non_cars(default_bundle, fixture_rows):
     cars = [score_image(row["path"], default_bundle) for row in fixture_rows["stanford_cars"]]
     assert sum(r.box is not None for r in cars) >= len(cars) - 1, [round(r.car_confidence, 2) for r in cars]
     assert all(r.frontal.view in VIEW_CLASSES for r in cars)
+    # Stanford's photos are the car already: the box is (nearly) the whole photo, the crop the scores were trained on
+    covered = [(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) / (r.image.width * r.image.height) for r in cars if r.box]
+    assert sum(covered) / len(covered) > 0.85, [round(c, 2) for c in covered]
     accepted = [r for r in cars if r.accepted]
     assert len(accepted) >= len(cars) // 2
     assert all(0.0 <= r.modernity.score <= 4.0 and r.embedding.shape == (256,) for r in accepted)
