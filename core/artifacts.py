@@ -135,7 +135,7 @@ class BoxHeadSpec:
 
     @classmethod
     def of(cls, head: BoxHead, file: str = "box_head.safetensors") -> BoxHeadSpec:
-        return cls(file, head.reduce[0].num_features, head.reduce[1].out_channels, head.grid)
+        return cls(file, head.width, head.channels, head.grid)
 
 
 @dataclass(frozen=True)

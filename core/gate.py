@@ -50,7 +50,7 @@ class BoxHead(nn.Module):
 
     def __init__(self, width: int, channels: int = 64, grid: int = 5, dropout: float = 0.2):
         super().__init__()
-        self.grid = grid
+        self.width, self.channels, self.grid = width, channels, grid
         self.reduce = nn.Sequential(nn.BatchNorm2d(width), nn.Conv2d(width, channels, 1), nn.BatchNorm2d(channels),
                                     nn.ReLU(), nn.Dropout(dropout))  # fmt: skip
         self.out = nn.Linear(channels * grid * grid, 4)
@@ -84,7 +84,7 @@ def gate_estimates_from_maps(
     with torch.inference_mode():
         outputs = gate.forward_from_maps(maps)
         if box_head is not None:
-            boxes = box_head.eval()(maps.float()).numpy()
+            boxes = box_head(maps.float()).numpy()
         elif "view" in outputs:
             boxes = cam_boxes(maps, gate.heads["car"].weight[0], cam_threshold)
         else:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
 from core.config import CROP_MARGIN, SHARED_DATA_DIR
+from core.errors import BundleError
 from core.gate import cam_boxes, gate_estimates
 from core.models import (
     LITE0,
@@ -369,3 +370,8 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
         build.main(["--table", table, "--data", str(FIXTURE_DATA), "--out", str(out), "--remeasure", "--box-head",
                     str(tmp_path / "other.pt")])  # fmt: skip
     assert load_bundle(out).manifest.training["box_head"]["checkpoint"] == str(checkpoint)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["box_head"]["channels"] = 8  # a manifest that does not describe its box head's file
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="does not fit the box head"):
+        load_bundle(out)

@@ -1,7 +1,7 @@
 """Train the gate's box head: the car's box regressed from the gate backbone's maps (core.gate.BoxHead).
 
 The activation map of the car head marks where the car evidence is strongest, not where the car ends: its box cut
-the car of a tight photo to about 60 % of the frame and missed cars in scenes (mean IoU 0.47-0.63 on validation,
+a photo that is the car already to about half of it and missed cars in scenes (mean IoU 0.47-0.63 on validation,
 whatever the threshold), and the scores suffered. The head learns the crop the scoring networks were trained on,
 from four sources weighted equally:
 
@@ -208,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         car = torch.load(args.gate, map_location="cpu", weights_only=True)["model"]["heads.car.weight"][0].float()
         report["cam_val_iou"] = cam_baseline(maps, items, car)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": head.state_dict(), "channels": args.channels, "report": report}, args.out / "box_head.pt")
+    layout = {"width": head.width, "channels": head.channels, "grid": head.grid}
+    torch.save({"model": head.state_dict(), **layout, "report": report}, args.out / "box_head.pt")
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

@@ -599,7 +599,7 @@ def attach_box_head(out: Path, checkpoint: Path) -> Bundle:
     if not gate.get("frozen_backbone") or any(gate.get(key) != trained_on[key] for key in ("arch", "size", "origin")):
         raise SystemExit(f"--box-head {checkpoint} was trained on the maps of {trained_on['origin']} at "
                          f"{trained_on['size']} px; the gate of {out} runs another backbone")  # fmt: skip
-    head = BoxHead(saved["model"]["reduce.0.weight"].shape[0], saved["channels"])
+    head = BoxHead(saved["width"], saved["channels"], saved["grid"])
     head.load_state_dict(saved["model"])
     report = saved["report"] | {"checkpoint": str(checkpoint)}
     add_box_head(out, replace(manifest, training=manifest.training | {"box_head": report}), head)
