@@ -345,6 +345,16 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
                    str(h / "gate.pt"), "--cache", str(tmp_path / "maps"), "--out", str(tmp_path / "box"),
                    "--per-source", "8", "--composites", "1", "--epochs", "2", "--channels", "4"])  # fmt: skip
     report = json.loads((tmp_path / "box" / "report.json").read_text())
+    (maps,) = (tmp_path / "maps").iterdir()  # the maps are cached, keyed by the images they are of
+    chunk = next(maps.iterdir()).stat().st_mtime_ns
+    box_head.main(["--table", table, "--data", str(FIXTURE_DATA), "--teacher", str(frozen_run / "t"), "--cache",
+                   str(tmp_path / "maps"), "--out", str(tmp_path / "box2"), "--per-source", "8", "--composites", "1",
+                   "--epochs", "1", "--channels", "4"])  # fmt: skip
+    assert next(maps.iterdir()).stat().st_mtime_ns == chunk and len(list((tmp_path / "maps").iterdir())) == 1
+    box_head.main(["--table", table, "--data", str(FIXTURE_DATA), "--teacher", str(frozen_run / "t"), "--cache",
+                   str(tmp_path / "maps"), "--out", str(tmp_path / "box2"), "--per-source", "2", "--composites", "1",
+                   "--epochs", "1", "--channels", "4"])  # fmt: skip
+    assert len(list((tmp_path / "maps").iterdir())) == 2  # other photos: their own maps
     assert set(report["cam_val_iou"]) == {"0.25", "0.35", "0.45", "0.55"} and 0 <= report["mean_val_iou"] <= 1
     out, checkpoint = tmp_path / "bundle", tmp_path / "box" / "box_head.pt"
     build.main(["--table", table, "--data", str(FIXTURE_DATA), "--modernity", str(h / "modernity.pt"),

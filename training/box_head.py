@@ -22,15 +22,17 @@ backbone's, 1280 x 5 x 5 at 160 px) are computed once into `--cache`, chunk by c
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
@@ -41,32 +43,35 @@ from training.metrics import box_iou
 from training.teacher import BackboneInfo, frozen_backbone, open_rgb, paste, plan_composites
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
-SOURCES = ("stanford_cars", "dvm_porsche", "epfl_multiview", "composite")
+PHOTO_SOURCES = ("stanford_cars", "dvm_porsche", "epfl_multiview")
+SOURCES = (*PHOTO_SOURCES, "composite")
 CAM_THRESHOLDS = (0.25, 0.35, 0.45, 0.55)
 CHUNK = 512
 
 
 @dataclass(frozen=True)
 class BoxItem:
-    """One training image: its source, split, how to load it, and the target box (normalised x1, y1, x2, y2)."""
+    """One training image: its source, split, how to load it, the target box (normalised x1, y1, x2, y2) and what it
+    is made of (its path; a composite's background and car)."""
 
     source: str
     split: str
-    load: object  # () -> PIL image
+    load: Callable[[], Image.Image] | None
     box: tuple[float, float, float, float]
+    name: str = ""
 
 
 def photo_items(table: pd.DataFrame, data_root: Path, per_source: int, seed: int) -> list[BoxItem]:
     """Up to `per_source` car photos per data set and split (train, val): the labelled box, else the whole photo."""
     rng = np.random.default_rng(seed)
     items = []
-    for dataset in SOURCES[:3]:
+    for dataset in PHOTO_SOURCES:
         for split in ("train", "val"):
             rows = table[(table["dataset"] == dataset) & (table["split"] == split) & (table["car"] == 1)]
             rows = rows.iloc[rng.permutation(len(rows))[:per_source]]
             for r in rows.itertuples():
                 box = WHOLE if np.isnan(r.box_x1) else (r.box_x1, r.box_y1, r.box_x2, r.box_y2)
-                items.append(BoxItem(dataset, split, lambda p=r.path: open_rgb(data_root / p), box))
+                items.append(BoxItem(dataset, split, lambda p=r.path: open_rgb(data_root / p), box, r.path))
     return items
 
 
@@ -79,7 +84,7 @@ def composite_items(table: pd.DataFrame, data_root: Path, plans_per_negative: in
             split = split_of[plan.background]
             if split == "train" or (split == "val" and seed == 0):
                 load = lambda p=plan: paste(open_rgb(data_root / p.background), open_rgb(data_root / p.car), p.box)  # noqa: E731
-                items.append(BoxItem("composite", split, load, plan.box))
+                items.append(BoxItem("composite", split, load, plan.box, f"{plan.background}|{plan.car}"))
     return items
 
 
@@ -198,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("--table has no car photos in train and val to learn boxes from")
     info = BackboneInfo.read(args.teacher)
     backbone = frozen_backbone(info).eval()
-    key = f"{args.per_source}-{args.composites}-{args.seed}-{info.arch}-{info.size}"
+    made_of = json.dumps(asdict(info)) + "".join(f"\n{i.name} {i.box}" for i in items)
+    key = f"{info.arch}-{info.size}-{hashlib.sha1(made_of.encode()).hexdigest()[:12]}"  # other images: other maps
     maps = gate_maps(backbone, items, info.transform(), args.cache / key, args.batch_size)
     head, val_iou, epoch = train_box_head(maps, items, args.epochs, args.channels, args.seed)
     report = {"val_iou": val_iou, "mean_val_iou": round(float(np.mean(list(val_iou.values()))), 4), "epoch": epoch,
