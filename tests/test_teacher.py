@@ -372,6 +372,20 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     assert segmenter.segment(car).box == pytest.approx(box_from_normalised(expected, width, height), abs=1e-3)
     assert gate_crops(bundle, [car])[0].size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
     capsys.readouterr()
+    # training.evaluate crops a photo without a labelled box by the gate's box, as the app does
+    labels = pd.read_csv(FIXTURE_DATA / "epfl_multiview" / "labels.csv").assign(year=2010)
+    boxed = tmp_path / "boxed"
+    shutil.copytree(FIXTURE_DATA / "epfl_multiview" / "images", boxed / "images")
+    labels.to_csv(boxed / "labels.csv", index=False)
+    unboxed = tmp_path / "unboxed"
+    shutil.copytree(boxed / "images", unboxed / "images")
+    labels.drop(columns=list(BOX_COLUMNS)).to_csv(unboxed / "labels.csv", index=False)
+    reports = {}
+    for name, folder, extra in (("boxed", boxed, []), ("unboxed", unboxed, []), ("gate", boxed, ["--gate-box"])):
+        evaluate.main(["--bundle", str(out), "--data", str(folder), *extra])
+        reports[name] = json.loads(capsys.readouterr().out)
+    assert reports["unboxed"]["crop"] == "labelled box, else the gate's box" and reports["gate"]["crop"] == "gate box"
+    assert reports["unboxed"]["modernity"] == reports["gate"]["modernity"] != reports["boxed"]["modernity"]
     # a box head of another backbone (here: another input size) is refused, and the bundle keeps its own
     saved = torch.load(checkpoint, weights_only=True)
     saved["report"]["backbone"]["size"] = 224

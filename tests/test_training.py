@@ -229,7 +229,7 @@ def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path, cap
     with pytest.raises(SystemExit, match="--whiteout needs the car's box of every photo"):
         evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos"), "--whiteout"])
     (tmp_path / "photos" / "labels.csv").write_text("file,year,bbox_x1,bbox_y1,bbox_x2,bbox_y2\ncar.jpg,2010,1,x,6,7\n")
-    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])  # no box: the whole photo
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])  # no box: the gate finds it
     assert json.loads(capsys.readouterr().out)["n"] == 1
 
 

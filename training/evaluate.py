@@ -11,8 +11,9 @@ only rows of that split of the bundle's own grouped split are used (folders the 
 metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
 has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
 knows those photos), and `--whiteout` puts every car with a labelled box (Stanford's photos) on white, cut out by
-GrabCut: how the answers hold when a car leaves its photo style. `--gate-box` crops every car by the box the bundle's
-gate finds (as the app does) instead of the labelled one: the scores as a user meets them.
+GrabCut: how the answers hold when a car leaves its photo style. The scores are taken on the labelled car box, and
+where a photo has none on the box the bundle's gate finds, as the app crops; `--gate-box` takes the gate's box for
+every photo: the scores as a user meets them.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def read_folder(folder: Path) -> pd.DataFrame:
     labels["path"] = folder.name + "/" + labels["file"]
     if "body_type" in labels:  # hand-written labels: any case, Sedan for Saloon, Minivan for MPV
         labels["body_type"] = labels["body_type"].map(seed_body_type)
-    if set(BOX) <= set(labels.columns):  # a box that is not numbers is unknown: the whole photo is the crop
+    if set(BOX) <= set(labels.columns):  # a box that is not numbers is unknown: the gate finds the car
         labels[BOX] = labels[BOX].apply(pd.to_numeric, errors="coerce")
     views = read_views(folder)
     given = labels["view"].fillna("").astype(str).str.strip().str.lower() if "view" in labels else ""
@@ -81,16 +82,16 @@ def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Serie
 def run_networks(
     bundle: Bundle, labels: pd.DataFrame, gate_box: bool = False
 ) -> tuple[dict[str, np.ndarray] | None, list[dict[str, str]]]:
-    """Gate on each whole frame; modernity and body type on the labelled car box (the whole frame without one), or
-    with `gate_box` on the gate's box.
+    """Gate on each whole frame; modernity and body type on the labelled car box, on the gate's box (as the app
+    crops) where no box is labelled, or with `gate_box` on the gate's box everywhere.
     Returns the outputs of the rows whose image could be read (None if none could) and the rows that could not
     (file and reason)."""
     has_box = set(BOX) <= set(labels.columns)
     parts, unreadable = [], []
     for start in tqdm(range(0, len(labels), BATCH), desc="evaluate", unit="batch"):
-        frames, crops = [], []
+        frames, crops, unboxed = [], [], []
         for _, row in labels.iloc[start : start + BATCH].iterrows():
-            box = tuple(row[BOX]) if has_box else None
+            box = tuple(row[BOX]) if has_box and row[BOX].notna().all() else None
             try:
                 frame = load_image(Path(row["root"]) / row["file"])
                 if "background" in row:
@@ -100,10 +101,14 @@ def run_networks(
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
+            if gate_box or box is None:
+                unboxed.append(len(frames))
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
+        if unboxed:
+            for i, crop in zip(unboxed, gate_crops(bundle, [frames[i] for i in unboxed]), strict=True):
+                crops[i] = crop
         if frames:
-            crops = gate_crops(bundle, frames) if gate_box else crops
             parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
     if not parts:
         return None, unreadable
@@ -264,8 +269,7 @@ def evaluate_folder(
             raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
         labels["whiteout"] = True
         report["whiteout"] = True
-    if gate_box:
-        report["crop"] = "gate box"
+    report["crop"] = "gate box" if gate_box else "labelled box, else the gate's box"
     outputs, unreadable = run_networks(bundle, labels, gate_box)
     if unreadable:
         report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
