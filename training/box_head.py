@@ -40,7 +40,7 @@ from core.config import SHARED_DATA_DIR
 from core.gate import BoxHead, cam_boxes
 from core.models import CarNet, ImageTransform
 from training.metrics import box_iou
-from training.teacher import BackboneInfo, frozen_backbone, open_rgb, paste, plan_composites
+from training.teacher import BackboneInfo, frozen_backbone, open_rgb, paste, plan_composites, save_atomically
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 PHOTO_SOURCES = ("stanford_cars", "dvm_porsche", "epfl_multiview")
@@ -102,8 +102,7 @@ def gate_maps(
         part = items[start : start + CHUNK]
         maps = [model.feature_maps(transform([item.load() for item in part[i : i + batch]])).numpy()
                 for i in range(0, len(part), batch)]  # fmt: skip
-        np.save(path.with_suffix(".tmp.npy"), np.concatenate(maps).astype(np.float16))
-        path.with_suffix(".tmp.npy").rename(path)
+        save_atomically(path, np.concatenate(maps).astype(np.float16))
     return np.concatenate([np.load(folder / f"{start // CHUNK:05d}.npy") for start in chunks])
 
 

@@ -126,29 +126,12 @@ def swap_background(car: Image.Image, background: Image.Image) -> Image.Image:
     size): the near-white region connected to the border, grown by 2 px so that no white fringe stays, is
     replaced; white inside the car (paint, reflections) is kept."""
     pixels = np.asarray(car)
-    outside = cv2.dilate(advert_background(pixels).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    scene = np.asarray(ImageOps.fit(background, car.size))
-    return Image.fromarray(np.where(outside[..., None], scene, pixels))
-
-
-def advert_background(pixels: np.ndarray) -> np.ndarray:
-    """The removed background of an advert photo (H x W x 3 uint8): the near-white region connected to the
-    border."""
     white = (pixels.min(axis=2) >= WHITE).astype(np.uint8)
     _, regions = cv2.connectedComponents(white, connectivity=4)
     border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    return np.isin(regions, border[border > 0])
-
-
-def advert_box(image: Image.Image) -> tuple[float, float, float, float]:
-    """The car's box (normalised x1, y1, x2, y2) in an advert photo with its background removed: around every
-    pixel that is not background (the whole photo when nothing is)."""
-    car = ~advert_background(np.asarray(image))
-    if not car.any():
-        return 0.0, 0.0, 1.0, 1.0
-    rows, cols = np.nonzero(car.any(1))[0], np.nonzero(car.any(0))[0]
-    h, w = car.shape
-    return cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h
+    outside = cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    scene = np.asarray(ImageOps.fit(background, car.size))
+    return Image.fromarray(np.where(outside[..., None], scene, pixels))
 
 
 def cut_out_on_white(image: Image.Image, box: Box) -> Image.Image:
@@ -282,7 +265,8 @@ def batch_features(model: CarNet, images: list[Image.Image], transform: ImageTra
     return lite_tail(model, stem).numpy().astype(np.float16), stem.contiguous().numpy().astype(np.float16)
 
 
-def _save(path: Path, array: np.ndarray) -> None:
+def save_atomically(path: Path, array: np.ndarray) -> None:
+    """`array` to `path` through a temporary file, so that an interrupted run never leaves half a chunk."""
     np.save(path.with_suffix(".tmp.npy"), array)
     path.with_suffix(".tmp.npy").rename(path)
 
@@ -303,8 +287,8 @@ def extract_view(
         outs = [batch_features(model, [load() for load in part[i : i + batch]], transform, maps)
                 for i in range(0, len(part), batch)]  # fmt: skip
         if maps:
-            _save(maps_folder / name, np.concatenate([m for _, m in outs]))
-        _save(folder / name, np.concatenate([f for f, _ in outs]))
+            save_atomically(maps_folder / name, np.concatenate([m for _, m in outs]))
+        save_atomically(folder / name, np.concatenate([f for f, _ in outs]))
     return np.concatenate([np.load(folder / f"{start // CHUNK:05d}.npy") for start in chunks])
 
 
