@@ -38,6 +38,7 @@ from core.gate import (
     LEGACY_GATE_HEADS,
     VIEW_GATE_HEADS,
     BoxHead,
+    GateEstimates,
     gate_estimates,
     gate_estimates_from_maps,
     gate_probabilities,
@@ -745,12 +746,16 @@ def per_year_logits(outputs: Mapping[str, torch.Tensor]) -> np.ndarray:
 
 
 def predict_images(
-    networks: Mapping[str, CarNet], crops: Sequence[Image.Image], frames: Sequence[Image.Image], manifest: Manifest
+    networks: Mapping[str, CarNet],
+    crops: Sequence[Image.Image],
+    frames: Sequence[Image.Image],
+    manifest: Manifest,
+    estimates: GateEstimates | None = None,
 ) -> NetworkOutputs:
     """One batch through the three networks as `manifest` says: modernity and body type on the car crops (its
     `transform`; with `flip_average`, the mean over each crop and its mirror image), the gate on the frames (its
-    `gate_transform`). A backbone shared by the networks runs once per image (twice where the crop is not the
-    whole frame or the gate has its own input size)."""
+    `gate_transform`) unless its `estimates` of them are given. A backbone shared by the networks runs once per
+    image (twice where the crop is not the whole frame or the gate has its own input size)."""
     transform, gate_transform, cam_threshold = manifest.transform, manifest.gate_transform, manifest.thresholds.cam
     modernity, bodytype, gate = networks["modernity"], networks["bodytype"], networks["gate"]
     with torch.inference_mode():
@@ -758,9 +763,9 @@ def predict_images(
         year, body = scores.year, scores.body
         frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
         one_pass = scores.maps is not None and gate.backbone is bodytype.backbone and gate_transform == transform
-        if frames_are_crops and one_pass:
+        if estimates is None and frames_are_crops and one_pass:
             estimates = gate_estimates_from_maps(gate, scores.maps, cam_threshold)
-        else:
+        elif estimates is None:
             estimates = gate_estimates(gate, gate_transform(list(frames)), cam_threshold)
     views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(

@@ -18,7 +18,7 @@ from PIL import Image
 
 from core.artifacts import Bundle, crop_to_box
 from core.config import CROP_MARGIN
-from core.gate import gate_estimates
+from core.gate import GateEstimates, gate_estimates
 from core.imaging import load_image
 from core.models import crop_outputs
 from core.projection import Neighbours
@@ -121,12 +121,17 @@ def bundle_segmenter(bundle: Bundle) -> Segmenter:
     return bundle.cache[key]
 
 
-def gate_crops(bundle: Bundle, images: list[Image.Image]) -> list[Image.Image]:
-    """The crops the bundle's gate takes of `images` (its box widened by CROP_MARGIN, as `score_image` crops), in
-    one batch, whether or not it finds a car in them."""
-    estimates = gate_estimates(bundle.gate, bundle.gate_transform(images), bundle.thresholds.cam, bundle.box_head)
-    boxes = [box_from_normalised(box, *image.size) for image, box in zip(images, estimates.boxes, strict=True)]
-    return [crop_to_box(image, box) for image, box in zip(images, boxes, strict=True)]
+def gate_frames(bundle: Bundle, images: list[Image.Image]) -> GateEstimates:
+    """The bundle's gate on whole frames, in one batch, with the box `score_image` takes (its box head's, where it
+    has one)."""
+    return gate_estimates(bundle.gate, bundle.gate_transform(images), bundle.thresholds.cam, bundle.box_head)
+
+
+def gate_crops(images: list[Image.Image], boxes: np.ndarray) -> list[Image.Image]:
+    """The crops `score_image` takes of `images` for the gate's normalised `boxes` (widened by CROP_MARGIN),
+    whether or not the gate found a car in them."""
+    pixels = [box_from_normalised(box, *image.size) for image, box in zip(images, boxes, strict=True)]
+    return [crop_to_box(image, box) for image, box in zip(images, pixels, strict=True)]
 
 
 def _car_threshold(segmenter: Segmenter, bundle: Bundle) -> float:

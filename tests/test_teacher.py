@@ -32,7 +32,7 @@ from core.models import (
     lite_state_dict,
     lite_weights_source,
 )
-from core.pipeline import gate_crops, score_image
+from core.pipeline import gate_crops, gate_frames, score_image
 from core.segment import GateSegmenter, box_from_normalised
 from training import box_head, build, evaluate, finetune, heads, prepare, teacher
 from training.features import car_splits, training_body_types
@@ -370,7 +370,8 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     expected = gate_estimates(bundle.gate, bundle.gate_transform([car]), box_head=bundle.box_head).boxes[0]
     width, height = car.size
     assert segmenter.segment(car).box == pytest.approx(box_from_normalised(expected, width, height), abs=1e-3)
-    assert gate_crops(bundle, [car])[0].size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
+    crop = gate_crops([car], gate_frames(bundle, [car]).boxes)[0]
+    assert crop.size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
     capsys.readouterr()
     # training.evaluate crops a photo without a labelled box by the gate's box, as the app does
     labels = pd.read_csv(FIXTURE_DATA / "epfl_multiview" / "labels.csv").assign(year=2010)

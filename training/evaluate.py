@@ -34,7 +34,7 @@ from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, pre
 from core.config import seed_body_type, year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
-from core.pipeline import gate_crops
+from core.pipeline import gate_crops, gate_frames
 from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
@@ -105,11 +105,13 @@ def run_networks(
                 unboxed.append(len(frames))
             frames.append(frame)
             crops.append(crop_to_box(frame, box))
-        if unboxed:
-            for i, crop in zip(unboxed, gate_crops(bundle, [frames[i] for i in unboxed]), strict=True):
+        estimates = gate_frames(bundle, frames) if unboxed else None  # the gate runs once, for boxes and scores
+        if estimates is not None:
+            boxed = gate_crops([frames[i] for i in unboxed], estimates.boxes[unboxed])
+            for i, crop in zip(unboxed, boxed, strict=True):
                 crops[i] = crop
         if frames:
-            parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest))
+            parts.append(predict_images(bundle.networks, crops, frames, bundle.manifest, estimates))
     if not parts:
         return None, unreadable
     outputs = NetworkOutputs.concatenate(parts)
