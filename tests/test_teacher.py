@@ -269,6 +269,21 @@ def test_swap_background_replaces_the_white_around_the_car_only():
     assert (out[19, 20] == 255).all()  # white inside the car stays
 
 
+def test_a_backdrop_crop_is_the_scene_cut_to_the_cars_own_box():
+    car = np.full((40, 60, 3), 255, np.uint8)
+    car[10:30, 8:32] = 40  # the car, on an advert's white
+    car[16:22, 14:26] = 255  # a white window inside it
+    background = teacher.advert_background(Image.fromarray(car))
+    assert teacher.advert_car_box(background) == (8, 10, 32, 30)  # the car, not the 2 px the mask grew by
+    assert teacher.advert_car_box(np.ones((40, 60), bool)) == (0, 0, 60, 40)  # nothing but white: the whole photo
+    scene = Image.new("RGB", (80, 60), (200, 30, 30))
+    crop = teacher.backdrop_crop(Image.fromarray(car), scene)
+    expected = crop_to_box(teacher.swap_background(Image.fromarray(car), scene), (8, 10, 32, 30))
+    assert crop.size == expected.size and 24 < crop.width < 60 and 20 < crop.height < 40
+    assert np.array_equal(np.asarray(crop), np.asarray(expected))
+    assert (np.asarray(crop)[0, 0] == [200, 30, 30]).all()  # the margin shows the scene, not white
+
+
 def test_row_weights_count_rows_and_equal_the_plain_losses_at_one():
     torch.manual_seed(0)
     logits, target = torch.randn(12, 5), torch.randint(0, 5, (12,))
@@ -308,7 +323,8 @@ def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(re
     first = np.asarray(loaders[0]())
     assert first.min(axis=2).max() == 255 and first.min() < 200  # white around the car, the car kept
     teacher.main(["--table", str(tmp_path / "table.parquet"), "--data", str(data), "--out", str(tmp_path / "t"),
-                  "--size", "64", "--views", "crop", "frame", "composite", "backdrop", "whiteout"])  # fmt: skip
+                  "--size", "64", "--views", "crop", "frame", "composite", "backdrop", "backdrop_crop",
+                  "whiteout"])  # fmt: skip
     body_raw = training_body_types(table)
     plain = car_splits(table, tmp_path / "t", body_raw)
     restyled = car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop", "whiteout"))
@@ -317,6 +333,16 @@ def test_restyled_views_put_dvm_cars_before_photos_and_stanford_cars_on_white(re
     assert min(training_cars.values()) > 0
     assert len(restyled["train"].features) == len(plain["train"].features) + sum(training_cars.values())
     assert torch.equal(restyled["val"].features, plain["val"].features)
+    cropped = car_splits(table, tmp_path / "t", body_raw, restyled=("backdrop_crop",))
+    assert len(cropped["train"].features) == len(plain["train"].features) + training_cars["dvm"]
+    items = box_head.backdrop_items(table, data, 8, 0)
+    assert {item.split for item in items} <= {"train", "val"} and {item.source for item in items} == {"backdrop"}
+    assert len(items) == int(dvm["split"].isin(["train", "val"]).sum())
+    first = items[0]
+    car = Image.open(data / first.name.split("|")[0]).convert("RGB")
+    x1, y1, x2, y2 = teacher.advert_car_box(teacher.advert_background(car))
+    assert first.box == (x1 / car.width, y1 / car.height, x2 / car.width, y2 / car.height)
+    assert first.load().size == car.size
     weighted = car_splits(table, tmp_path / "t", body_raw, restyled=("whiteout",), restyled_weight=0.3)
     n = len(plain["train"].features)
     assert (weighted["train"].weights[:n] == 1).all() and torch.allclose(

@@ -3,13 +3,15 @@
 The activation map of the car head marks where the car evidence is strongest, not where the car ends: its box cut
 a photo that is the car already to about half of it and missed cars in scenes (mean IoU 0.47-0.63 on validation,
 whatever the threshold), and the scores suffered. The head learns the crop the scoring networks were trained on,
-from four sources weighted equally:
+from four sources (five with `--backdrops`) weighted equally:
 
 - Stanford Cars photos: the data set's box (the photo is the box already);
 - DVM-CAR adverts: the whole photo (the networks saw DVM's photos whole, white margins included);
 - EPFL frames: the labelled box;
 - composites: a negative with a Stanford car of the same split pasted in at a random place and size (`--composites`
-  plans per negative, each with a new place), the pasted box.
+  plans per negative, each with a new place), the pasted box;
+- backdrops: a DVM-CAR car in front of a negative of the same split (`training.teacher`'s `backdrop` view), the
+  car's own box (where the advert's white was not): a car in a scene is cropped to the car, not to the frame.
 
 Mirrored maps with mirrored boxes are the augmentation. The best epoch has the highest mean validation IoU over the
 sources; the report gives the activation map's IoU at its thresholds beside it. The maps (the frozen gate
@@ -40,11 +42,22 @@ from core.config import SHARED_DATA_DIR
 from core.gate import BoxHead, cam_boxes
 from core.models import CarNet, ImageTransform
 from training.metrics import box_iou
-from training.teacher import BackboneInfo, frozen_backbone, open_rgb, paste, plan_composites, save_atomically
+from training.teacher import (
+    BackboneInfo,
+    advert_background,
+    advert_car_box,
+    frozen_backbone,
+    open_rgb,
+    paste,
+    plan_backdrops,
+    plan_composites,
+    save_atomically,
+    swap_background,
+)
 
 WHOLE = (0.0, 0.0, 1.0, 1.0)
 PHOTO_SOURCES = ("stanford_cars", "dvm_porsche", "epfl_multiview")
-SOURCES = (*PHOTO_SOURCES, "composite")
+SOURCES = (*PHOTO_SOURCES, "composite", "backdrop")
 CAM_THRESHOLDS = (0.25, 0.35, 0.45, 0.55)
 CHUNK = 512
 
@@ -85,6 +98,23 @@ def composite_items(table: pd.DataFrame, data_root: Path, plans_per_negative: in
             if split == "train" or (split == "val" and seed == 0):
                 load = lambda p=plan: paste(open_rgb(data_root / p.background), open_rgb(data_root / p.car), p.box)  # noqa: E731
                 items.append(BoxItem("composite", split, load, plan.box, f"{plan.background}|{plan.car}"))
+    return items
+
+
+def backdrop_items(table: pd.DataFrame, data_root: Path, per_source: int, seed: int) -> list[BoxItem]:
+    """Up to `per_source` DVM-CAR cars per split (train, val) in front of a negative of their split, each boxed where
+    its advert photo is not background (read here, so the targets are known before the maps)."""
+    plan = plan_backdrops(table, seed).merge(table[["path", "split"]], on="path")
+    rng = np.random.default_rng(seed)
+    items = []
+    for split in ("train", "val"):
+        rows = plan[plan["split"] == split]
+        for r in rows.iloc[rng.permutation(len(rows))[:per_source]].itertuples():
+            car = open_rgb(data_root / r.path)
+            x1, y1, x2, y2 = advert_car_box(advert_background(car))
+            box = (x1 / car.width, y1 / car.height, x2 / car.width, y2 / car.height)
+            load = lambda r=r: swap_background(open_rgb(data_root / r.path), open_rgb(data_root / r.background))  # noqa: E731
+            items.append(BoxItem("backdrop", split, load, box, f"{r.path}|{r.background}"))
     return items
 
 
@@ -186,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/box_head"))
     p.add_argument("--per-source", type=int, default=3000, help="photos per data set and split")
     p.add_argument("--composites", type=int, default=3, help="composite plans per training negative")
+    p.add_argument("--backdrops", action="store_true", help="also DVM-CAR's cars in front of photos, boxed to the car")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
@@ -198,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = pd.read_parquet(args.table)
     items = photo_items(table, args.data, args.per_source, args.seed)
     items += composite_items(table, args.data, args.composites)
+    if args.backdrops:
+        items += backdrop_items(table, args.data, args.per_source, args.seed)
     if not any(item.split == "val" for item in items) or not any(item.split == "train" for item in items):
         raise SystemExit("--table has no car photos in train and val to learn boxes from")
     info = BackboneInfo.read(args.teacher)

@@ -72,8 +72,8 @@ def car_splits(
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
     mirrored: flip augmentation for heads trained on cached features; with `restyled` views of the cache, the
-    training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos; `whiteout`: Stanford's
-    cars on white), each weighing `restyled_weight` in the losses. Validation and test stay as they are."""
+    training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos, `backdrop_crop`: the same
+    cropped to the car; `whiteout`: Stanford's cars on white), each weighing `restyled_weight` in the losses. Validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
@@ -106,7 +106,7 @@ def car_splits(
 
 def restyled_training_cars(table: pd.DataFrame, teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The table rows and features of the training cars (known year) in a restyled view of the cache
-    (`training.teacher --views backdrop|whiteout`)."""
+    (`training.teacher --views backdrop|backdrop_crop|whiteout`)."""
     index, features = teacher_features(teacher, view)
     rows = joined(table, index)
     keep = ((rows["split"] == "train") & (rows["year"] > 0)).to_numpy()

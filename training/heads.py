@@ -305,8 +305,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
     p.add_argument("--restyled", nargs="+", choices=RESTYLED_VIEWS, default=[], help="the networks also train on "
                    "the cars in these views of the --teacher cache (training.teacher --views): backdrop, DVM-CAR's "
-                   "cars in front of photos; whiteout, Stanford's cars on white. Modernity and body type on the "
-                   "training cars, the gate's car presence on all of them")  # fmt: skip
+                   "cars in front of photos (the whole frame, for the gate); backdrop_crop, the same cropped to the "
+                   "car (for the scores, as the app crops them); whiteout, Stanford's cars on white. Modernity and "
+                   "body type on the training cars, the gate's car presence on all of them")  # fmt: skip
     p.add_argument("--restyled-weight", type=float, default=1.0, help="what a restyled car counts in the "
                    "modernity and body-type losses, against 1 for a car as photographed")  # fmt: skip
     return p

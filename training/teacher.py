@@ -13,7 +13,9 @@ its ImageNet size unless `--size` says otherwise); `--backbone CHECKPOINT` takes
   (car-in-a-scene positives for the gate, with their boxes);
 - `backdrop` (only when asked for): every DVM-CAR car with its white background replaced by a negative photo of
   the same split, so that heads can learn DVM-CAR's years and body types from the car and not from the white
-  backdrop (`training.heads --restyled backdrop`);
+  backdrop (`training.heads --restyled backdrop`): the whole frame, as the gate sees it;
+- `backdrop_crop` (only when asked for): the same scenes cropped to the car's own box (where the advert's white
+  was not), as the app crops a car in a scene by the gate's box: for the scores' heads;
 - `whiteout` (only when asked for): every car with a known year and box (Stanford's) cut out by GrabCut and put
   on white, as DVM-CAR's adverts are, then cropped like `crop`: so that a car on white is not read as a Porsche of
   DVM-CAR's years (`training.heads --restyled whiteout`).
@@ -44,6 +46,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from core.artifacts import crop_to_box
 from core.config import SHARED_DATA_DIR
 from core.models import (
     LITE0,
@@ -63,7 +66,7 @@ from core.segment import Box, grabcut_mask
 from training.data import crop_box, pixel_box
 
 DEFAULT_VIEWS = ("crop", "frame", "composite")
-RESTYLED_VIEWS = ("backdrop", "whiteout")  # the training cars in another photo style
+RESTYLED_VIEWS = ("backdrop", "backdrop_crop", "whiteout")  # the training cars in another photo style
 VIEWS = (*DEFAULT_VIEWS, *RESTYLED_VIEWS)
 WHITE = 238  # a channel minimum at or above this is the white of a background-removed advert photo
 CHUNK = 256
@@ -81,7 +84,7 @@ class Composite:
 def view_rows(table: pd.DataFrame, view: str) -> pd.DataFrame:
     if view == "crop":
         return table[table["car"] == 1]
-    if view == "backdrop":
+    if view in ("backdrop", "backdrop_crop"):
         return table[(table["car"] == 1) & table["group"].str.startswith("dvm:")]
     if view == "whiteout":
         return table[(table["car"] == 1) & (table["year"] > 0) & table["box_x1"].notna()]
@@ -121,17 +124,39 @@ def plan_backdrops(table: pd.DataFrame, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"path": cars["path"].to_numpy(), "background": backgrounds})
 
 
-def swap_background(car: Image.Image, background: Image.Image) -> Image.Image:
-    """`car`, photographed on white with its background removed (DVM-CAR), in front of `background` (fitted to its
-    size): the near-white region connected to the border, grown by 2 px so that no white fringe stays, is
-    replaced; white inside the car (paint, reflections) is kept."""
-    pixels = np.asarray(car)
-    white = (pixels.min(axis=2) >= WHITE).astype(np.uint8)
+def advert_background(car: Image.Image) -> np.ndarray:
+    """Where a background-removed advert photo (DVM-CAR) shows its white background: the near-white region connected
+    to the border, grown by 2 px so that no white fringe stays; white inside the car (paint, reflections) is not."""
+    white = (np.asarray(car).min(axis=2) >= WHITE).astype(np.uint8)
     _, regions = cv2.connectedComponents(white, connectivity=4)
     border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    outside = cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def advert_car_box(background: np.ndarray) -> Box:
+    """The car's box (x1, y1, x2, y2 px) in an advert photo whose white `background` mask is given (grown back by the
+    mask's 2 px); the whole photo when nothing but background is found."""
+    ys, xs = np.nonzero(~background)
+    h, w = background.shape
+    if len(xs) == 0:
+        return 0.0, 0.0, float(w), float(h)
+    x1, y1, x2, y2 = max(0, xs.min() - 2), max(0, ys.min() - 2), min(w, xs.max() + 3), min(h, ys.max() + 3)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def swap_background(car: Image.Image, background: Image.Image, outside: np.ndarray | None = None) -> Image.Image:
+    """`car`, photographed on white with its background removed (DVM-CAR), in front of `background` (fitted to its
+    size): its `advert_background` (computed unless given) is replaced."""
+    outside = advert_background(car) if outside is None else outside
     scene = np.asarray(ImageOps.fit(background, car.size))
-    return Image.fromarray(np.where(outside[..., None], scene, pixels))
+    return Image.fromarray(np.where(outside[..., None], scene, np.asarray(car)))
+
+
+def backdrop_crop(car: Image.Image, background: Image.Image) -> Image.Image:
+    """`swap_background`'s scene cropped to the car's own box with the serving margin, as the app crops a car in a
+    scene by the gate's box (not the advert's whole frame)."""
+    outside = advert_background(car)
+    return crop_to_box(swap_background(car, background, outside), advert_car_box(outside))
 
 
 def cut_out_on_white(image: Image.Image, box: Box) -> Image.Image:
@@ -171,9 +196,10 @@ def view_images(
 
 
 def _view_images(table: pd.DataFrame, data_root: Path, view: str, seed: int) -> tuple[pd.DataFrame, list]:
-    if view == "backdrop":
+    if view in ("backdrop", "backdrop_crop"):
         index = plan_backdrops(table, seed)
-        return index, [lambda r=r: swap_background(open_rgb(data_root / r.path), open_rgb(data_root / r.background))
+        restyle = swap_background if view == "backdrop" else backdrop_crop
+        return index, [lambda r=r: restyle(open_rgb(data_root / r.path), open_rgb(data_root / r.background))
                        for r in index.itertuples()]  # fmt: skip
     if view == "composite":
         plans = plan_composites(table, seed)
