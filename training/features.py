@@ -73,7 +73,8 @@ def car_splits(
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
     mirrored: flip augmentation for heads trained on cached features; with `restyled` views of the cache, the
     training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos, `backdrop_crop`: the same
-    cropped to the car; `whiteout`: Stanford's cars on white), each weighing `restyled_weight` in the losses. Validation and test stay as they are."""
+    cropped to the car; `whiteout`: Stanford's cars on white), each weighing `restyled_weight` in the losses.
+    Validation and test stay as they are."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
