@@ -69,6 +69,7 @@ DEFAULT_VIEWS = ("crop", "frame", "composite")
 RESTYLED_VIEWS = ("backdrop", "backdrop_crop", "whiteout")  # the training cars in another photo style
 VIEWS = (*DEFAULT_VIEWS, *RESTYLED_VIEWS)
 WHITE = 238  # a channel minimum at or above this is the white of a background-removed advert photo
+FRINGE = 2  # px the advert's white background is grown by, so that no white fringe stays around the car
 CHUNK = 256
 
 
@@ -126,21 +127,24 @@ def plan_backdrops(table: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def advert_background(car: Image.Image) -> np.ndarray:
     """Where a background-removed advert photo (DVM-CAR) shows its white background: the near-white region connected
-    to the border, grown by 2 px so that no white fringe stays; white inside the car (paint, reflections) is not."""
+    to the border, grown by FRINGE px so that no white fringe stays; white inside the car (paint, reflections) is
+    not."""
     white = (np.asarray(car).min(axis=2) >= WHITE).astype(np.uint8)
     _, regions = cv2.connectedComponents(white, connectivity=4)
     border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    return cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    kernel = np.ones((2 * FRINGE + 1, 2 * FRINGE + 1), np.uint8)
+    return cv2.dilate(np.isin(regions, border[border > 0]).astype(np.uint8), kernel) > 0
 
 
 def advert_car_box(background: np.ndarray) -> Box:
     """The car's box (x1, y1, x2, y2 px) in an advert photo whose white `background` mask is given (grown back by the
-    mask's 2 px); the whole photo when nothing but background is found."""
+    mask's FRINGE px); the whole photo when nothing but background is found."""
     ys, xs = np.nonzero(~background)
     h, w = background.shape
     if len(xs) == 0:
         return 0.0, 0.0, float(w), float(h)
-    x1, y1, x2, y2 = max(0, xs.min() - 2), max(0, ys.min() - 2), min(w, xs.max() + 3), min(h, ys.max() + 3)
+    x1, y1 = max(0, xs.min() - FRINGE), max(0, ys.min() - FRINGE)
+    x2, y2 = min(w, xs.max() + 1 + FRINGE), min(h, ys.max() + 1 + FRINGE)
     return float(x1), float(y1), float(x2), float(y2)
 
 
