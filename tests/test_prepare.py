@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 from PIL import Image
 
 from core.config import DVM_YEAR_BINS, SHARED_DATA_DIR, SHARED_YEAR_BINS, seed_body_type
-from training.prepare import finalise, grouped_split, prepare, read_dvm, read_stanford
+from training import prepare as prepare_cli
+from training.prepare import finalise, grouped_split, is_dvm_folder, prepare, read_dvm, read_stanford
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -125,6 +127,36 @@ def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data
     assert dvm.groupby("advert")["split"].nunique().max() == 1
     assert dvm.groupby("class_name")["split"].nunique().max() == 1
     assert all((data / p).is_file() for p in dvm["path"])
+
+
+def test_view_labels_read_in_any_case_spelling_and_by_their_usual_names(resized_dvm_folder):
+    """A hand-labelled views.csv: "Front" is a front view, "BACK" a rear one, "Three-quarter" and "profile" the
+    three-quarter and side views; a label it does not know stays as written and is not frontal."""
+    files = sorted(read_dvm(resized_dvm_folder)["path"].str.removeprefix("dvm_mini/"))
+    written = ["Front", "BACK", "Three-quarter", " profile ", "frontal", "interior"]
+    with open(resized_dvm_folder / "views.csv", "w", newline="") as views:
+        csv.writer(views).writerows([["file", "view"], *zip(files, written, strict=True)])
+    table = read_dvm(resized_dvm_folder).assign(file=lambda t: t["path"].str.removeprefix("dvm_mini/"))
+    read = table.set_index("file").loc[files]
+    assert read["view"].tolist() == ["front", "rear", "three_quarter", "side", "front", "interior"]
+    assert read["frontal"].tolist() == [1, 0, 0, 0, 1, 0]
+
+
+def test_a_folder_without_dvm_names_is_refused_and_other_image_suffixes_are_read(resized_dvm_folder, tmp_path):
+    """An Ad_table.csv beside images that are not named the DVM way is not a DVM-CAR folder (a clear refusal, not an
+    empty table); a DVM-named .JPG or .png is read like a .jpg."""
+    misnamed = tmp_path / "misnamed"
+    shutil.copytree(resized_dvm_folder, misnamed)
+    for path in misnamed.rglob("*.jpg"):
+        path.rename(path.with_name(path.name.replace("$$", "_")))
+    assert not is_dvm_folder(misnamed)
+    with pytest.raises(SystemExit):
+        prepare_cli.main(["--dvm", str(misnamed), "--out", str(tmp_path / "table.parquet")])
+    first, second = sorted(resized_dvm_folder.rglob("*.jpg"))[:2]
+    first.rename(first.with_suffix(".JPG"))
+    Image.open(second).save(second.with_suffix(".png"))
+    second.unlink()
+    assert len(read_dvm(resized_dvm_folder)) == 6
 
 
 def test_seed_body_type_reads_labels_in_any_case_and_by_their_us_names():

@@ -224,6 +224,10 @@ def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path, cap
     Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "car.jpg")
     with pytest.raises(SystemExit, match=r"neither a labels\.csv"):
         evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])
+    (tmp_path / "photos" / "Ad_table.csv").write_text("Maker,Genmodel,Genmodel_ID,Adv_ID,Bodytype\n")
+    with pytest.raises(SystemExit, match=r"neither a labels\.csv"):  # an ad table, but no DVM-named photo
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])
+    (tmp_path / "photos" / "Ad_table.csv").unlink()
     Image.new("RGB", (64, 48)).save(tmp_path / "photos" / "car.jpg")
     (tmp_path / "photos" / "labels.csv").write_text("file,year,bbox_x1,bbox_y1,bbox_x2,bbox_y2\ncar.jpg,2010,1,1,,7\n")
     with pytest.raises(SystemExit, match="--whiteout needs the car's box of every photo"):

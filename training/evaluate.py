@@ -38,7 +38,7 @@ from core.pipeline import gate_crops, gate_frames
 from core.scoring import expected_year, softmax
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
-from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle
+from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle, view_label
 from training.teacher import cut_out_on_white, swap_background
 
 BATCH = 64
@@ -61,7 +61,7 @@ def read_folder(folder: Path) -> pd.DataFrame:
     if set(BOX) <= set(labels.columns):  # a box that is not numbers is unknown: the gate finds the car
         labels[BOX] = labels[BOX].apply(pd.to_numeric, errors="coerce")
     views = read_views(folder)
-    given = labels["view"].fillna("").astype(str).str.strip().str.lower() if "view" in labels else ""
+    given = labels["view"].fillna("").map(view_label) if "view" in labels else ""
     from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""
     fallback = given.where(given != "", from_angle) if "view" in labels else from_angle
     labels["view"] = labels["file"].map(views).fillna(fallback)

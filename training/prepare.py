@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,9 @@ DVM_NAME = re.compile(
     r"(?P<adv>[^$]*)\$\$"
 )
 VIEWS_FILE = "views.csv"
+VIEW_SYNONYMS = {"frontal": "front", "back": "rear", "profile": "side", "3/4": "three_quarter",
+                 "threequarter": "three_quarter", "three_quarters": "three_quarter"}  # fmt: skip
+DVM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # EPFL viewing angle (0 = front, ±180 = rear) to the view classes DVM-CAR names, plus side and rear.
 EPFL_VIEW_EDGES = ((30.0, "front"), (75.0, "three_quarter"), (105.0, "side"), (150.0, "three_quarter"), (180.0, "rear"))
 
@@ -105,13 +108,20 @@ def view_from_angle(angle_deg: float) -> str:
     return next((view for edge, view in EPFL_VIEW_EDGES if abs(angle_deg) <= edge), "")
 
 
+def view_label(text: str) -> str:
+    """A hand-written view label in DVM-CAR's words: any case, spaces or hyphens ("Three-quarter"), and the usual
+    other names (back: rear, profile: side, frontal: front)."""
+    view = re.sub(r"[\s\-]+", "_", str(text).strip().lower())
+    return VIEW_SYNONYMS.get(view, view)
+
+
 def read_views(folder: Path) -> dict[str, str]:
     """`views.csv` (file, view) beside a data set: view label per file path relative to the folder."""
     path = folder / VIEWS_FILE
     if not path.is_file():
         return {}
     views = pd.read_csv(path, dtype=str).dropna()
-    return dict(zip(views["file"], views["view"].str.strip(), strict=True))
+    return dict(zip(views["file"], views["view"].map(view_label), strict=True))
 
 
 def frontal_from_view(view: str) -> int:
@@ -130,10 +140,7 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
     body_by_model = body_type_by_model(ad_table or folder / "Ad_table.csv")
     views = read_views(folder)
     rows = []
-    for path in sorted(folder.rglob("*.jpg")):
-        match = DVM_NAME.match(path.name)
-        if match is None:
-            continue
+    for path, match in dvm_images(folder):
         relative = path.relative_to(folder).as_posix()
         view = "front" if "Confirmed_fronts" in path.parts else views.get(relative, "")
         raw_body = str(body_by_model.get(match["gid"], ""))
@@ -168,11 +175,19 @@ def body_type_by_model(ad_table: Path) -> pd.Series:
     return ads.dropna(subset=["Bodytype"]).groupby("Genmodel_ID")["Bodytype"].agg(lambda s: s.mode().iat[0])
 
 
+def dvm_images(folder: Path) -> Iterator[tuple[Path, re.Match[str]]]:
+    """Every image under `folder` (any depth, .jpg/.jpeg/.png in any case) named the DVM-CAR way, with its name's
+    fields."""
+    for path in sorted(folder.rglob("*")):
+        match = DVM_NAME.match(path.name)
+        if match is not None and path.suffix.lower() in DVM_IMAGE_SUFFIXES:
+            yield path, match
+
+
 def is_dvm_folder(folder: Path) -> bool:
-    """A DVM-CAR folder: an `Ad_table.csv`, or no `labels.csv` and images named the DVM way at any depth."""
-    if (folder / "Ad_table.csv").is_file():
-        return True
-    return not (folder / "labels.csv").is_file() and any(DVM_NAME.match(p.name) for p in folder.rglob("*.jpg"))
+    """A DVM-CAR folder: images named the DVM way at any depth, and an `Ad_table.csv` or no `labels.csv`."""
+    has_ads = (folder / "Ad_table.csv").is_file()
+    return (has_ads or not (folder / "labels.csv").is_file()) and next(dvm_images(folder), None) is not None
 
 
 def _bin_or_missing(year: int, bins: Sequence[YearBin]) -> int:
@@ -288,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ads = args.dvm_ads or args.dvm / "Ad_table.csv"
         if not ads.is_file():
             parser.error(f"no Ad_table.csv at {ads}: pass --dvm-ads")
+        if next(dvm_images(args.dvm), None) is None:
+            parser.error(f"no images named the DVM-CAR way (Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
+                         f"image_N.jpg) under {args.dvm}")  # fmt: skip
         table = finalise(read_dvm(args.dvm, ads, bins), args.seed)
     else:
         table = prepare(args.data, bins, seed=args.seed)
