@@ -130,16 +130,17 @@ def test_prepare_reads_a_resized_dvm_folder_with_its_views_beside_the_other_data
 
 
 def test_view_labels_read_in_any_case_spelling_and_by_their_usual_names(resized_dvm_folder):
-    """A hand-labelled views.csv: "Front" is a front view, "BACK" a rear one, "Three-quarter" and "profile" the
-    three-quarter and side views; a label it does not know stays as written and is not frontal."""
+    """A hand-labelled views.csv: "Front" is a front view, "BACK" a rear one, "Three-quarter", "profile" and "rear
+    three-quarter" the three-quarter, side and three-quarter views; a label it does not know stays as written and is
+    not frontal."""
     files = sorted(read_dvm(resized_dvm_folder)["path"].str.removeprefix("dvm_mini/"))
-    written = ["Front", "BACK", "Three-quarter", " profile ", "frontal", "interior"]
+    written = ["Front", "BACK", "Three-quarter", " profile ", "rear three-quarter", "interior"]
     with open(resized_dvm_folder / "views.csv", "w", newline="") as views:
         csv.writer(views).writerows([["file", "view"], *zip(files, written, strict=True)])
     table = read_dvm(resized_dvm_folder).assign(file=lambda t: t["path"].str.removeprefix("dvm_mini/"))
     read = table.set_index("file").loc[files]
-    assert read["view"].tolist() == ["front", "rear", "three_quarter", "side", "front", "interior"]
-    assert read["frontal"].tolist() == [1, 0, 0, 0, 1, 0]
+    assert read["view"].tolist() == ["front", "rear", "three_quarter", "side", "three_quarter", "interior"]
+    assert read["frontal"].tolist() == [1, 0, 0, 0, 0, 0]
 
 
 def test_a_folder_without_dvm_names_is_refused_and_other_image_suffixes_are_read(resized_dvm_folder, tmp_path):

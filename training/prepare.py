@@ -97,7 +97,8 @@ DVM_NAME = re.compile(
 )
 VIEWS_FILE = "views.csv"
 VIEW_SYNONYMS = {"frontal": "front", "back": "rear", "profile": "side", "3/4": "three_quarter",
-                 "threequarter": "three_quarter", "three_quarters": "three_quarter"}  # fmt: skip
+                 "threequarter": "three_quarter", "three_quarters": "three_quarter",
+                 "front_three_quarter": "three_quarter", "rear_three_quarter": "three_quarter"}  # fmt: skip
 DVM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # EPFL viewing angle (0 = front, ±180 = rear) to the view classes DVM-CAR names, plus side and rear.
 EPFL_VIEW_EDGES = ((30.0, "front"), (75.0, "three_quarter"), (105.0, "side"), (150.0, "three_quarter"), (180.0, "rear"))
@@ -110,7 +111,7 @@ def view_from_angle(angle_deg: float) -> str:
 
 def view_label(text: str) -> str:
     """A hand-written view label in DVM-CAR's words: any case, spaces or hyphens ("Three-quarter"), and the usual
-    other names (back: rear, profile: side, frontal: front)."""
+    other names (back: rear, profile: side, frontal: front, front or rear three-quarter: three_quarter)."""
     view = re.sub(r"[\s\-]+", "_", str(text).strip().lower())
     return VIEW_SYNONYMS.get(view, view)
 
