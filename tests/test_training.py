@@ -215,6 +215,7 @@ def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_b
     report = json.loads(capsys.readouterr().out)
     assert report["unreadable"]["n"] == 1 and report["unreadable"]["files"][0]["file"] == files[3]
     assert report["n"] == 3 and report["modernity"]["n"] == 2 and report["body_type"]["n"] == 2
+    assert report["modernity"]["baselines"]["majority_accuracy"] == 0.5  # of the two cars with a year, not of all three
     assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)
     assert report["by_view"]["rear"]["mae_years"] is None and report["by_view"]["front"]["mae_years"] is not None
 
