@@ -143,6 +143,17 @@ def test_view_labels_read_in_any_case_spelling_and_by_their_usual_names(resized_
     assert read["frontal"].tolist() == [1, 0, 0, 0, 0, 0]
 
 
+def test_an_ad_table_written_by_a_spreadsheet_or_without_body_types_still_reads(resized_dvm_folder):
+    """An Ad_table.csv saved with a byte-order mark reads its body types; one without a Bodytype column leaves them
+    unknown instead of failing."""
+    ads = resized_dvm_folder / "Ad_table.csv"
+    ads.write_text(ads.read_text(), encoding="utf-8-sig")
+    assert set(read_dvm(resized_dvm_folder)["body_type"]) == {"SUV", "Convertible", ""}
+    ads.write_text("Maker,Genmodel,Genmodel_ID\nPorsche,Macan,71_10\n")
+    table = read_dvm(resized_dvm_folder)
+    assert len(table) == 6 and set(table["body_type"]) == {""}
+
+
 def test_a_folder_without_dvm_names_is_refused_and_other_image_suffixes_are_read(resized_dvm_folder, tmp_path):
     """An Ad_table.csv beside images that are not named the DVM way is not a DVM-CAR folder (a clear refusal, not an
     empty table); a DVM-named .JPG or .png is read like a .jpg."""

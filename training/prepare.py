@@ -168,11 +168,14 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
 
 
 def body_type_by_model(ad_table: Path) -> pd.Series:
-    """Genmodel_ID -> its most frequent Bodytype in an `Ad_table.csv`; empty when there is no such file."""
+    """Genmodel_ID -> its most frequent Bodytype in an `Ad_table.csv`; empty when there is no such file or it has
+    no Genmodel_ID and Bodytype columns (body types are then unknown)."""
     if not ad_table.is_file():
         return pd.Series(dtype=str)
-    ads = pd.read_csv(ad_table)
+    ads = pd.read_csv(ad_table, encoding="utf-8-sig")
     ads.columns = [c.strip() for c in ads.columns]
+    if not {"Genmodel_ID", "Bodytype"} <= set(ads.columns):
+        return pd.Series(dtype=str)
     return ads.dropna(subset=["Bodytype"]).groupby("Genmodel_ID")["Bodytype"].agg(lambda s: s.mode().iat[0])
 
 
