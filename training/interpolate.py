@@ -22,14 +22,18 @@ from core.models import LITES, lite_state_dict, lite_weights_source
 RUNNING_STATS = ("running_mean", "running_var")
 
 
-def interpolated(pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float):
+def interpolated(
+    pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """`pretrained + alpha * (finetuned - pretrained)` for every floating tensor of `finetuned` (keys without the
     `backbone.` prefix in `pretrained`); counters, and running statistics when extrapolating, stay the fine-tuned."""
     result = {}
     for key, tuned in finetuned.items():
-        moves = tuned.is_floating_point() and (0 <= alpha <= 1 or not key.endswith(RUNNING_STATS))
-        start = pretrained[key.removeprefix("backbone.")].float() if moves else None
-        result[key] = start + alpha * (tuned.float() - start) if moves else tuned
+        if tuned.is_floating_point() and (0 <= alpha <= 1 or not key.endswith(RUNNING_STATS)):
+            start = pretrained[key.removeprefix("backbone.")].float()
+            result[key] = start + alpha * (tuned.float() - start)
+        else:
+            result[key] = tuned
     return result
 
 

@@ -141,7 +141,7 @@ def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin]
     body_by_model = body_type_by_model(ad_table or folder / "Ad_table.csv")
     views = read_views(folder)
     rows = []
-    for path, match in dvm_images(folder):
+    for path, match in sorted(dvm_images(folder), key=lambda image: image[0]):
         relative = path.relative_to(folder).as_posix()
         view = "front" if "Confirmed_fronts" in path.parts else views.get(relative, "")
         raw_body = str(body_by_model.get(match["gid"], ""))
@@ -181,8 +181,8 @@ def body_type_by_model(ad_table: Path) -> pd.Series:
 
 def dvm_images(folder: Path) -> Iterator[tuple[Path, re.Match[str]]]:
     """Every image under `folder` (any depth, .jpg/.jpeg/.png in any case) named the DVM-CAR way, with its name's
-    fields."""
-    for path in sorted(folder.rglob("*")):
+    fields, in the order the file system lists them (lazily: the first answers whether there is one)."""
+    for path in folder.rglob("*"):
         match = DVM_NAME.match(path.name)
         if match is not None and path.suffix.lower() in DVM_IMAGE_SUFFIXES:
             yield path, match
