@@ -188,10 +188,15 @@ def dvm_images(folder: Path) -> Iterator[tuple[Path, re.Match[str]]]:
             yield path, match
 
 
+def has_dvm_images(folder: Path) -> bool:
+    """Whether any image under `folder` is named the DVM-CAR way (stops at the first)."""
+    return next(dvm_images(folder), None) is not None
+
+
 def is_dvm_folder(folder: Path) -> bool:
     """A DVM-CAR folder: images named the DVM way at any depth, and an `Ad_table.csv` or no `labels.csv`."""
     has_ads = (folder / "Ad_table.csv").is_file()
-    return (has_ads or not (folder / "labels.csv").is_file()) and next(dvm_images(folder), None) is not None
+    return (has_ads or not (folder / "labels.csv").is_file()) and has_dvm_images(folder)
 
 
 def _bin_or_missing(year: int, bins: Sequence[YearBin]) -> int:
@@ -307,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ads = args.dvm_ads or args.dvm / "Ad_table.csv"
         if not ads.is_file():
             parser.error(f"no Ad_table.csv at {ads}: pass --dvm-ads")
-        if next(dvm_images(args.dvm), None) is None:
+        if not has_dvm_images(args.dvm):
             parser.error(f"no images named the DVM-CAR way (Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                          f"image_N.jpg) under {args.dvm}")  # fmt: skip
         table = finalise(read_dvm(args.dvm, ads, bins), args.seed)
