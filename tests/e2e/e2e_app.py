@@ -138,9 +138,14 @@ SCROLL_HEIGHT_JS = """
 () => { const main = document.querySelector('[data-testid="stMain"]');
         return main ? main.scrollHeight : document.body.scrollHeight; }
 """
-IMAGE_SIZES_JS = """
-() => Array.from(document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img'))
-          .map((img) => [img.naturalWidth, img.naturalHeight])
+MAIN_IMAGES_JS = """document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')"""
+IMAGE_SIZES_JS = f"() => Array.from({MAIN_IMAGES_JS}).map((img) => [img.naturalWidth, img.naturalHeight])"
+# A scored page may still be fetching its pictures on a busy machine: wait until every one has decoded.
+IMAGES_LOADED_JS = f"""
+() => {{
+  const images = Array.from({MAIN_IMAGES_JS});
+  return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
+}}
 """
 
 
@@ -403,8 +408,12 @@ class AppPage:
     def has_heading(self, name: str) -> bool:
         return self.page.get_by_role("heading", name=name, exact=True).count() > 0
 
-    def image_sizes(self) -> list[tuple[int, int]]:
-        """Natural (width, height) of the pictures in the main area, top to bottom."""
+    def image_sizes(self, timeout_ms: int = DRAW_TIMEOUT_MS) -> list[tuple[int, int]]:
+        """Natural (width, height) of the pictures in the main area, top to bottom, once they have all loaded."""
+        try:
+            self.page.wait_for_function(IMAGES_LOADED_JS, timeout=timeout_ms, polling=100)
+        except Exception:
+            self.fail(f"no picture in the main area finished loading within {timeout_ms / 1000:.0f} s")
         return [tuple(size) for size in self.page.evaluate(IMAGE_SIZES_JS)]
 
     # ------------------------------------------------------------------------------------------ checks
