@@ -140,7 +140,7 @@ SCROLL_HEIGHT_JS = """
 """
 MAIN_IMAGES_JS = """document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')"""
 IMAGE_SIZES_JS = f"() => Array.from({MAIN_IMAGES_JS}).map((img) => [img.naturalWidth, img.naturalHeight])"
-# A scored page may still be fetching its pictures on a busy machine: wait until every one has decoded.
+# A scored page may still be fetching its pictures: wait until every one has decoded.
 IMAGES_LOADED_JS = f"""
 () => {{
   const images = Array.from({MAIN_IMAGES_JS});
@@ -413,7 +413,7 @@ class AppPage:
         try:
             self.page.wait_for_function(IMAGES_LOADED_JS, timeout=timeout_ms, polling=100)
         except Exception:
-            self.fail(f"no picture in the main area finished loading within {timeout_ms / 1000:.0f} s")
+            self.fail(f"the pictures in the main area did not all finish loading within {timeout_ms / 1000:.0f} s")
         return [tuple(size) for size in self.page.evaluate(IMAGE_SIZES_JS)]
 
     # ------------------------------------------------------------------------------------------ checks
