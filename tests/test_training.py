@@ -63,7 +63,7 @@ def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, m
 def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
-                "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8",
+                "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
                 "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
                 "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
@@ -80,6 +80,17 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     info = teacher.BackboneInfo.read(cache)
     assert (info.arch, info.size, info.mean) == ("efficientnet_lite0", 32, LITE_MEAN)
     assert np.load(cache / "crop.npy").shape[1] == 1280
+
+
+def test_mixup_blends_every_photo_with_another_of_the_batch_reproducibly():
+    photos = torch.rand(6, 3, 8, 8)
+    mixed, partners, weight = train.mix_batch(photos, 0.4, torch.Generator().manual_seed(3))
+    assert sorted(partners.tolist()) == list(range(6)) and 0 < weight < 1
+    assert not torch.equal(mixed, photos)
+    low, high = torch.minimum(photos, photos[partners]), torch.maximum(photos, photos[partners])
+    assert bool(((mixed >= low - 1e-6) & (mixed <= high + 1e-6)).all())  # a blend, pixel by pixel
+    again, _, _ = train.mix_batch(photos, 0.4, torch.Generator().manual_seed(3))
+    assert torch.equal(mixed, again)
 
 
 def test_gate_log_has_car_and_frontal_metrics(runs):

@@ -73,6 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux-weight", type=float, default=0.5, help="weight of auxiliary heads (make, model, raw body)")
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta(a, a) for the car tasks (0: off)")
     p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
     p.add_argument("--arch", choices=ARCHITECTURES, default=RESNET18, help="the network (the seed's: resnet18)")
     p.add_argument(
@@ -256,6 +257,15 @@ def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: tor
     return x, targets
 
 
+def mix_batch(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018): each image blended with another of the batch at a Beta(alpha, alpha) weight;
+    returns the blend, the partner order and the weight of the original."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator)
+    return lam * x + (1 - lam) * x[perm], perm, lam
+
+
 def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
     model.train()
     order = torch.randperm(len(data.images), generator=generator).numpy()
@@ -267,8 +277,13 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
-        x = normalise(x, model.arch).contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(model(x), targets)
+        if args.task != "gate" and args.mixup > 0:
+            x, perm, lam = mix_batch(x, args.mixup, generator)
+            outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
+            partners = {k: v[perm] for k, v in targets.items()}
+            loss = lam * loss_fn(outputs, targets) + (1 - lam) * loss_fn(outputs, partners)
+        else:
+            loss = loss_fn(model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
