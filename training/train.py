@@ -277,13 +277,13 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
-        if args.task != "gate" and args.mixup > 0:
-            x, perm, lam = mix_batch(x, args.mixup, generator)
-            outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
-            partners = {k: v[perm] for k, v in targets.items()}
-            loss = lam * loss_fn(outputs, targets) + (1 - lam) * loss_fn(outputs, partners)
-        else:
-            loss = loss_fn(model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last)), targets)
+        mixing = args.task != "gate" and args.mixup > 0
+        if mixing:
+            x, partners, weight = mix_batch(x, args.mixup, generator)
+        outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(outputs, targets)
+        if mixing:
+            loss = weight * loss + (1 - weight) * loss_fn(outputs, {k: v[partners] for k, v in targets.items()})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
