@@ -271,13 +271,13 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
     order = torch.randperm(len(data.images), generator=generator).numpy()
     batches = [order[i : i + args.batch_size] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
     running, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
+    mixing = args.task != "gate" and args.mixup > 0
     for step, idx in enumerate(bar, 1):
         if args.task == "gate":
             x, targets = gate_batch(data, idx, augment, generator)
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
-        mixing = args.task != "gate" and args.mixup > 0
         if mixing:
             x, partners, weight = mix_batch(x, args.mixup, generator)
         outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
