@@ -60,6 +60,20 @@ def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, m
     assert {"loss", "body_type_accuracy", "images_per_s"} <= set(log[1])
 
 
+def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs):
+    out = runs / "staged"
+    args = ["--task", "bodytype", "--out", str(out), "--epochs", "3", "--size", "32", "--cache-size", "40",
+            "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
+            "--cache-dir", str(runs / "cache")]  # fmt: skip
+    train.main([*args, "--stop-after", "1"])
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0]
+    schedule = torch.load(out / "last.pt", weights_only=True)["scheduler"]
+    # one epoch done of a learning-rate schedule that still spans all three
+    assert schedule["total_steps"] == 3 * schedule["last_epoch"] > 0
+    train.main([*args, "--resume"])
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
 def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",

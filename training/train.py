@@ -64,6 +64,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root the table's paths are in")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log.jsonl")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="end after this many epochs of the --epochs schedule (the learning rate still follows --epochs; "
+        "--resume goes on)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -373,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     augment = Augment(args.size, crop=args.task != "gate", min_scale=0.55)
     generator = torch.Generator().manual_seed(args.seed)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for epoch in range(start, args.epochs):
+    for epoch in range(start, min(args.epochs, args.stop_after or args.epochs)):
         generator.manual_seed(args.seed * 1000 + epoch)
         tic = time.time()
         loss = train_one_epoch(model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch)
