@@ -60,7 +60,7 @@ def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, m
     assert {"loss", "body_type_accuracy", "images_per_s"} <= set(log[1])
 
 
-def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs):
+def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs, capsys):
     out = runs / "staged"
     args = ["--task", "bodytype", "--out", str(out), "--epochs", "3", "--size", "32", "--cache-size", "40",
             "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
@@ -72,6 +72,9 @@ def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs):
     assert schedule["total_steps"] == 3 * schedule["last_epoch"] > 0
     train.main([*args, "--resume"])
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        train.main([*args, "--stop-after", "0"])
+    assert "--stop-after takes a number of epochs" in capsys.readouterr().err
 
 
 def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):

@@ -350,7 +350,10 @@ def initialise(args: argparse.Namespace, heads: dict[str, int]) -> tuple[CarNet,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error("--stop-after takes a number of epochs, at least 1")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
