@@ -34,13 +34,18 @@ def runs(tmp_path_factory) -> Path:
     return root
 
 
+def body_type_run(runs: Path, out: Path, epochs: int) -> list[str]:
+    """`training.train` arguments of a tiny body-type run on the fixture's table and image cache."""
+    return ["--task", "bodytype", "--out", str(out), "--epochs", str(epochs), "--size", "32", "--cache-size", "40",
+            "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
+            "--cache-dir", str(runs / "cache")]  # fmt: skip
+
+
 def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, monkeypatch, capsys):
     checkpoint = torch.load(runs / "cars" / "last.pt", weights_only=True)
     assert {"year_bin", "body_type", "make", "model_class", "body_raw"} <= set(checkpoint["heads"])
     out = runs / "interrupted"
-    args = ["--task", "bodytype", "--out", str(out), "--epochs", "2", "--size", "32", "--cache-size", "40",
-            "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
-            "--cache-dir", str(runs / "cache")]  # fmt: skip
+    args = body_type_run(runs, out, epochs=2)
     real_epoch = train.train_one_epoch
 
     def interrupted_in_second_epoch(*a, **k):
@@ -62,9 +67,7 @@ def test_train_writes_checkpoints_logs_and_resumes_after_an_interruption(runs, m
 
 def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs, capsys):
     out = runs / "staged"
-    args = ["--task", "bodytype", "--out", str(out), "--epochs", "3", "--size", "32", "--cache-size", "40",
-            "--batch-size", "4", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
-            "--cache-dir", str(runs / "cache")]  # fmt: skip
+    args = body_type_run(runs, out, epochs=3)
     train.main([*args, "--stop-after", "1"])
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [0]
     schedule = torch.load(out / "last.pt", weights_only=True)["scheduler"]
