@@ -16,7 +16,7 @@ import pandas as pd
 
 from core.config import YearBin
 from core.projection import MapPlacer
-from core.scoring import Morphs, group_key, group_label
+from core.scoring import Morphs, group_key, group_label, whole_year
 
 UNKNOWN = "unknown"
 CSV_COLUMNS = (
@@ -61,7 +61,7 @@ COLOUR_OPTIONS: dict[str, ColourSpec] = {
         ColourSpec("typicality", "Typicality", "typicality", False, "Cividis", "cosine to morph"),
         ColourSpec("modernity", "Modernity", "modernity", False, "Plasma", "score 0-4"),
         ColourSpec("split", "Split", "split", True),
-        ColourSpec("error", "Prediction error", "error_years", False, "RdBu", "expected − true year"),
+        ColourSpec("error", "Prediction error", "error_years", False, "RdBu", "shown − true year"),
     )
 }
 
@@ -168,7 +168,7 @@ CATEGORY_COLUMNS = ("body_label", "year_bin_label", "split")  # the map table's 
 
 def map_table(images: pd.DataFrame, year_bins: Sequence[YearBin]) -> pd.DataFrame:
     """The images table (positional index) plus display columns: label, year_bin_label, pred_year_bin_label,
-    body_label, year_value (nan when unknown), error_years (expected minus true year, nan when unknown), hover."""
+    body_label, year_value (nan when unknown), error_years (shown minus true year, nan when unknown), hover."""
     table = images.reset_index(drop=True).copy()
     table["label"] = car_labels(table)
     table["year_bin_label"] = year_bin_labels(table["year_bin"], year_bins)
@@ -176,7 +176,7 @@ def map_table(images: pd.DataFrame, year_bins: Sequence[YearBin]) -> pd.DataFram
     table["body_label"] = table["body_type"].fillna("").astype(str).replace("", UNKNOWN)
     year = table["year"].astype(float)
     table["year_value"] = year.where(year > 0)
-    table["error_years"] = table["expected_year"].astype(float) - table["year_value"]
+    table["error_years"] = whole_year(table["expected_year"]) - table["year_value"]
     table["hover"] = hover_texts(table)
     # A few distinct values each: as categories, the filters and a selection's counts take 9 and 26 ms instead of
     # 23 and 118 ms at a million rows.

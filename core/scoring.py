@@ -126,6 +126,12 @@ def expected_year(
     return float(per_year @ years)
 
 
+def whole_year(expected: ArrayLike) -> np.ndarray:
+    """The year the app shows for expected years: the nearest whole year (halves to even, as Python's `round`).
+    Model years are whole, so errors are measured on this reading, as users see it."""
+    return np.rint(np.asarray(expected, dtype=float))
+
+
 def body_type_from_logits(logits: ArrayLike, body_types: Sequence[str]) -> BodyType:
     """The arg-max body type and a {label: probability} dict."""
     probabilities = softmax(logits)

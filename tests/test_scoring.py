@@ -17,8 +17,10 @@ from core.scoring import (
     percentile,
     softmax,
     typicality,
+    whole_year,
 )
 from core.viewpoint import frontal_decision, frontal_decision_from_logit, view_rejection
+from ui import format as fmt
 
 # SHARED_YEAR_BINS centres: 2002.5, 2008.3, 2011.9, 2014.5, 2017.8
 
@@ -64,6 +66,12 @@ def test_a_per_year_head_gives_the_expected_year_beyond_the_bin_centres():
     assert modernity_from_logits(bins, SHARED_YEAR_BINS, halves).expected_year == pytest.approx(2016.0)
     with pytest.raises(ValueError, match="29 per-year logits for the 30 years 1991-2020"):
         modernity_from_logits(bins, SHARED_YEAR_BINS, np.zeros(29))
+
+
+def test_the_whole_year_is_the_one_the_app_shows():
+    expected = [2009.4, 2009.6, 2010.5, 2011.5, 1993.0]
+    assert whole_year(expected).tolist() == [2009.0, 2010.0, 2010.0, 2012.0, 1993.0]  # halves to even
+    assert [fmt.year(value) for value in expected] == [f"{year:.0f}" for year in whole_year(expected)]
 
 
 def test_logit_count_must_match_the_bins():

@@ -150,6 +150,8 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     assert {"accuracy", "macro_f1", "confusion"} <= set(report["body_type"])
     assert "inflated" in report["warning"]
     assert len(report["modernity"]["confusion"]) == 5
+    total_error = report["modernity"]["mae_years"] * report["modernity"]["n"]
+    assert total_error == pytest.approx(round(total_error))  # whole years shown, whole model years
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--whiteout"])
     white = json.loads(capsys.readouterr().out)
     assert white["whiteout"] is True and white["n"] == report["n"]

@@ -35,7 +35,7 @@ from core.config import seed_body_type, year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
 from core.pipeline import gate_crops, gate_frames
-from core.scoring import expected_year, softmax
+from core.scoring import expected_year, softmax, whole_year
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle, view_label
@@ -120,7 +120,7 @@ def run_networks(
     return (
         {
             "year_logits": outputs.year_logits,
-            "expected_year": np.array(
+            "year": whole_year(
                 [expected_year(p, bundle.year_bins, y) for p, y in zip(bins, outputs.year_head_logits, strict=True)]
             ),
             "body_logits": outputs.body_logits,
@@ -133,8 +133,8 @@ def run_networks(
     )
 
 
-def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
-    """Year-bin metrics of the logits and the MAE of the expected year (the app's reading), with baselines."""
+def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, shown: np.ndarray) -> dict[str, Any]:
+    """Year-bin metrics of the logits and the MAE of `shown` (the whole year the app shows), with baselines."""
     bins = bundle.year_bins
     known = years > 0  # a year of 0 or below is unknown
     true = np.array([-1 if y <= 0 or (b := year_to_bin(int(y), bins)) is None else b for y in years])
@@ -148,7 +148,7 @@ def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, exp
         "macro_f1": m.macro_f1,
         "per_class_f1": m.per_class_f1,
         "confusion": m.confusion,
-        "mae_years": float(np.abs(expected - years)[known].mean()),
+        "mae_years": float(np.abs(shown - years)[known].mean()),
         "labels": [b.label for b in bins],
         "n": int((true >= 0).sum()),
         "baselines": {
@@ -189,7 +189,7 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
             continue
         years = labels["year"].to_numpy()[rows]
         mod = (
-            modernity_metrics(bundle, years, outputs["year_logits"][rows], outputs["expected_year"][rows])
+            modernity_metrics(bundle, years, outputs["year_logits"][rows], outputs["year"][rows])
             if (years > 0).any()
             else dict.fromkeys(("macro_f1", "accuracy", "mae_years"))
         )
@@ -206,8 +206,8 @@ def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame
     return result
 
 
-def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
-    """Modernity of Porsches and of other makes: does "new" mean "Porsche"? Mean signed error of the expected
+def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray, shown: np.ndarray) -> dict[str, Any]:
+    """Modernity of Porsches and of other makes: does "new" mean "Porsche"? Mean signed error of the shown
     year, MAE, and the share of cars put in a bin after 2012 (every post-2012 car of the shared data is a
     Porsche)."""
     makes = labels["make"].fillna("").str.lower().to_numpy() if "make" in labels else np.full(len(labels), "")
@@ -221,8 +221,8 @@ def by_make(bundle: Bundle, labels: pd.DataFrame, logits: np.ndarray, expected: 
             continue
         result[name] = {
             "n": int(rows.sum()),
-            "mean_error_years": float((expected[rows] - years[rows]).mean()),
-            "mae_years": float(np.abs(expected[rows] - years[rows]).mean()),
+            "mean_error_years": float((shown[rows] - years[rows]).mean()),
+            "mae_years": float(np.abs(shown[rows] - years[rows]).mean()),
             "share_predicted_after_2012": float(late[probs[rows].argmax(1)].mean()),
             "share_truly_after_2012": float((years[rows] > 2012).mean()),
         }
@@ -283,13 +283,13 @@ def evaluate_folder(
     has_years = "year" in labels and bool((labels["year"] > 0).any())
     if has_years:
         report["modernity"] = modernity_metrics(
-            bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["expected_year"]
+            bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["year"]
         )
     if "body_type" in labels and (labels["body_type"].fillna("") != "").any():
         report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
     if has_years:
         report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
-        report["by_make"] = by_make(bundle, labels, outputs["year_logits"], outputs["expected_year"])
+        report["by_make"] = by_make(bundle, labels, outputs["year_logits"], outputs["year"])
         if (labels["view"] != "").any():
             report["by_view"] = by_view(bundle, outputs, labels, labels["view"].to_numpy())
     if "frontal" in labels and (labels["frontal"] >= 0).any():
