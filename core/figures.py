@@ -20,6 +20,7 @@ from PIL import Image
 from core import density
 from core.config import YearBin
 from core.explore import UNKNOWN, ColourSpec, category_order
+from core.scoring import whole_year
 
 MISSING_COLOUR = "#b8b8b8"
 HIGHLIGHT_COLOUR = "#111111"
@@ -367,7 +368,7 @@ def modernity_gauge(score: float, expected_year: float, year_bins: Sequence[Year
             mode="gauge+number",
             value=score,
             number={"valueformat": ".2f", "suffix": f" / {last}"},
-            title={"text": f"Modernity · expected year {expected_year:.0f}"},
+            title={"text": f"Modernity · expected year {int(whole_year(expected_year))}"},
             gauge={
                 "axis": {
                     "range": [0, last],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from core.scoring import whole_year
+
 DASH = "–"
 
 
@@ -12,8 +14,8 @@ def _missing(value: float | None) -> bool:
 
 
 def year(value: float | None) -> str:
-    """A (possibly fractional, expected) year as a whole year: 2009.6 -> '2010'."""
-    return DASH if _missing(value) or value <= 0 else f"{round(value):d}"
+    """A (possibly fractional, expected) year as the whole year the app shows: 2009.6 -> '2010'."""
+    return DASH if _missing(value) or value <= 0 else f"{int(whole_year(value)):d}"
 
 
 def percent(value: float | None, digits: int = 0) -> str:
