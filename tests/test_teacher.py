@@ -255,40 +255,6 @@ def test_mirror_loads_every_image_mirrored_left_right(tmp_path):
         assert np.array_equal(original[:, ::-1], flipped) and not np.array_equal(original, flipped)
 
 
-def test_refit_trains_again_on_the_validation_cars_for_the_epochs_validation_chose(frozen_run, tmp_path):
-    """`training.heads --refit`: after the run validation chose, the modernity and body-type networks are trained
-    again on training + validation cars for that run's epochs; the checkpoint keeps the validated run's history (and
-    the temperature and per-year head's epochs validation chose); the gate is not refitted; the build records it."""
-    table_path, teacher_cache = frozen_run / "table.parquet", frozen_run / "t"
-    common = ["--table", str(table_path), "--teacher", str(teacher_cache), "--epochs", "3"]
-    heads.main([*common, "--networks", "modernity", "bodytype", "--out", str(tmp_path / "validated")])
-    heads.main([*common, "--networks", "modernity", "bodytype", "gate", "--refit", "--out", str(tmp_path / "refit")])
-    table = pd.read_parquet(table_path)
-    cars = car_splits(table, teacher_cache, training_body_types(table))
-    assert len(cars["val"].features) > 0 and heads.refit_table(table)["split"].value_counts().get("val", 0) == 0
-    assert (heads.refit_table(table)["split"] == "test").sum() == (table["split"] == "test").sum()
-    for key, head in (("modernity", "year_bin"), ("bodytype", "body_type")):
-        validated = torch.load(tmp_path / "validated" / f"{key}.pt", weights_only=True)
-        refit = torch.load(tmp_path / "refit" / f"{key}.pt", weights_only=True)
-        assert refit["history"] == validated["history"] and refit["epoch"] == validated["epoch"]
-        assert refit["refit"]["epochs"] == validated["epoch"] + 1
-        assert refit["refit"]["cars"] == len(cars["train"].features) + len(cars["val"].features)
-        weight = f"heads.{head}.weight"
-        assert refit["model"][weight].shape == validated["model"][weight].shape
-        assert not torch.allclose(refit["model"][weight], validated["model"][weight])
-    modernity = torch.load(tmp_path / "refit" / "modernity.pt", weights_only=True)
-    validated = torch.load(tmp_path / "validated" / "modernity.pt", weights_only=True)
-    assert modernity["refit"]["temperature"] == validated["history"][-1]["temperature"]
-    assert modernity["refit"]["validated_year_head"] == validated["year_head"]
-    assert modernity["year_head"]["epoch"] == validated["year_head"]["epoch"] and modernity["year_head"]["refit"]
-    assert "heads.year.weight" in modernity["model"]
-    assert "refit" not in torch.load(tmp_path / "refit" / "gate.pt", weights_only=True)
-    assert not (tmp_path / "refit" / "per_view_val.json").exists()  # refitted networks have no validation left
-    _, record = build.serving_network(tmp_path / "refit" / "bodytype.pt", "body_type")
-    assert record["refit"] == torch.load(tmp_path / "refit" / "bodytype.pt", weights_only=True)["refit"]
-    assert record["refit"]["splits"] == ["train", "val"]
-
-
 def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_path):
     """`training.heads --mirror`: the training split gains every crop mirrored (same labels); validation and test
     stay as they are, and a cache of other images or of another backbone is refused."""

@@ -65,9 +65,8 @@ def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str,
               "args": checkpoint["args"]}  # fmt: skip
     if "view_head" in checkpoint:
         record["view_head"] = {k: v for k, v in checkpoint["view_head"].items() if k not in ("paths", "probabilities")}
-    for key in ("year_head", "refit"):
-        if key in checkpoint:
-            record[key] = checkpoint[key]
+    if "year_head" in checkpoint:
+        record["year_head"] = checkpoint["year_head"]
     return model.eval(), record
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,14 +114,6 @@ def car_loss(main: str, class_weight: torch.Tensor, aux_weight: float = 0.3) -> 
     return loss
 
 
-def modernity_loss(cars: dict[str, Split]) -> Loss:
-    return car_loss("year_bin", class_weights(cars["train"].targets["year_bin"].numpy(), 5))
-
-
-def bodytype_loss(cars: dict[str, Split]) -> Loss:
-    return car_loss("body_type", class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES)))
-
-
 def gate_loss(
     outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], weights: torch.Tensor
 ) -> torch.Tensor:
@@ -189,17 +181,18 @@ def gate_metrics(model: CarNet, split: Split) -> dict[str, float]:
     return result
 
 
-def run_epochs(
-    model: CarNet, train: Split, loss_fn: Loss, args: argparse.Namespace, epochs: int | None = None
-) -> Iterator[tuple[int, float]]:
-    """Train the heads on `train` epoch by epoch (AdamW, cosine decay over `args.epochs`, input dropout), yielding
-    each finished epoch and its last batch's loss; `epochs` stops the schedule early."""
+def fit(
+    model: CarNet, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args: argparse.Namespace
+) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """AdamW with cosine decay and input dropout; returns the best epoch's state and the history."""
     trainable = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    train = data["train"]
     steps_per_epoch = max(1, len(train.features) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs if epochs is None else epochs):
+    best, best_state, history = -np.inf, {}, []
+    for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(train.features), generator=generator)
         for step in range(steps_per_epoch):
@@ -211,17 +204,7 @@ def run_epochs(
             loss.backward()
             optimizer.step()
             scheduler.step()
-        yield epoch, float(loss.detach())
-
-
-def fit(
-    model: CarNet, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args: argparse.Namespace
-) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """Train on the training split; returns the state of the epoch with the best validation score, and the
-    history."""
-    best, best_state, history = -np.inf, {}, []
-    for epoch, loss in run_epochs(model, data["train"], loss_fn, args):
-        record = {"epoch": epoch, "loss": loss, **metrics_fn(model, data["val"])}
+        record = {"epoch": epoch, "loss": float(loss.detach()), **metrics_fn(model, data["val"])}
         history.append(record)
         if not best_state or record["score"] > best:  # the first epoch even if its score is NaN
             best, best_state = record["score"], {k: v.clone() for k, v in model.state_dict().items()}
@@ -305,38 +288,6 @@ def train_network(
         log.write(json.dumps({"network": key, "history": history}) + "\n")
 
 
-def refit_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with its validation rows moved into training (test stays out)."""
-    return table.assign(split=table["split"].replace({"val": "train"}))
-
-
-def refit_on_validation(key: str, cars: dict[str, Split], loss_fn: Loss, args: argparse.Namespace) -> dict:
-    """Train `key`'s network again with the same settings and seed on `cars["train"]` (training and validation
-    cars) for as many epochs as validation chose, and put its weights into the checkpoint; the chosen run's history
-    stays there as the evidence. Modernity keeps the temperature validation chose, and its per-year head is
-    refitted for the epochs validation chose."""
-    path = args.out / f"{key}.pt"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    heads = {k: v for k, v in checkpoint["heads"].items() if k != "year"}
-    torch.manual_seed(args.seed)
-    model = frozen_backbone(BackboneInfo.read(args.teacher), heads, NECK)
-    for _ in run_epochs(model, cars["train"], loss_fn, args, epochs=checkpoint["epoch"] + 1):
-        pass
-    record = {"splits": ["train", "val"], "epochs": checkpoint["epoch"] + 1, "cars": len(cars["train"].features)}
-    if "year_bin" in heads:
-        record["temperature"] = checkpoint["history"][-1]["temperature"]
-        with torch.no_grad():
-            model.heads["year_bin"].weight.div_(record["temperature"])
-            model.heads["year_bin"].bias.div_(record["temperature"])
-    if "year_head" in checkpoint:
-        record["validated_year_head"] = checkpoint["year_head"]
-    torch.save(checkpoint | {"model": model.state_dict(), "heads": heads, "refit": record}, path)
-    if "year_head" in checkpoint:
-        add_year_head(path, cars, year_head_args(args.seed), epochs=checkpoint["year_head"]["epoch"] + 1)
-    print(json.dumps({"refit": key} | record), flush=True)
-    return record
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
@@ -359,9 +310,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "body type on the training cars, the gate's car presence on all of them")  # fmt: skip
     p.add_argument("--restyled-weight", type=float, default=1.0, help="what a restyled car counts in the "
                    "modernity and body-type losses, against 1 for a car as photographed")  # fmt: skip
-    p.add_argument("--refit", action="store_true", help="then train the modernity and body-type networks again, "
-                   "same settings and seed, on the training and validation cars for the epochs validation chose "
-                   "(their checkpoints keep the validated run's history; the gate is not refitted)")  # fmt: skip
     return p
 
 
@@ -372,27 +320,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
         cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight)
-        if args.refit:
-            refit_cars = car_splits(refit_table(table), args.teacher, body_raw, args.mirror, args.restyled,
-                                    args.restyled_weight)  # fmt: skip
     if "modernity" in args.networks:
-        train_network("modernity", {"year_bin": 5}, NECK, cars, modernity_loss(cars), car_metrics("year_bin"), args)
+        weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
+        train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
+                      args)  # fmt: skip
         year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
-        if args.refit:
-            refit_on_validation("modernity", refit_cars, modernity_loss(refit_cars), args)
     if "bodytype" in args.networks:
+        weight = class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES))
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
-        train_network("bodytype", heads, NECK, cars, bodytype_loss(cars), car_metrics("body_type"), args)
-        if args.refit:
-            refit_on_validation("bodytype", refit_cars, bodytype_loss(refit_cars), args)
+        train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher, args.restyled), gate_loss, gate_metrics, args)
         view_head = refit_view_head(args.out / "gate.pt", table, args.teacher, args.seed)
         chosen = {k: v for k, v in view_head.items() if k != "candidates"} if view_head else "kept: too few cars"
         print(json.dumps({"view head by car-grouped cross-validation": chosen}), flush=True)
-    if not args.refit and all((args.out / f"{key}.pt").is_file() for key in ("modernity", "bodytype", "gate")):
+    if all((args.out / f"{key}.pt").is_file() for key in ("modernity", "bodytype", "gate")):
         cars = car_splits(table, args.teacher, body_raw)
         per_view = per_view_validation(args, cars)
         (args.out / "per_view_val.json").write_text(json.dumps(per_view, indent=1) + "\n")

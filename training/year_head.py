@@ -43,19 +43,18 @@ def mean_mae(split: Split, expected: np.ndarray) -> dict[str, float]:
 
 
 def fit_year_head(
-    model: CarNet, cars: dict[str, Split], classes: np.ndarray, args: argparse.Namespace, epochs: int | None = None
+    model: CarNet, cars: dict[str, Split], classes: np.ndarray, args: argparse.Namespace
 ) -> tuple[torch.nn.Linear, dict]:
-    """A Linear(neck, years) on the frozen neck; the epoch with the lowest validation MAE (mean over data sets), or,
-    with `epochs` (a refit on training and validation cars: no validation left), the last of that many."""
+    """A Linear(neck, years) on the frozen neck; the epoch with the lowest validation MAE (mean over data sets)."""
     with torch.no_grad():
-        neck = {name: model.neck(split.features) for name, split in cars.items() if len(split.features)}
+        neck = {name: model.neck(split.features) for name, split in cars.items()}
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     head = torch.nn.Linear(neck["train"].shape[1], len(classes))
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     targets = soft_years(cars["train"].years, classes, args.sigma)
     best: dict = {"score": np.inf}
-    for epoch in range(args.epochs if epochs is None else epochs):
+    for epoch in range(args.epochs):
         order = torch.randperm(len(targets), generator=generator)
         for start in range(0, len(order), args.batch_size):
             idx = order[start : start + args.batch_size]
@@ -64,23 +63,17 @@ def fit_year_head(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if epochs is not None:
-            continue
         with torch.no_grad():
             expected = torch.softmax(head(neck["val"]), 1).numpy() @ classes
         mae = mean_mae(cars["val"], expected)
         if np.mean(list(mae.values())) < best["score"]:
             best = {"score": float(np.mean(list(mae.values()))), "epoch": epoch, "val_mae_years": mae,
                     "state": {k: v.clone() for k, v in head.state_dict().items()}}  # fmt: skip
-    if epochs is not None:
-        return head, {"epoch": epochs - 1, "refit": True}
     head.load_state_dict(best.pop("state"))
     return head, best
 
 
-def add_year_head(
-    checkpoint_path: Path, cars: dict[str, Split], args: argparse.Namespace, epochs: int | None = None
-) -> dict:
+def add_year_head(checkpoint_path: Path, cars: dict[str, Split], args: argparse.Namespace) -> dict:
     """Train the per-year head of a modernity checkpoint (heads of `training.heads` on the cached features that
     `cars` holds) and write it into the checkpoint; returns what was chosen and measured."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -90,7 +83,7 @@ def add_year_head(
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if not k.startswith("heads.year.")})
     model.eval()
     classes = head_years(SHARED_YEAR_BINS).astype(np.float64)
-    head, record = fit_year_head(model, cars, classes, args, epochs)
+    head, record = fit_year_head(model, cars, classes, args)
     checkpoint["model"]["heads.year.weight"] = head.weight.detach().clone()
     checkpoint["model"]["heads.year.bias"] = head.bias.detach().clone()
     checkpoint["heads"] = heads | {"year": len(classes)}
