@@ -425,6 +425,23 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     assert segmenter.segment(car).box == pytest.approx(box_from_normalised(expected, width, height), abs=1e-3)
     crop = gate_crops([car], gate_frames(bundle, [car]).boxes)[0]
     assert crop.size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
+    # new score networks with this bundle's gate: its network, thresholds, valid views and box head (--gate-from)
+    kept = tmp_path / "kept"
+    kept_args = ["--table", table, "--data", str(FIXTURE_DATA), "--modernity", str(h / "modernity.pt"), "--bodytype",
+                 str(h / "bodytype.pt"), "--gate-from", str(out), "--out", str(kept), "--map", "pca",
+                 "--morph-min-members", "1"]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build.main(kept_args)  # --valid-views frontal, but the gate's view threshold is for all views
+    assert f"the gate of {out} has its view threshold for all" in capsys.readouterr().err
+    build.main([*kept_args, "--valid-views", "all"])
+    rebuilt = load_bundle(kept)
+    for key in ("thresholds", "box_head"):
+        assert rebuilt.manifest.training[key] == bundle.manifest.training[key]
+    assert rebuilt.manifest.thresholds == bundle.manifest.thresholds and rebuilt.manifest.training["gate"]["bundle"]
+    assert rebuilt.manifest.training["gate"]["history"] == bundle.manifest.training["gate"]["history"]
+    kept_box = gate_estimates(rebuilt.gate, rebuilt.gate_transform([car]), box_head=rebuilt.box_head).boxes[0]
+    assert np.array_equal(kept_box, expected)
     capsys.readouterr()
     # training.evaluate crops a photo without a labelled box by the gate's box, as the app does
     labels = pd.read_csv(FIXTURE_DATA / "epfl_multiview" / "labels.csv").assign(year=2010)

@@ -6,7 +6,8 @@ test-split metrics, one directory.
 
 With --engine ray the per-image work runs on Ray Data (a local Ray, or the cluster at --address; see
 training/ray_engine.py): the same steps, the same bundle. `--remeasure --out BUNDLE` only measures a built bundle's
-test metrics again (per data set, overall, and on the restyled test sets) into its manifest.
+test metrics again (per data set, overall, and on the restyled test sets) into its manifest. `--gate-from BUNDLE`
+takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from core.artifacts import (
     add_box_head,
     build_bundle,
     crop_to_box,
+    load_box_head,
     load_bundle,
+    load_networks,
     predict_pooled,
     read_manifest,
     standard_networks,
@@ -363,8 +366,35 @@ DATASET_NOTES = {
 }
 
 
+@dataclass(frozen=True)
+class KeptGate:
+    """The gate of a built bundle as it was built: network, training record, thresholds, valid views, box head."""
+
+    network: CarNet
+    record: dict[str, Any]
+    thresholds: GateThresholds
+    valid_views: str
+    box_head: BoxHead | None
+    box_report: dict[str, Any] | None
+
+
+def gate_of_bundle(directory: Path) -> KeptGate:
+    """`training.build --gate-from`: a bundle's gate, its thresholds (chosen on validation when it was built) and
+    its box head, for a bundle with new score networks that need no gate training."""
+    manifest = read_manifest(directory)
+    box_head = load_box_head(directory, manifest.box_head) if manifest.box_head else None
+    return KeptGate(
+        load_networks(directory, manifest)["gate"],
+        manifest.training["gate"] | {"bundle": str(directory)},
+        GateThresholds(**manifest.training["thresholds"]),
+        manifest.valid_views,
+        box_head,
+        manifest.training.get("box_head"),
+    )
+
+
 def load_networks_from_checkpoints(
-    args: argparse.Namespace,
+    args: argparse.Namespace, kept_gate: KeptGate | None = None
 ) -> tuple[dict[str, CarNet], dict[str, dict], tuple[str, ...]]:
     networks, records = {}, {}
     for key, path, head in (
@@ -372,7 +402,10 @@ def load_networks_from_checkpoints(
         ("bodytype", args.bodytype, "body_type"),
         ("gate", args.gate, "gate"),
     ):
-        networks[key], records[key] = serving_network(path, head)
+        if key == "gate" and kept_gate:
+            networks[key], records[key] = kept_gate.network, kept_gate.record
+        else:
+            networks[key], records[key] = serving_network(path, head)
     return networks, records, share_frozen_backbone(networks, records)
 
 
@@ -416,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--modernity", type=Path, help="checkpoint with a year_bin head")
     p.add_argument("--bodytype", type=Path, help="checkpoint with a body_type head")
     p.add_argument("--gate", type=Path, help="checkpoint of the gate (car, box, frontal / car, view)")
+    p.add_argument("--gate-from", type=Path, help="instead of --gate: the gate of this built bundle, with its "
+                   "thresholds, valid views and box head (new score networks, the same gate)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--remeasure", action="store_true", help="only measure the test metrics of the bundle at --out "
                    "again (e.g. after training.evaluate changed) and write them into its manifest")  # fmt: skip
@@ -461,17 +496,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             attach_box_head(args.out, args.box_head)
         remeasure(args.out, pd.read_parquet(args.table), args.data)
         return
-    if not (args.modernity and args.bodytype and args.gate):
-        p.error("--modernity, --bodytype and --gate are required (except with --remeasure)")
+    if not (args.modernity and args.bodytype and (args.gate or args.gate_from)):
+        p.error("--modernity, --bodytype and --gate (or --gate-from) are required (except with --remeasure)")
+    if args.gate and args.gate_from:
+        p.error("--gate and --gate-from: one gate only")
     try:
         accepted_views(args.valid_views)
     except ValueError as error:
         p.error(str(error))
+    kept_gate = gate_of_bundle(args.gate_from) if args.gate_from else None
+    if kept_gate and args.valid_views != kept_gate.valid_views:
+        p.error(f"--valid-views {args.valid_views}: the gate of {args.gate_from} has its view threshold for "
+                f"{kept_gate.valid_views}")  # fmt: skip
     if args.features and args.flip_average:
         p.error("--features holds the crops alone: a --flip-average bundle needs the backbone pass over the collection")
 
     table = pd.read_parquet(args.table)
-    networks, records, shared = load_networks_from_checkpoints(args)
+    networks, records, shared = load_networks_from_checkpoints(args, kept_gate)
     try:
         transform, gate_transform = serving_transforms(records)
     except ValueError as error:
@@ -479,9 +520,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
     one_pass = set(shared) == set(networks) and gate_transform == transform
     cache = FeatureCache.read(args.features) if args.features and one_pass else None
-    val = validation_gate(table, args.data, networks, gate_transform, cache)
-    views_oof = out_of_fold_views(args.gate, table)
-    thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision, views_oof)
+    if kept_gate:
+        thresholds = kept_gate.thresholds
+    else:
+        val = validation_gate(table, args.data, networks, gate_transform, cache)
+        views_oof = out_of_fold_views(args.gate, table)
+        thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision, views_oof)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
     labels = collection_labels(table)
     cache_difference = check_cache(cache, networks, labels, args.data, transform) if cache else None
@@ -551,6 +595,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             bundle = build_bundle(args.out, labels, args.data, networks, manifest, progress=progress, **options)
     if args.box_head:
         bundle = attach_box_head(args.out, args.box_head)
+    elif kept_gate and kept_gate.box_head:
+        built = read_manifest(args.out)
+        add_box_head(args.out, replace(built, training=built.training | {"box_head": kept_gate.box_report}),
+                     kept_gate.box_head)  # fmt: skip
+        bundle = load_bundle(args.out)
     metrics = test_metrics(bundle, table, args.data)
     if args.map == "umap":
         rows = map_sample_rows(len(bundle.images), args.map_sample, args.seed)  # a UMAP fit on at most the sample
