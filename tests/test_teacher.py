@@ -434,6 +434,9 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     with pytest.raises(SystemExit):
         build.main(kept_args)  # --valid-views frontal, but the gate's view threshold is for all views
     assert f"the gate of {out} has its view threshold for all" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main([*kept_args, "--gate-from", str(tmp_path / "box")])  # a folder without a bundle
+    assert f"--gate-from: {tmp_path / 'box'} has no manifest.json" in capsys.readouterr().err
     build.main([*kept_args, "--valid-views", "all"])
     rebuilt = load_bundle(kept)
     for key in ("thresholds", "box_head"):

@@ -43,6 +43,7 @@ from core.artifacts import (
 from core.atlas import AtlasSpec
 from core.bundling import map_sample_rows
 from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
+from core.errors import BundleError
 from core.gate import DEFAULT_CAM_THRESHOLD, BoxHead, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
 from core.models import LITES, RESNET18, CarNet, ImageTransform, lite_weights_source, timm_name
@@ -382,6 +383,8 @@ def gate_of_bundle(directory: Path) -> KeptGate:
     """`training.build --gate-from`: a bundle's gate, its thresholds (chosen on validation when it was built) and
     its box head, for a bundle with new score networks that need no gate training."""
     manifest = read_manifest(directory)
+    if not {"gate", "thresholds"} <= set(manifest.training):
+        raise BundleError(f"{directory} was not built from a trained gate (its manifest has no gate thresholds)")
     box_head = load_box_head(directory, manifest.box_head) if manifest.box_head else None
     return KeptGate(
         load_networks(directory, manifest)["gate"],
@@ -504,7 +507,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         accepted_views(args.valid_views)
     except ValueError as error:
         p.error(str(error))
-    kept_gate = gate_of_bundle(args.gate_from) if args.gate_from else None
+    try:
+        kept_gate = gate_of_bundle(args.gate_from) if args.gate_from else None
+    except BundleError as error:
+        p.error(f"--gate-from: {error}")
     if kept_gate and args.valid_views != kept_gate.valid_views:
         p.error(f"--valid-views {args.valid_views}: the gate of {args.gate_from} has its view threshold for "
                 f"{kept_gate.valid_views}")  # fmt: skip
