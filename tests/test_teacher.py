@@ -441,7 +441,8 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     rebuilt = load_bundle(kept)
     for key in ("thresholds", "box_head"):
         assert rebuilt.manifest.training[key] == bundle.manifest.training[key]
-    assert rebuilt.manifest.thresholds == bundle.manifest.thresholds and rebuilt.manifest.training["gate"]["bundle"]
+    assert rebuilt.manifest.thresholds == bundle.manifest.thresholds
+    assert rebuilt.manifest.training["gate"]["bundle"] == str(out)
     assert rebuilt.manifest.training["gate"]["history"] == bundle.manifest.training["gate"]["history"]
     kept_box = gate_estimates(rebuilt.gate, rebuilt.gate_transform([car]), box_head=rebuilt.box_head).boxes[0]
     assert np.array_equal(kept_box, expected)
