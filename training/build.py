@@ -602,10 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.box_head:
         bundle = attach_box_head(args.out, args.box_head)
     elif kept_gate and kept_gate.box_head:
-        built = read_manifest(args.out)
-        add_box_head(args.out, replace(built, training=built.training | {"box_head": kept_gate.box_report}),
-                     kept_gate.box_head)  # fmt: skip
-        bundle = load_bundle(args.out)
+        bundle = bundle_with_box_head(args.out, kept_gate.box_head, kept_gate.box_report)
     metrics = test_metrics(bundle, table, args.data)
     if args.map == "umap":
         rows = map_sample_rows(len(bundle.images), args.map_sample, args.seed)  # a UMAP fit on at most the sample
@@ -656,7 +653,12 @@ def attach_box_head(out: Path, checkpoint: Path) -> Bundle:
                          f"{trained_on['size']} px; the gate of {out} runs another backbone")  # fmt: skip
     head = BoxHead(saved["width"], saved["channels"], saved["grid"])
     head.load_state_dict(saved["model"])
-    report = saved["report"] | {"checkpoint": str(checkpoint)}
+    return bundle_with_box_head(out, head, saved["report"] | {"checkpoint": str(checkpoint)})
+
+
+def bundle_with_box_head(out: Path, head: BoxHead, report: dict[str, Any] | None) -> Bundle:
+    """The bundle at `out` with `head` as its box head, `report` recorded under the manifest's training."""
+    manifest = read_manifest(out)
     add_box_head(out, replace(manifest, training=manifest.training | {"box_head": report}), head)
     return load_bundle(out)
 
