@@ -19,6 +19,7 @@ from core.imaging import load_image
 from core.models import LITE_MEAN, build_carnet
 from core.pipeline import score_image
 from training import build, evaluate, prepare, teacher, train
+from training.data import Augment
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -84,7 +85,7 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
-                "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
+                "--erase", "0.5", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
                 "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
@@ -111,6 +112,23 @@ def test_mixup_blends_every_photo_with_another_of_the_batch_reproducibly():
     assert bool(((mixed >= low - 1e-6) & (mixed <= high + 1e-6)).all())  # a blend, pixel by pixel
     again, _, _ = train.mix_batch(photos, 0.4, torch.Generator().manual_seed(3))
     assert torch.equal(mixed, again)
+
+
+def test_random_erasing_covers_one_rectangle_of_noise_in_the_chosen_share_of_photos():
+    grey = torch.full((200, 16, 16, 3), 128, dtype=torch.uint8)
+    plain = Augment(16, flip=False, colour=0.0, crop=False)
+    erasing = Augment(16, flip=False, colour=0.0, crop=False, erase=0.25)
+    x, _ = erasing(grey, torch.Generator().manual_seed(5))
+    base, _ = plain(grey, torch.Generator().manual_seed(5))
+    changed = (x != base).any(dim=1)  # N x H x W: the pixels the noise replaced
+    erased = changed.flatten(1).any(1)
+    assert 30 <= int(erased.sum()) <= 70  # about a quarter of 200
+    for mask in changed[erased]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.float().mean() > 0.9 and box.numel() <= 0.4 * 16 * 16  # one small rectangle, noise throughout
+    again, _ = erasing(grey, torch.Generator().manual_seed(5))
+    assert torch.equal(x, again)
 
 
 def test_gate_log_has_car_and_frontal_metrics(runs):

@@ -52,13 +52,16 @@ def build_cache(table: pd.DataFrame, data_root: Path, size: int, crop: bool, cac
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-batch augmentation on uint8 NHWC tensors: jittered crop, flip, colour. Returns NCHW float [0, 1]."""
+    """Per-batch augmentation on uint8 NHWC tensors: jittered crop, flip, colour, and random erasing (Zhong et al.
+    2020: with probability `erase`, one rectangle of 2-33 % of the image replaced by noise). Returns NCHW float
+    [0, 1] and which images were flipped."""
 
     out_size: int
     min_scale: float = 0.55
     flip: bool = True
     colour: float = 0.3
     crop: bool = True
+    erase: float = 0.0
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
@@ -71,7 +74,21 @@ class Augment:
         x[flipped] = x[flipped].flip(-1)
         if self.colour:
             x = self._colour(x, generator)
+        for i in (torch.rand(n, generator=generator) < self.erase).nonzero().flatten().tolist():
+            self._erase(x[i], generator)
         return x.clamp_(0, 1), flipped
+
+    @staticmethod
+    def _erase(img: torch.Tensor, generator: torch.Generator) -> None:
+        """In place: one random rectangle (2-33 % of the area, aspect 0.3-3.3) filled with uniform noise."""
+        size = img.shape[-1]
+        area = size * size * (0.02 + 0.31 * torch.rand(1, generator=generator).item())
+        aspect = float(np.exp(np.log(0.3) * (2 * torch.rand(1, generator=generator).item() - 1)))
+        w = min(size, max(1, round(np.sqrt(area * aspect))))
+        h = min(size, max(1, round(np.sqrt(area / aspect))))
+        x0 = int(torch.randint(0, size - w + 1, (1,), generator=generator))
+        y0 = int(torch.randint(0, size - h + 1, (1,), generator=generator))
+        img[:, y0 : y0 + h, x0 : x0 + w] = torch.rand(img.shape[0], h, w, generator=generator)
 
     def _jittered_crop(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         size = img.shape[-1]

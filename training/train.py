@@ -80,6 +80,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta(a, a) for the car tasks (0: off)")
+    p.add_argument(
+        "--erase",
+        type=float,
+        default=0.0,
+        help="random erasing: share of car photos with a rectangle of noise (0: off)",
+    )
     p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
     p.add_argument("--arch", choices=ARCHITECTURES, default=RESNET18, help="the network (the seed's: resnet18)")
     p.add_argument(
@@ -379,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         start, best, history = checkpoint["epoch"] + 1, checkpoint["best"], checkpoint["history"]
         print(f"resumed from {last} at epoch {start}")
     loss_fn = gate_loss if args.task == "gate" else CarLoss(args, data["train"], heads)
-    augment = Augment(args.size, crop=args.task != "gate", min_scale=0.55)
+    augment = Augment(
+        args.size, crop=args.task != "gate", min_scale=0.55, erase=0.0 if args.task == "gate" else args.erase
+    )
     generator = torch.Generator().manual_seed(args.seed)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for epoch in range(start, min(args.epochs, args.stop_after or args.epochs)):
