@@ -114,6 +114,20 @@ def test_mixup_blends_every_photo_with_another_of_the_batch_reproducibly():
     assert torch.equal(mixed, again)
 
 
+def test_cutmix_pastes_one_box_of_the_partner_covering_the_share_the_weight_leaves():
+    photos = torch.rand(6, 3, 16, 16)
+    mixed, partners, weight = train.mix_batch(photos, 1.0, torch.Generator().manual_seed(1), cut=True)
+    own = (mixed == photos).all(1)  # N x H x W: pixels kept from the photo itself
+    theirs = (mixed == photos[partners]).all(1)
+    assert bool((own | theirs).all())  # every pixel comes from one of the two, unblended
+    moved = partners != torch.arange(6)
+    assert 0 < weight < 1 and moved.any()
+    assert torch.allclose(own[moved].float().mean((1, 2)), torch.tensor(weight))
+    box = ~own[moved][0]
+    rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+    assert bool(box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all())  # one rectangle
+
+
 def test_random_erasing_covers_one_rectangle_of_noise_in_the_chosen_share_of_photos():
     grey = torch.full((200, 16, 16, 3), 128, dtype=torch.uint8)
     plain = Augment(16, flip=False, colour=0.0, crop=False)

@@ -80,6 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta(a, a) for the car tasks (0: off)")
+    p.add_argument("--cutmix", action="store_true", help="--mixup pastes a box of the other photo (CutMix) instead")
     p.add_argument(
         "--erase",
         type=float,
@@ -269,13 +270,26 @@ def gate_batch(data: TaskData, idx: np.ndarray, augment: Augment, generator: tor
     return x, targets
 
 
-def mix_batch(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup (Zhang et al. 2018): each image blended with another of the batch at a Beta(alpha, alpha) weight;
-    returns the blend, the partner order and the weight of the original."""
+def mix_batch(
+    x: torch.Tensor, alpha: float, generator: torch.Generator, cut: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al. 2018): each image blended with another of the batch at a Beta(alpha, alpha) weight; or,
+    with `cut`, CutMix (Yun et al. 2019): a box of the other image pasted in, covering 1 - weight of the area.
+    Returns the mixed batch, the partner order and the weight of the original."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
     perm = torch.randperm(x.shape[0], generator=generator)
-    return lam * x + (1 - lam) * x[perm], perm, lam
+    if not cut:
+        return lam * x + (1 - lam) * x[perm], perm, lam
+    height, width = x.shape[-2:]
+    side = np.sqrt(1 - lam)
+    cy, cx = rng.integers(height), rng.integers(width)
+    y0, y1 = max(0, cy - round(side * height / 2)), min(height, cy + round(side * height / 2))
+    x0, x1 = max(0, cx - round(side * width / 2)), min(width, cx + round(side * width / 2))
+    mixed = x.clone()
+    mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return mixed, perm, float(1 - (y1 - y0) * (x1 - x0) / (height * width))
 
 
 def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
@@ -291,7 +305,7 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
         if mixing:
-            x, partners, weight = mix_batch(x, args.mixup, generator)
+            x, partners, weight = mix_batch(x, args.mixup, generator, cut=args.cutmix)
         outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
         loss = loss_fn(outputs, targets)
         if mixing:
