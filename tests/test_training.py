@@ -114,7 +114,7 @@ def test_mixup_blends_every_photo_with_another_of_the_batch_reproducibly():
     assert torch.equal(mixed, again)
 
 
-def test_cutmix_pastes_one_box_of_the_partner_covering_the_share_the_weight_leaves():
+def test_cutmix_pastes_one_box_of_the_partner_covering_the_share_the_weight_leaves(capsys):
     photos = torch.rand(6, 3, 16, 16)
     mixed, partners, weight = train.mix_batch(photos, 1.0, torch.Generator().manual_seed(1), cut=True)
     own = (mixed == photos).all(1)  # N x H x W: pixels kept from the photo itself
@@ -126,6 +126,9 @@ def test_cutmix_pastes_one_box_of_the_partner_covering_the_share_the_weight_leav
     box = ~own[moved][0]
     rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
     assert bool(box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all())  # one rectangle
+    with pytest.raises(SystemExit):
+        train.main(["--task", "cars", "--out", "unused", "--cutmix"])
+    assert "--cutmix pastes with --mixup" in capsys.readouterr().err
 
 
 def test_random_erasing_covers_one_rectangle_of_noise_in_the_chosen_share_of_photos():

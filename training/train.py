@@ -374,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.stop_after is not None and args.stop_after < 1:
         parser.error("--stop-after takes a number of epochs, at least 1")
+    if args.cutmix and args.mixup <= 0:
+        parser.error("--cutmix pastes with --mixup's Beta(a, a): give --mixup ALPHA above 0")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
