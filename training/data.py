@@ -81,23 +81,11 @@ class Augment:
     @staticmethod
     def _erase(img: torch.Tensor, generator: torch.Generator) -> None:
         """In place: one random rectangle (2-33 % of the area, aspect 0.3-3.3) filled with uniform noise."""
-        size = img.shape[-1]
-        area = size * size * (0.02 + 0.31 * torch.rand(1, generator=generator).item())
-        aspect = float(np.exp(np.log(0.3) * (2 * torch.rand(1, generator=generator).item() - 1)))
-        w = min(size, max(1, round(np.sqrt(area * aspect))))
-        h = min(size, max(1, round(np.sqrt(area / aspect))))
-        x0 = int(torch.randint(0, size - w + 1, (1,), generator=generator))
-        y0 = int(torch.randint(0, size - h + 1, (1,), generator=generator))
+        x0, y0, w, h = _random_box(img.shape[-1], (0.02, 0.33), 0.3, generator)
         img[:, y0 : y0 + h, x0 : x0 + w] = torch.rand(img.shape[0], h, w, generator=generator)
 
     def _jittered_crop(self, img: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        size = img.shape[-1]
-        scale = self.min_scale + (1 - self.min_scale) * torch.rand(1, generator=generator).item()
-        aspect = float(np.exp(np.log(4 / 3) * (2 * torch.rand(1, generator=generator).item() - 1)))
-        cw = round(min(size, size * np.sqrt(scale * aspect)))
-        ch = round(min(size, size * np.sqrt(scale / aspect)))
-        x0 = int(torch.randint(0, size - cw + 1, (1,), generator=generator))
-        y0 = int(torch.randint(0, size - ch + 1, (1,), generator=generator))
+        x0, y0, cw, ch = _random_box(img.shape[-1], (self.min_scale, 1.0), 4 / 3, generator)
         patch = img[:, y0 : y0 + ch, x0 : x0 + cw].unsqueeze(0)
         return F.interpolate(patch, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)[0]
 
@@ -112,6 +100,21 @@ class Augment:
         x = (x - mean) * factor() + mean
         grey = x.mean(dim=1, keepdim=True)
         return (x - grey) * factor() + grey
+
+
+def _random_box(
+    size: int, share: tuple[float, float], aspect: float, generator: torch.Generator
+) -> tuple[int, int, int, int]:
+    """A random box (x0, y0, w, h) in a size x size image: its area a uniform share of the image's within `share`,
+    its aspect log-uniform in [1/aspect, aspect] (or [aspect, 1/aspect]), clipped to the image."""
+    low, high = share
+    area = low + (high - low) * torch.rand(1, generator=generator).item()
+    ratio = float(np.exp(np.log(aspect) * (2 * torch.rand(1, generator=generator).item() - 1)))
+    w = min(size, max(1, round(size * np.sqrt(area * ratio))))
+    h = min(size, max(1, round(size * np.sqrt(area / ratio))))
+    x0 = int(torch.randint(0, size - w + 1, (1,), generator=generator))
+    y0 = int(torch.randint(0, size - h + 1, (1,), generator=generator))
+    return x0, y0, w, h
 
 
 def resize_batch(batch: torch.Tensor, size: int) -> torch.Tensor:

@@ -87,6 +87,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="random erasing: share of car photos with a rectangle of noise (0: off)",
     )
+    p.add_argument(
+        "--drop-path",
+        type=float,
+        default=0.0,
+        help="stochastic depth: the last block's chance of being skipped in training (EfficientNet-Lite; 0: off)",
+    )
     p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
     p.add_argument("--arch", choices=ARCHITECTURES, default=RESNET18, help="the network (the seed's: resnet18)")
     p.add_argument(
@@ -353,7 +359,9 @@ def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[st
 
 def initialise(args: argparse.Namespace, heads: dict[str, int]) -> tuple[CarNet, str]:
     """A new network: from a checkpoint's backbone, ImageNet weights, or scratch; returns it and its origin."""
-    model = build_carnet(heads, imagenet=args.pretrained, weights_path=args.weights_path, arch=args.arch)
+    model = build_carnet(
+        heads, imagenet=args.pretrained, weights_path=args.weights_path, arch=args.arch, drop_path=args.drop_path
+    )
     origin = "imagenet" if args.pretrained else "scratch"
     if args.init:
         checkpoint = torch.load(args.init, map_location="cpu", weights_only=True)
@@ -376,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--stop-after takes a number of epochs, at least 1")
     if args.cutmix and args.mixup <= 0:
         parser.error("--cutmix pastes with --mixup's Beta(a, a): give --mixup ALPHA above 0")
+    if args.drop_path and (args.arch == RESNET18 or not 0 < args.drop_path < 1):
+        parser.error("--drop-path takes a chance between 0 and 1, with an EfficientNet-Lite --arch")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
