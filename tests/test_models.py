@@ -75,11 +75,13 @@ def test_training_records_imagenet_initialisation(tmp_path):
     from safetensors.torch import save_file
 
     save_file(marked_resnet18_state(), str(path))
-    args = argparse.Namespace(arch="resnet18", pretrained=True, weights_path=path, init=None)
+    args = argparse.Namespace(arch="resnet18", pretrained=True, weights_path=path, init=None, drop_path=0.0)
     model, origin = initialise(args, HEADS)
     assert origin == "imagenet"
     assert torch.all(model.backbone.conv1.weight == 0.125)
-    _, origin = initialise(argparse.Namespace(arch="resnet18", pretrained=False, weights_path=None, init=None), HEADS)
+    _, origin = initialise(
+        argparse.Namespace(arch="resnet18", pretrained=False, weights_path=None, init=None, drop_path=0.0), HEADS
+    )
     assert origin == "scratch"
 
 
