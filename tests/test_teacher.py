@@ -273,8 +273,10 @@ def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_pat
         assert torch.equal(doubled["train"].targets[name], torch.cat([target, target]))
     assert torch.equal(doubled["val"].features, plain["val"].features)
     heads.main(["--table", str(table_path), "--teacher", str(frozen_run / "t"), "--mirror", str(tmp_path / "tm"),
-                "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "bodytype"])  # fmt: skip
-    assert torch.load(tmp_path / "h" / "bodytype.pt", weights_only=True)["args"]["mirror"] == str(tmp_path / "tm")
+                "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "bodytype", "--class-weight-power",
+                "0.5"])  # fmt: skip
+    saved = torch.load(tmp_path / "h" / "bodytype.pt", weights_only=True)["args"]
+    assert (saved["mirror"], saved["class_weight_power"]) == (str(tmp_path / "tm"), 0.5)
     index = pd.read_parquet(tmp_path / "tm" / "crop_index.parquet")
     index.iloc[::-1].to_parquet(tmp_path / "tm" / "crop_index.parquet")
     with pytest.raises(SystemExit, match="other images"):

@@ -18,7 +18,7 @@ from core.gate import gate_estimates
 from core.imaging import load_image
 from core.models import LITE_MEAN, build_carnet
 from core.pipeline import score_image
-from training import build, evaluate, prepare, teacher, train
+from training import build, evaluate, heads, prepare, teacher, train
 from training.data import Augment
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
@@ -326,3 +326,14 @@ def test_stochastic_depth_skips_blocks_in_training_only_and_adds_no_weights(caps
     with pytest.raises(SystemExit):
         train.main(["--task", "cars", "--out", "unused", "--drop-path", "0.2"])  # the ResNet-18 has no blocks to skip
     assert "--drop-path takes a chance between 0 and 1" in capsys.readouterr().err
+
+
+def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):
+    targets = np.array([0] * 80 + [1] * 20 + [-1] * 5)  # class 2 absent; unknown rows (-1) not counted
+    balanced, root, alike = (train.class_weights(targets, 3, power) for power in (1.0, 0.5, 0.0))
+    assert balanced[2] == root[2] == alike[2] == 0
+    assert float(balanced[1] / balanced[0]) == pytest.approx(4) and float(root[1] / root[0]) == pytest.approx(2)
+    assert alike[:2].tolist() == [1, 1] and float(balanced[:2].mean()) == pytest.approx(1)
+    with pytest.raises(SystemExit):
+        heads.main(["--out", "unused", "--class-weight-power", "2"])
+    assert "--class-weight-power takes a number from 0" in capsys.readouterr().err

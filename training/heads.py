@@ -3,7 +3,8 @@
 Three networks share the frozen EfficientNet-Lite0 backbone and differ in what is trained on its pooled
 1280-d feature:
 
-- `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-balanced cross-entropy plus the
+- `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-weighted cross-entropy (balanced by
+  default, `--class-weight-power`) plus the
   earth mover's distance over the ordered bins; Stanford and DVM-CAR crops; then a per-year head on its frozen neck
   (`training.year_head`) for the expected year.
 - `bodytype`: neck and the body-type head (the seed's five types; the raw body types as an auxiliary head); the
@@ -301,6 +302,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--input-dropout", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-weight-power", type=float, default=1.0, help="the main head's loss weighs each class "
+                   "by its inverse frequency to this power: 1 balances the classes, 0.5 weighs them by the square "
+                   "root, 0 counts every car alike")  # fmt: skip
     p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
     p.add_argument("--restyled", nargs="+", choices=RESTYLED_VIEWS, default=[], help="the networks also train on "
@@ -314,20 +318,25 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.class_weight_power <= 1:
+        parser.error("--class-weight-power takes a number from 0 (every car alike) to 1 (balanced classes)")
     args.year_centres = [b.centre for b in SHARED_YEAR_BINS]
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
         cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight)
     if "modernity" in args.networks:
-        weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5)
+        weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5, args.class_weight_power)
         train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
                       args)  # fmt: skip
         year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
-        weight = class_weights(cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES))
+        weight = class_weights(
+            cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES), args.class_weight_power
+        )
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
         train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
     if "gate" in args.networks:

@@ -175,10 +175,11 @@ def gate_data(args: argparse.Namespace, rows: pd.DataFrame) -> TaskData:
     )
 
 
-def class_weights(targets: np.ndarray, classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1) so rare classes count as much as common ones."""
+def class_weights(targets: np.ndarray, classes: int, power: float = 1.0) -> torch.Tensor:
+    """Inverse-frequency weights to `power` (mean 1 over the classes present): with 1 rare classes count as much as
+    common ones, with 0 every row counts alike."""
     counts = np.bincount(targets[targets >= 0], minlength=classes).astype(np.float64)
-    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / classes, 0.0)
+    weights = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1) / classes) ** power, 0.0)
     return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
 
 
