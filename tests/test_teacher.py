@@ -35,9 +35,9 @@ from core.models import (
 from core.pipeline import gate_crops, gate_frames, score_image
 from core.segment import GateSegmenter, box_from_normalised
 from training import box_head, build, evaluate, finetune, heads, interpolate, prepare, teacher
-from training.features import car_splits, training_body_types
+from training.features import Split, car_splits, training_body_types
 from training.teacher import frozen_backbone
-from training.train import emd_loss
+from training.train import class_weights, emd_loss
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
@@ -326,6 +326,24 @@ def test_row_weights_count_rows_and_equal_the_plain_losses_at_one():
     assert torch.allclose(emd_loss(logits, target, half), emd_loss(logits[:6], target[:6]))
 
 
+def test_per_dataset_balance_weighs_each_data_sets_classes_alike_and_keeps_its_share():
+    body = torch.tensor([0] * 6 + [1] * 2 + [0] + [2] * 3 + [-1] * 2)  # data set a: 8 known cars, b: 4, then 2 unknown
+    datasets = np.array(["a"] * 8 + ["b"] * 4 + ["a", "b"])
+    split = Split(torch.zeros(14, 4), {"body_type": body}, torch.ones(14), datasets)
+    cars = {"train": split, "val": split}
+    args = heads.get_args_parser().parse_args(["--out", "unused", "--balance", "per-dataset"])
+    weighted, class_weight = heads.balanced(cars, "body_type", 5, args)
+    assert class_weight.tolist() == [1.0] * 5 and weighted["val"] is split
+    weights = weighted["train"].weights
+    for dataset, classes, known in (("a", (0, 1), 8), ("b", (0, 2), 4)):
+        per_class = [float(weights[(body == c) & torch.from_numpy(datasets == dataset)].sum()) for c in classes]
+        assert per_class == pytest.approx([known / 2] * 2)  # each class alike, the data set keeps its rows' total
+    assert weights[-2:].tolist() == [1.0, 1.0] and split.weights.tolist() == [1.0] * 14  # unknown rows, input kept
+    pooled = heads.get_args_parser().parse_args(["--out", "unused", "--class-weight-power", "0.5"])
+    same, class_weight = heads.balanced(cars, "body_type", 5, pooled)
+    assert same is cars and torch.equal(class_weight, class_weights(body.numpy(), 5, 0.5))
+
+
 def test_cut_out_on_white_keeps_the_car_in_its_box_and_whitens_the_rest():
     photo = np.full((60, 80, 3), (40, 120, 40), np.uint8)  # a green scene
     photo[20:45, 15:65] = (200, 20, 20)  # a red car
@@ -427,12 +445,19 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     assert segmenter.segment(car).box == pytest.approx(box_from_normalised(expected, width, height), abs=1e-3)
     crop = gate_crops([car], gate_frames(bundle, [car]).boxes)[0]
     assert crop.size == car.crop(segmenter.segment(car).crop_box(CROP_MARGIN)).size
-    # new score networks with this bundle's gate: its network, thresholds, valid views and box head (--gate-from)
+    # a new body-type network with this bundle's modernity network (--modernity-from) and its gate: the gate's
+    # network, thresholds, valid views and box head (--gate-from)
     kept = tmp_path / "kept"
-    kept_args = ["--table", table, "--data", str(FIXTURE_DATA), "--modernity", str(h / "modernity.pt"), "--bodytype",
+    kept_args = ["--table", table, "--data", str(FIXTURE_DATA), "--modernity-from", str(out), "--bodytype",
                  str(h / "bodytype.pt"), "--gate-from", str(out), "--out", str(kept), "--map", "pca",
                  "--morph-min-members", "1"]  # fmt: skip
     capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build.main([*kept_args, "--modernity", str(h / "modernity.pt")])
+    assert "--modernity and --modernity-from: one modernity network only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main([*kept_args, "--valid-views", "all", "--modernity-from", str(tmp_path / "box")])
+    assert f"--modernity-from: {tmp_path / 'box'} has no manifest.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build.main(kept_args)  # --valid-views frontal, but the gate's view threshold is for all views
     assert f"the gate of {out} has its view threshold for all" in capsys.readouterr().err
@@ -444,7 +469,10 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     for key in ("thresholds", "box_head"):
         assert rebuilt.manifest.training[key] == bundle.manifest.training[key]
     assert rebuilt.manifest.thresholds == bundle.manifest.thresholds
-    assert rebuilt.manifest.training["gate"]["bundle"] == str(out)
+    assert rebuilt.manifest.training["gate"]["bundle"] == rebuilt.manifest.training["modernity"]["bundle"] == str(out)
+    assert rebuilt.manifest.training["modernity"]["history"] == bundle.manifest.training["modernity"]["history"]
+    photo = bundle.transform([car])
+    assert torch.equal(rebuilt.modernity(photo)["year_bin"], bundle.modernity(photo)["year_bin"])
     assert rebuilt.manifest.training["gate"]["history"] == bundle.manifest.training["gate"]["history"]
     kept_box = gate_estimates(rebuilt.gate, rebuilt.gate_transform([car]), box_head=rebuilt.box_head).boxes[0]
     assert np.array_equal(kept_box, expected)

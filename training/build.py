@@ -7,7 +7,8 @@ test-split metrics, one directory.
 With --engine ray the per-image work runs on Ray Data (a local Ray, or the cluster at --address; see
 training/ray_engine.py): the same steps, the same bundle. `--remeasure --out BUNDLE` only measures a built bundle's
 test metrics again (per data set, overall, and on the restyled test sets) into its manifest. `--gate-from BUNDLE`
-takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint.
+takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint, and
+`--modernity-from BUNDLE` its modernity network instead of a `--modernity` checkpoint.
 """
 
 from __future__ import annotations
@@ -379,6 +380,14 @@ class KeptGate:
     box_report: dict[str, Any] | None
 
 
+def network_of_bundle(directory: Path, key: str) -> tuple[CarNet, dict[str, Any]]:
+    """A built bundle's network `key` and its training record (which then names the bundle)."""
+    manifest = read_manifest(directory)
+    if key not in manifest.training:
+        raise BundleError(f"{directory} was not built from trained networks (its manifest has no {key} record)")
+    return load_networks(directory, manifest)[key], manifest.training[key] | {"bundle": str(directory)}
+
+
 def gate_of_bundle(directory: Path) -> KeptGate:
     """`training.build --gate-from`: a bundle's gate, its thresholds (chosen on validation when it was built) and
     its box head, for a bundle with new score networks that need no gate training."""
@@ -387,8 +396,7 @@ def gate_of_bundle(directory: Path) -> KeptGate:
         raise BundleError(f"{directory} was not built from a trained gate (its manifest has no gate thresholds)")
     box_head = load_box_head(directory, manifest.box_head) if manifest.box_head else None
     return KeptGate(
-        load_networks(directory, manifest)["gate"],
-        manifest.training["gate"] | {"bundle": str(directory)},
+        *network_of_bundle(directory, "gate"),
         GateThresholds(**manifest.training["thresholds"]),
         manifest.valid_views,
         box_head,
@@ -407,6 +415,8 @@ def load_networks_from_checkpoints(
     ):
         if key == "gate" and kept_gate:
             networks[key], records[key] = kept_gate.network, kept_gate.record
+        elif key == "modernity" and args.modernity_from:
+            networks[key], records[key] = network_of_bundle(args.modernity_from, key)
         else:
             networks[key], records[key] = serving_network(path, head)
     return networks, records, share_frozen_backbone(networks, records)
@@ -450,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
     p.add_argument("--data", type=Path, default=SHARED_DATA_DIR, help="data root (image root of the bundle)")
     p.add_argument("--modernity", type=Path, help="checkpoint with a year_bin head")
+    p.add_argument("--modernity-from", type=Path, help="instead of --modernity: the modernity network of this "
+                   "built bundle (e.g. new body-type heads beside the same modernity)")  # fmt: skip
     p.add_argument("--bodytype", type=Path, help="checkpoint with a body_type head")
     p.add_argument("--gate", type=Path, help="checkpoint of the gate (car, box, frontal / car, view)")
     p.add_argument("--gate-from", type=Path, help="instead of --gate: the gate of this built bundle, with its "
@@ -499,10 +511,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             attach_box_head(args.out, args.box_head)
         remeasure(args.out, pd.read_parquet(args.table), args.data)
         return
-    if not (args.modernity and args.bodytype and (args.gate or args.gate_from)):
-        p.error("--modernity, --bodytype and --gate (or --gate-from) are required (except with --remeasure)")
+    if not ((args.modernity or args.modernity_from) and args.bodytype and (args.gate or args.gate_from)):
+        p.error("--modernity (or --modernity-from), --bodytype and --gate (or --gate-from) are required (except "
+                "with --remeasure)")  # fmt: skip
     if args.gate and args.gate_from:
         p.error("--gate and --gate-from: one gate only")
+    if args.modernity and args.modernity_from:
+        p.error("--modernity and --modernity-from: one modernity network only")
     try:
         accepted_views(args.valid_views)
     except ValueError as error:
@@ -518,7 +533,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("--features holds the crops alone: a --flip-average bundle needs the backbone pass over the collection")
 
     table = pd.read_parquet(args.table)
-    networks, records, shared = load_networks_from_checkpoints(args, kept_gate)
+    try:
+        networks, records, shared = load_networks_from_checkpoints(args, kept_gate)
+    except BundleError as error:
+        p.error(f"--modernity-from: {error}")
     try:
         transform, gate_transform = serving_transforms(records)
     except ValueError as error:

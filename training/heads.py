@@ -3,8 +3,8 @@
 Three networks share the frozen EfficientNet-Lite0 backbone and differ in what is trained on its pooled
 1280-d feature:
 
-- `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-weighted cross-entropy (balanced by
-  default, `--class-weight-power`) plus the
+- `modernity`: neck (Linear 1280→256 + ReLU) and the year-bin head; class-weighted cross-entropy (balanced over
+  all training cars by default; `--balance`, `--class-weight-power`) plus the
   earth mover's distance over the ordered bins; Stanford and DVM-CAR crops; then a per-year head on its frozen neck
   (`training.year_head`) for the expected year.
 - `bodytype`: neck and the body-type head (the seed's five types; the raw body types as an auxiliary head); the
@@ -23,6 +23,7 @@ writes, so `training.build` reads both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -289,6 +290,27 @@ def train_network(
         log.write(json.dumps({"network": key, "history": history}) + "\n")
 
 
+def balanced(
+    cars: dict[str, Split], head: str, classes: int, args: argparse.Namespace
+) -> tuple[dict[str, Split], torch.Tensor]:
+    """The cars and the main head's class weights as `--balance` and `--class-weight-power` ask. `pooled`: class
+    weights over all training cars. `per-dataset`: each data set's classes are weighted within it and each data set
+    keeps its share of the rows, carried in the training rows' weights (so one data set's plentiful classes, e.g.
+    DVM-CAR's Porsche SUVs, do not make another's classes, e.g. Stanford's saloons, count as rare)."""
+    train = cars["train"]
+    target = train.targets[head].numpy()
+    if args.balance == "pooled":
+        return cars, class_weights(target, classes, args.class_weight_power)
+    factor = np.ones(len(target))
+    for dataset in np.unique(train.datasets):
+        rows = (train.datasets == dataset) & (target >= 0)
+        if rows.any():
+            weight = class_weights(target[rows], classes, args.class_weight_power).numpy()[target[rows]]
+            factor[rows] = weight * rows.sum() / weight.sum()
+    weights = train.weights * torch.from_numpy(factor).to(train.weights.dtype)
+    return cars | {"train": dataclasses.replace(train, weights=weights)}, torch.ones(classes)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
@@ -305,6 +327,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weight-power", type=float, default=1.0, help="the main head's loss weighs each class "
                    "by its inverse frequency to this power: 1 balances the classes, 0.5 weighs them by the square "
                    "root, 0 counts every car alike")  # fmt: skip
+    p.add_argument("--balance", choices=["pooled", "per-dataset"], default="pooled", help="where the main head's "
+                   "classes are balanced: over all training cars, or within each data set")  # fmt: skip
     p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
     p.add_argument("--restyled", nargs="+", choices=RESTYLED_VIEWS, default=[], help="the networks also train on "
@@ -328,17 +352,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     if {"modernity", "bodytype"} & set(args.networks):
         cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight)
     if "modernity" in args.networks:
-        weight = class_weights(cars["train"].targets["year_bin"].numpy(), 5, args.class_weight_power)
-        train_network("modernity", {"year_bin": 5}, NECK, cars, car_loss("year_bin", weight), car_metrics("year_bin"),
-                      args)  # fmt: skip
+        weighted, weight = balanced(cars, "year_bin", 5, args)
+        train_network("modernity", {"year_bin": 5}, NECK, weighted, car_loss("year_bin", weight),
+                      car_metrics("year_bin"), args)  # fmt: skip
         year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
-        weight = class_weights(
-            cars["train"].targets["body_type"].numpy(), len(SEED_BODY_TYPES), args.class_weight_power
-        )
+        weighted, weight = balanced(cars, "body_type", len(SEED_BODY_TYPES), args)
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
-        train_network("bodytype", heads, NECK, cars, car_loss("body_type", weight), car_metrics("body_type"), args)
+        train_network("bodytype", heads, NECK, weighted, car_loss("body_type", weight), car_metrics("body_type"),
+                      args)  # fmt: skip
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher, args.restyled), gate_loss, gate_metrics, args)
