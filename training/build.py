@@ -380,9 +380,8 @@ class KeptGate:
     box_report: dict[str, Any] | None
 
 
-def network_of_bundle(directory: Path, key: str) -> tuple[CarNet, dict[str, Any]]:
+def network_of_bundle(directory: Path, manifest: Manifest, key: str) -> tuple[CarNet, dict[str, Any]]:
     """A built bundle's network `key` and its training record (which then names the bundle)."""
-    manifest = read_manifest(directory)
     if key not in manifest.training:
         raise BundleError(f"{directory} was not built from trained networks (its manifest has no {key} record)")
     return load_networks(directory, manifest)[key], manifest.training[key] | {"bundle": str(directory)}
@@ -396,7 +395,7 @@ def gate_of_bundle(directory: Path) -> KeptGate:
         raise BundleError(f"{directory} was not built from a trained gate (its manifest has no gate thresholds)")
     box_head = load_box_head(directory, manifest.box_head) if manifest.box_head else None
     return KeptGate(
-        *network_of_bundle(directory, "gate"),
+        *network_of_bundle(directory, manifest, "gate"),
         GateThresholds(**manifest.training["thresholds"]),
         manifest.valid_views,
         box_head,
@@ -416,7 +415,9 @@ def load_networks_from_checkpoints(
         if key == "gate" and kept_gate:
             networks[key], records[key] = kept_gate.network, kept_gate.record
         elif key == "modernity" and args.modernity_from:
-            networks[key], records[key] = network_of_bundle(args.modernity_from, key)
+            networks[key], records[key] = network_of_bundle(
+                args.modernity_from, read_manifest(args.modernity_from), key
+            )
         else:
             networks[key], records[key] = serving_network(path, head)
     return networks, records, share_frozen_backbone(networks, records)
