@@ -37,7 +37,7 @@ from core.segment import GateSegmenter, box_from_normalised
 from training import box_head, build, evaluate, finetune, heads, interpolate, prepare, teacher
 from training.features import Split, car_splits, training_body_types
 from training.teacher import frozen_backbone
-from training.train import class_weights, emd_loss
+from training.train import class_weights, emd_loss, weighted_cross_entropy
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
@@ -319,10 +319,10 @@ def test_row_weights_count_rows_and_equal_the_plain_losses_at_one():
     class_weight = torch.rand(5) + 0.5
     ones = torch.ones(12)
     plain = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=0.1)
-    assert torch.allclose(heads.weighted_cross_entropy(logits, target, ones, class_weight, 0.1), plain)
+    assert torch.allclose(weighted_cross_entropy(logits, target, ones, class_weight, 0.1), plain)
     assert torch.allclose(emd_loss(logits, target, ones), emd_loss(logits, target))
     half = torch.cat([torch.ones(6), torch.zeros(6)])  # rows of weight 0 do not count
-    assert torch.allclose(heads.weighted_cross_entropy(logits, target, half), F.cross_entropy(logits[:6], target[:6]))
+    assert torch.allclose(weighted_cross_entropy(logits, target, half), F.cross_entropy(logits[:6], target[:6]))
     assert torch.allclose(emd_loss(logits, target, half), emd_loss(logits[:6], target[:6]))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from core.artifacts import MANIFEST_FILE, load_bundle
@@ -85,10 +86,12 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
-                "--erase", "0.5", "--drop-path", "0.2", "--table", str(runs / "table.parquet"),
+                "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type",
+                "--table", str(runs / "table.parquet"),
                 "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
+    assert checkpoint["args"]["balance_per_dataset"] == ["body_type"]
     imagenet = build_carnet({}, imagenet=True, arch="efficientnet_lite0").backbone.state_dict()
     stem = checkpoint["model"]["backbone.conv_stem.weight"]
     assert stem.shape == imagenet["conv_stem.weight"].shape
@@ -326,6 +329,30 @@ def test_stochastic_depth_skips_blocks_in_training_only_and_adds_no_weights(caps
     with pytest.raises(SystemExit):
         train.main(["--task", "cars", "--out", "unused", "--drop-path", "0.2"])  # the ResNet-18 has no blocks to skip
     assert "--drop-path takes a chance between 0 and 1" in capsys.readouterr().err
+
+
+def test_fine_tune_balances_body_types_within_each_data_set_by_the_rows_of_the_batch():
+    body = np.array([0] * 6 + [1] * 2 + [0] + [2] * 3)  # data set a: 6 + 2 cars, b: 1 + 3
+    datasets = np.array(["a"] * 8 + ["b"] * 4)
+    data = train.TaskData(np.zeros((12, 4, 4, 3), np.uint8), {"body_type": body}, datasets=datasets)
+    args = train.get_args_parser().parse_args(["--task", "bodytype", "--out", "unused"])
+    within = train.get_args_parser().parse_args(["--task", "bodytype", "--out", "unused", "--balance-per-dataset",
+                                                 "body_type"])  # fmt: skip
+    # a's 8 rows: class 0 and 1 weigh 4 each; b's 4 rows: 2 each
+    expected = np.array([4 / 6] * 6 + [2.0] * 2 + [2.0] + [2 / 3] * 3)
+    assert train.within_dataset_weights(body, datasets, 5) == pytest.approx(expected)
+    torch.manual_seed(0)
+    logits = torch.randn(12, 5)
+    order = torch.tensor([11, 3, 0, 8, 6, 1])  # a shuffled batch: weights follow the rows, not the batch positions
+    targets = {"body_type": torch.from_numpy(body)[order], "row": order}
+    per_row = F.cross_entropy(logits[order], targets["body_type"], reduction="none", label_smoothing=0.1)
+    rows = torch.from_numpy(expected[order.numpy()]).float()
+    balanced = train.CarLoss(within, data, {"body_type": 5})({"body_type": logits[order]}, targets)
+    assert float(balanced) == pytest.approx(float((per_row * rows).sum() / rows.sum()), rel=1e-5)
+    pooled_weights = train.class_weights(body, 5)
+    pooled = train.CarLoss(args, data, {"body_type": 5})({"body_type": logits[order]}, targets)
+    expected_pooled = F.cross_entropy(logits[order], targets["body_type"], weight=pooled_weights, label_smoothing=0.1)
+    assert float(pooled) == pytest.approx(float(expected_pooled)) and float(pooled) != pytest.approx(float(balanced))
 
 
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):

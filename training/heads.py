@@ -48,7 +48,7 @@ from training.features import (
 )
 from training.metrics import classification_metrics, recall_at_precision
 from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone
-from training.train import class_weights, emd_loss
+from training.train import class_weights, emd_loss, weighted_cross_entropy, within_dataset_weights
 from training.view_head import refit_view_head
 from training.year_head import add_year_head, year_head_args
 
@@ -81,20 +81,6 @@ def gate_splits(table: pd.DataFrame, teacher: Path, restyled: Sequence[str] = ()
 
 
 Loss = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
-
-
-def weighted_cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    weights: torch.Tensor,
-    class_weight: torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """Cross-entropy with a weight per row; with every row weighing 1 it equals `F.cross_entropy`'s (class-weighted)
-    mean."""
-    per_row = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=label_smoothing, reduction="none")
-    norm = weights if class_weight is None else weights * class_weight[target]
-    return (per_row * weights).sum() / norm.sum()
 
 
 def car_loss(main: str, class_weight: torch.Tensor, aux_weight: float = 0.3) -> Loss:
@@ -301,12 +287,7 @@ def balanced(
     target = train.targets[head].numpy()
     if args.balance == "pooled":
         return cars, class_weights(target, classes, args.class_weight_power)
-    factor = np.ones(len(target))
-    for dataset in np.unique(train.datasets):
-        rows = (train.datasets == dataset) & (target >= 0)
-        if rows.any():
-            weight = class_weights(target[rows], classes, args.class_weight_power).numpy()[target[rows]]
-            factor[rows] = weight * rows.sum() / weight.sum()
+    factor = within_dataset_weights(target, train.datasets, classes, args.class_weight_power)
     weights = train.weights * torch.from_numpy(factor).to(train.weights.dtype)
     return cars | {"train": dataclasses.replace(train, weights=weights)}, torch.ones(classes)
 

@@ -43,6 +43,7 @@ class TaskData:
     images: np.ndarray
     targets: dict[str, np.ndarray]
     boxes: np.ndarray | None = None  # N x 4 normalised, gate only
+    datasets: np.ndarray | None = None  # each row's data set, car tasks only
     composite_sources: np.ndarray | None = None  # car crops pasted on backgrounds, gate only
 
 
@@ -79,6 +80,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux-weight", type=float, default=0.5, help="weight of auxiliary heads (make, model, raw body)")
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--balance-per-dataset", nargs="+", choices=["year_bin", "body_type"], default=[], help="main "
+                   "heads whose classes are balanced within each data set (each keeping its share of the rows) "
+                   "instead of over all training cars")  # fmt: skip
     p.add_argument("--mixup", type=float, default=0.0, help="mixup's Beta(a, a) for the car tasks (0: off)")
     p.add_argument("--cutmix", action="store_true", help="--mixup pastes a box of the other photo (CutMix) instead")
     p.add_argument(
@@ -147,7 +151,7 @@ def load_data(args: argparse.Namespace, table: pd.DataFrame, vocab: Vocab) -> di
                 "make": vocab.encode("make", cars["make"]),
                 "model_class": vocab.encode("model_class", cars["class_name"]),
             }
-            splits[split] = TaskData(images, targets)
+            splits[split] = TaskData(images, targets, datasets=cars["dataset"].to_numpy())
     return splits
 
 
@@ -183,6 +187,33 @@ def class_weights(targets: np.ndarray, classes: int, power: float = 1.0) -> torc
     return torch.tensor(weights / weights[weights > 0].mean(), dtype=torch.float32)
 
 
+def within_dataset_weights(target: np.ndarray, datasets: np.ndarray, classes: int, power: float = 1.0) -> np.ndarray:
+    """Per-row weights that balance each data set's classes within it (inverse frequency to `power`) while each
+    data set keeps its share of the rows, so one data set's plentiful classes (DVM-CAR's Porsche SUVs) do not make
+    another's (Stanford's saloons) count as rare. Rows without a label weigh 1."""
+    weights = np.ones(len(target))
+    for dataset in np.unique(datasets):
+        rows = (datasets == dataset) & (target >= 0)
+        if rows.any():
+            weight = class_weights(target[rows], classes, power).numpy()[target[rows]]
+            weights[rows] = weight * rows.sum() / weight.sum()
+    return weights
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    class_weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy with a weight per row; with every row weighing 1 it equals `F.cross_entropy`'s (class-weighted)
+    mean."""
+    per_row = F.cross_entropy(logits, target, weight=class_weight, label_smoothing=label_smoothing, reduction="none")
+    norm = weights if class_weight is None else weights * class_weight[target]
+    return (per_row * weights).sum() / norm.sum()
+
+
 def emd_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Squared earth mover's distance between predicted and true distributions over ordered bins (the mean over
     rows, weighted by `weights` if given)."""
@@ -193,14 +224,22 @@ def emd_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
 
 
 class CarLoss:
-    """Class-balanced cross-entropy on the main heads (+ EMD on year bins), plain CE on auxiliary heads."""
+    """Class-balanced cross-entropy on the main heads (+ EMD on year bins), plain CE on auxiliary heads. A main head
+    is balanced over all training cars (class weights) or, with `--balance-per-dataset`, within each data set (row
+    weights, looked up by the batch's `row` target)."""
 
     MAIN = ("year_bin", "body_type")
 
     def __init__(self, args: argparse.Namespace, train: TaskData, heads: dict[str, int]):
         self.args = args
         self.heads = heads
-        self.weights = {n: class_weights(train.targets[n], heads[n]) for n in self.MAIN if n in heads}
+        main = [n for n in self.MAIN if n in heads]
+        within = set(args.balance_per_dataset) & set(main)
+        self.weights = {n: class_weights(train.targets[n], heads[n]) for n in main if n not in within}
+        self.row_weights = {
+            n: torch.from_numpy(within_dataset_weights(train.targets[n], train.datasets, heads[n])).float()
+            for n in within
+        }
 
     def __call__(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(())
@@ -211,11 +250,16 @@ class CarLoss:
                 continue
             logits, target = outputs[name][known], target[known]
             weight = 1.0 if name in self.MAIN else self.args.aux_weight
-            loss = F.cross_entropy(
-                logits, target, weight=self.weights.get(name), label_smoothing=self.args.label_smoothing
-            )
+            if name in self.row_weights:
+                rows = self.row_weights[name][targets["row"][known]]
+                loss = weighted_cross_entropy(logits, target, rows, label_smoothing=self.args.label_smoothing)
+            else:
+                rows = None
+                loss = F.cross_entropy(
+                    logits, target, weight=self.weights.get(name), label_smoothing=self.args.label_smoothing
+                )
             if name == "year_bin" and self.args.ordinal == "emd":
-                loss = loss + emd_loss(logits, target)
+                loss = loss + emd_loss(logits, target, rows)
             total = total + weight * loss
         return total
 
@@ -310,7 +354,7 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
             x, targets = gate_batch(data, idx, augment, generator)
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
-            targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()}
+            targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()} | {"row": torch.from_numpy(idx)}
         if mixing:
             x, partners, weight = mix_batch(x, args.mixup, generator, cut=args.cutmix)
         outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
