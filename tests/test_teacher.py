@@ -25,6 +25,7 @@ from core.models import (
     LITE2,
     LITE_MEAN,
     LITE_STD,
+    CarNet,
     ImageTransform,
     build_carnet,
     imagenet_classifier,
@@ -274,9 +275,9 @@ def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_pat
     assert torch.equal(doubled["val"].features, plain["val"].features)
     heads.main(["--table", str(table_path), "--teacher", str(frozen_run / "t"), "--mirror", str(tmp_path / "tm"),
                 "--out", str(tmp_path / "h"), "--epochs", "1", "--networks", "bodytype", "--class-weight-power",
-                "0.5"])  # fmt: skip
+                "0.5", "--mixup", "0.4"])  # fmt: skip
     saved = torch.load(tmp_path / "h" / "bodytype.pt", weights_only=True)["args"]
-    assert (saved["mirror"], saved["class_weight_power"]) == (str(tmp_path / "tm"), 0.5)
+    assert (saved["mirror"], saved["class_weight_power"], saved["mixup"]) == (str(tmp_path / "tm"), 0.5, 0.4)
     index = pd.read_parquet(tmp_path / "tm" / "crop_index.parquet")
     index.iloc[::-1].to_parquet(tmp_path / "tm" / "crop_index.parquet")
     with pytest.raises(SystemExit, match="other images"):
@@ -324,6 +325,40 @@ def test_row_weights_count_rows_and_equal_the_plain_losses_at_one():
     half = torch.cat([torch.ones(6), torch.zeros(6)])  # rows of weight 0 do not count
     assert torch.allclose(weighted_cross_entropy(logits, target, half), F.cross_entropy(logits[:6], target[:6]))
     assert torch.allclose(emd_loss(logits, target, half), emd_loss(logits[:6], target[:6]))
+
+
+def test_heads_mixup_blends_two_cars_features_and_weighs_both_cars_labels():
+    torch.manual_seed(0)
+    features, body = torch.randn(16, 512), torch.arange(16) % 5
+    split = Split(features, {"body_type": body}, torch.arange(16.0) + 1, np.array(["a"] * 16))
+    args = heads.get_args_parser().parse_args(["--out", "unused", "--epochs", "1", "--batch-size", "8",
+                                               "--input-dropout", "0"])  # fmt: skip
+
+    def run(mixup: float) -> tuple[list, list]:
+        model, inputs, calls = CarNet({"body_type": 5}), [], []
+        forward = model.forward_from_pooled
+        model.forward_from_pooled = lambda x: inputs.append(x.detach().clone()) or forward(x)
+
+        def loss(outputs, targets, weights):
+            calls.append((targets["body_type"].clone(), weights.clone()))
+            return F.cross_entropy(outputs["body_type"], targets["body_type"])
+
+        heads.fit(model, {"train": split, "val": split}, loss, lambda m, s: {"score": 0.0}, args, mixup)
+        return inputs[:2], calls  # the two training steps' inputs (then validation's)
+
+    plain_inputs, plain_calls = run(0.0)
+    assert len(plain_calls) == 2 and all(any(torch.equal(x[0], f) for f in features) for x in plain_inputs)
+    mixed_inputs, mixed_calls = run(0.4)
+    assert len(mixed_calls) == 4  # each step: the loss on the batch's labels and on its partners'
+    steps = zip(mixed_inputs, mixed_calls[::2], mixed_calls[1::2], strict=True)
+    for x, (own, own_weights), (partner, partner_weights) in steps:
+        rows, partners = own_weights.long() - 1, partner_weights.long() - 1  # the rows, from their distinct weights
+        assert torch.equal(own, body[rows]) and torch.equal(partner, body[partners])
+        assert sorted(partners.tolist()) == sorted(rows.tolist()) and not torch.equal(partners, rows)  # paired anew
+        moved = partners != rows
+        share = float(((x - features[partners]) / (features[rows] - features[partners]))[moved].median())
+        assert 0 < share < 1  # one blend weight for the batch: each input is share * own + (1 - share) * partner
+        assert torch.allclose(x, share * features[rows] + (1 - share) * features[partners], atol=1e-4)
 
 
 def test_per_dataset_balance_weighs_each_data_sets_classes_alike_and_keeps_its_share():

@@ -48,7 +48,7 @@ from training.features import (
 )
 from training.metrics import classification_metrics, recall_at_precision
 from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone
-from training.train import class_weights, emd_loss, weighted_cross_entropy, within_dataset_weights
+from training.train import class_weights, emd_loss, mix_batch, weighted_cross_entropy, within_dataset_weights
 from training.view_head import refit_view_head
 from training.year_head import add_year_head, year_head_args
 
@@ -170,9 +170,16 @@ def gate_metrics(model: CarNet, split: Split) -> dict[str, float]:
 
 
 def fit(
-    model: CarNet, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args: argparse.Namespace
+    model: CarNet,
+    data: dict[str, Split],
+    loss_fn: Loss,
+    metrics_fn: Callable,
+    args: argparse.Namespace,
+    mixup: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
-    """AdamW with cosine decay and input dropout; returns the best epoch's state and the history."""
+    """AdamW with cosine decay and input dropout (and, with `mixup` > 0, each row's features blended with another's
+    of its batch at a Beta(mixup, mixup) weight, the loss weighted alike); returns the best epoch's state and the
+    history."""
     trainable = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     train = data["train"]
@@ -186,8 +193,16 @@ def fit(
         for step in range(steps_per_epoch):
             idx = order[step * args.batch_size : (step + 1) * args.batch_size]
             x = F.dropout(train.features[idx], p=args.input_dropout, training=True)
-            targets = {k: v[idx] for k, v in train.targets.items()}
-            loss = loss_fn(model.forward_from_pooled(x), targets, train.weights[idx])
+            targets, weights = {k: v[idx] for k, v in train.targets.items()}, train.weights[idx]
+            if mixup:
+                x, partners, share = mix_batch(x, mixup, generator)
+                outputs = model.forward_from_pooled(x)
+                partner_targets = {k: v[partners] for k, v in targets.items()}
+                loss = share * loss_fn(outputs, targets, weights) + (1 - share) * loss_fn(
+                    outputs, partner_targets, weights[partners]
+                )
+            else:
+                loss = loss_fn(model.forward_from_pooled(x), targets, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -258,13 +273,20 @@ def calibrate_expected_year(model: CarNet, val: Split, centres: Sequence[float])
 
 
 def train_network(
-    key: str, heads: dict[str, int], neck: int, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args
+    key: str,
+    heads: dict[str, int],
+    neck: int,
+    data: dict[str, Split],
+    loss_fn: Loss,
+    metrics_fn: Callable,
+    args: argparse.Namespace,
+    mixup: float = 0.0,
 ) -> None:
     tic = time.time()
     torch.manual_seed(args.seed)
     info = BackboneInfo.read(args.teacher)
     model = frozen_backbone(info, heads, neck)  # the checkpoint holds the whole network
-    state, history = fit(model, data, loss_fn, metrics_fn, args)
+    state, history = fit(model, data, loss_fn, metrics_fn, args, mixup)
     model.load_state_dict(state)
     if "year_bin" in heads:
         history[-1]["temperature"] = calibrate_expected_year(model, data["val"], args.year_centres)
@@ -304,6 +326,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--input-dropout", type=float, default=0.3)
+    p.add_argument("--mixup", type=float, default=0.0, help="the modernity and body-type heads blend each training "
+                   "car's features with another's at a Beta(a, a) weight, the loss alike (0: off)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-weight-power", type=float, default=1.0, help="the main head's loss weighs each class "
                    "by its inverse frequency to this power: 1 balances the classes, 0.5 weighs them by the square "
@@ -335,14 +359,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "modernity" in args.networks:
         weighted, weight = balanced(cars, "year_bin", 5, args)
         train_network("modernity", {"year_bin": 5}, NECK, weighted, car_loss("year_bin", weight),
-                      car_metrics("year_bin"), args)  # fmt: skip
+                      car_metrics("year_bin"), args, args.mixup)  # fmt: skip
         year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
         weighted, weight = balanced(cars, "body_type", len(SEED_BODY_TYPES), args)
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
         train_network("bodytype", heads, NECK, weighted, car_loss("body_type", weight), car_metrics("body_type"),
-                      args)  # fmt: skip
+                      args, args.mixup)  # fmt: skip
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher, args.restyled), gate_loss, gate_metrics, args)
