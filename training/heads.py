@@ -273,19 +273,13 @@ def calibrate_expected_year(model: CarNet, val: Split, centres: Sequence[float])
 
 
 def train_network(
-    key: str,
-    heads: dict[str, int],
-    neck: int,
-    data: dict[str, Split],
-    loss_fn: Loss,
-    metrics_fn: Callable,
-    args: argparse.Namespace,
-    mixup: float = 0.0,
+    key: str, heads: dict[str, int], neck: int, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args
 ) -> None:
     tic = time.time()
     torch.manual_seed(args.seed)
     info = BackboneInfo.read(args.teacher)
     model = frozen_backbone(info, heads, neck)  # the checkpoint holds the whole network
+    mixup = 0.0 if key == "gate" else args.mixup  # the scores' heads only: a blend of car and no car is neither
     state, history = fit(model, data, loss_fn, metrics_fn, args, mixup)
     model.load_state_dict(state)
     if "year_bin" in heads:
@@ -359,14 +353,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "modernity" in args.networks:
         weighted, weight = balanced(cars, "year_bin", 5, args)
         train_network("modernity", {"year_bin": 5}, NECK, weighted, car_loss("year_bin", weight),
-                      car_metrics("year_bin"), args, args.mixup)  # fmt: skip
+                      car_metrics("year_bin"), args)  # fmt: skip
         year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
         weighted, weight = balanced(cars, "body_type", len(SEED_BODY_TYPES), args)
         heads = {"body_type": len(SEED_BODY_TYPES), "body_raw": len(body_raw)}
         train_network("bodytype", heads, NECK, weighted, car_loss("body_type", weight), car_metrics("body_type"),
-                      args, args.mixup)  # fmt: skip
+                      args)  # fmt: skip
     if "gate" in args.networks:
         heads = {"car": 1, "view": len(VIEW_CLASSES)}
         train_network("gate", heads, 0, gate_splits(table, args.teacher, args.restyled), gate_loss, gate_metrics, args)
