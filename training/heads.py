@@ -196,13 +196,11 @@ def fit(
             targets, weights = {k: v[idx] for k, v in train.targets.items()}, train.weights[idx]
             if mixup:
                 x, partners, share = mix_batch(x, mixup, generator)
-                outputs = model.forward_from_pooled(x)
+            outputs = model.forward_from_pooled(x)
+            loss = loss_fn(outputs, targets, weights)
+            if mixup:
                 partner_targets = {k: v[partners] for k, v in targets.items()}
-                loss = share * loss_fn(outputs, targets, weights) + (1 - share) * loss_fn(
-                    outputs, partner_targets, weights[partners]
-                )
-            else:
-                loss = loss_fn(model.forward_from_pooled(x), targets, weights)
+                loss = share * loss + (1 - share) * loss_fn(outputs, partner_targets, weights[partners])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -250,14 +250,10 @@ class CarLoss:
                 continue
             logits, target = outputs[name][known], target[known]
             weight = 1.0 if name in self.MAIN else self.args.aux_weight
+            rows = torch.ones(len(target))
             if name in self.row_weights:
                 rows = self.row_weights[name][targets["row"][known]]
-                loss = weighted_cross_entropy(logits, target, rows, label_smoothing=self.args.label_smoothing)
-            else:
-                rows = None
-                loss = F.cross_entropy(
-                    logits, target, weight=self.weights.get(name), label_smoothing=self.args.label_smoothing
-                )
+            loss = weighted_cross_entropy(logits, target, rows, self.weights.get(name), self.args.label_smoothing)
             if name == "year_bin" and self.args.ordinal == "emd":
                 loss = loss + emd_loss(logits, target, rows)
             total = total + weight * loss
