@@ -288,6 +288,36 @@ def test_heads_train_on_the_mirrored_crops_of_a_mirror_cache(frozen_run, tmp_pat
         car_splits(table, frozen_run / "t", body_raw, tmp_path / "tm")
 
 
+def test_a_release_refit_of_the_heads_trains_on_validation_and_chooses_nothing_on_it(frozen_run, tmp_path, capsys):
+    """`training.heads --fit-splits train val`: the training split holds the validation cars too, the last epoch is
+    kept for every head (the per-year head included), and the year-bin head takes the validated run's temperature
+    instead of calibrating on cars it trained on."""
+    table_path = frozen_run / "table.parquet"
+    table = pd.read_parquet(table_path)
+    body_raw = training_body_types(table)
+    held_out = car_splits(table, frozen_run / "t", body_raw)
+    refit = car_splits(table, frozen_run / "t", body_raw, fit_splits=("train", "val"))
+    assert len(held_out["val"].features) > 0
+    assert len(refit["train"].features) == len(held_out["train"].features) + len(held_out["val"].features)
+    assert torch.equal(refit["val"].features, held_out["val"].features)
+    common = ["--table", str(table_path), "--teacher", str(frozen_run / "t"), "--epochs", "3",
+              "--networks", "modernity", "bodytype"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        heads.main([*common, "--out", str(tmp_path / "r"), "--fit-splits", "train", "val"])
+    assert "takes --temperature" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        heads.main([*common, "gate", "--out", str(tmp_path / "g"), "--fit-splits", "train", "val"])
+    assert "a release refit is of modernity and body type" in capsys.readouterr().err
+    heads.main([*common, "--out", str(tmp_path / "r"), "--fit-splits", "train", "val", "--temperature", "0.77"])
+    modernity = torch.load(tmp_path / "r" / "modernity.pt", weights_only=True)
+    bodytype = torch.load(tmp_path / "r" / "bodytype.pt", weights_only=True)
+    assert modernity["epoch"] == bodytype["epoch"] == 2 and modernity["year_head"]["epoch"] == 59
+    assert modernity["history"][-1]["temperature"] == 0.77
+    assert bodytype["args"]["fit_splits"] == ["train", "val"]
+    heads.main([*common, "--out", str(tmp_path / "v")])
+    assert torch.load(tmp_path / "v" / "modernity.pt", weights_only=True)["history"][-1]["temperature"] != 0.77
+
+
 def test_swap_background_replaces_the_white_around_the_car_only():
     car = np.full((40, 40, 3), 255, np.uint8)
     car[10:30, 8:32] = 40  # the car

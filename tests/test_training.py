@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,29 @@ def test_stop_after_ends_early_on_the_full_schedule_and_resume_goes_on(runs, cap
     with pytest.raises(SystemExit):
         train.main([*args, "--stop-after", "0"])
     assert "--stop-after takes a number of epochs" in capsys.readouterr().err
+
+
+def test_a_release_refit_trains_on_the_validation_cars_too_and_keeps_its_last_epoch(runs, monkeypatch):
+    table = pd.read_parquet(runs / "table.parquet")
+    cars = table[(table["dataset"] != "epfl_multiview") & (table["car"] == 1) & (table["year"] > 0)]
+    trained_rows, scores = [], iter([1.0, 0.5, 1.0, 0.5])  # validation says epoch 0 was the better one
+    real_epoch = train.train_one_epoch
+
+    def counting_epoch(model, loss_fn, data, *rest):
+        trained_rows.append(len(data.images))
+        return real_epoch(model, loss_fn, data, *rest)
+
+    monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
+    monkeypatch.setattr(train, "evaluate", lambda *a: {"score": next(scores)})
+    for out, fit in (("held_out", ["train"]), ("refit", ["train", "val"])):
+        train.main([*body_type_run(runs, runs / out, epochs=2), "--fit-splits", *fit])
+    assert trained_rows == [(cars["split"] == "train").sum()] * 2 + [cars["split"].isin(["train", "val"]).sum()] * 2
+    assert trained_rows[2] > trained_rows[0]
+    assert torch.load(runs / "held_out" / "best.pt", weights_only=True)["epoch"] == 0
+    refit = torch.load(runs / "refit" / "best.pt", weights_only=True)
+    assert refit["epoch"] == 1 and refit["args"]["fit_splits"] == ["train", "val"]
+    val_models = set(cars.loc[(cars["split"] == "val") & (cars["dataset"] == "stanford_cars"), "class_name"])
+    assert val_models and val_models <= set(refit["vocab"]["model_class"])
 
 
 def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):

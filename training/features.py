@@ -68,13 +68,15 @@ def car_splits(
     mirror: Path | None = None,
     restyled: Sequence[str] = (),
     restyled_weight: float = 1.0,
+    fit_splits: Sequence[str] = ("train",),
 ) -> dict[str, Split]:
     """Car crops with a known year (Stanford, DVM-CAR) for the modernity and body-type networks. With `mirror` (a
     `training.teacher --mirror` cache of the same backbone and table) the training split also holds every crop
     mirrored: flip augmentation for heads trained on cached features; with `restyled` views of the cache, the
     training cars in those photo styles too (`backdrop`: DVM-CAR's cars in front of photos, `backdrop_crop`: the same
     cropped to the car; `whiteout`: Stanford's cars on white), each weighing `restyled_weight` in the losses.
-    Validation and test stay as they are."""
+    Validation and test stay as they are; `fit_splits` ("train", "val" for a release refit) are the training split's
+    rows."""
     index, features = teacher_features(teacher, "crop")
     rows = joined(table, index)
     keep = (rows["year"] > 0).to_numpy()
@@ -82,13 +84,13 @@ def car_splits(
     mirrored = mirrored_features(teacher, index, mirror)[keep] if mirror else None
     out = {}
     for split in ("train", "val", "test"):
-        mask = (rows["split"] == split).to_numpy()
+        mask = rows["split"].isin(fit_splits if split == "train" else [split]).to_numpy()
         part, x = rows[mask], features[mask]
         if split == "train" and mirrored is not None:
             part, x = pd.concat([part, part]), np.concatenate([x, mirrored[mask]])
         weights = np.ones(len(part), np.float32)
         for view in restyled if split == "train" else ():
-            extra, extra_x = restyled_training_cars(table, teacher, view)
+            extra, extra_x = restyled_training_cars(table, teacher, view, fit_splits)
             part, x = pd.concat([part, extra]), np.concatenate([x, extra_x])
             weights = np.concatenate([weights, np.full(len(extra), restyled_weight, np.float32)])
         out[split] = Split(
@@ -105,12 +107,14 @@ def car_splits(
     return out
 
 
-def restyled_training_cars(table: pd.DataFrame, teacher: Path, view: str) -> tuple[pd.DataFrame, np.ndarray]:
+def restyled_training_cars(
+    table: pd.DataFrame, teacher: Path, view: str, fit_splits: Sequence[str] = ("train",)
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The table rows and features of the training cars (known year) in a restyled view of the cache
     (`training.teacher --views backdrop|backdrop_crop|whiteout`)."""
     index, features = teacher_features(teacher, view)
     rows = joined(table, index)
-    keep = ((rows["split"] == "train") & (rows["year"] > 0)).to_numpy()
+    keep = (rows["split"].isin(fit_splits) & (rows["year"] > 0)).to_numpy()
     return rows[keep], features[keep]
 
 

@@ -48,7 +48,14 @@ from training.features import (
 )
 from training.metrics import classification_metrics, recall_at_precision
 from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone
-from training.train import class_weights, emd_loss, mix_batch, weighted_cross_entropy, within_dataset_weights
+from training.train import (
+    FIT_SPLITS,
+    class_weights,
+    emd_loss,
+    mix_batch,
+    weighted_cross_entropy,
+    within_dataset_weights,
+)
 from training.view_head import refit_view_head
 from training.year_head import add_year_head, year_head_args
 
@@ -178,8 +185,8 @@ def fit(
     mixup: float = 0.0,
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     """AdamW with cosine decay and input dropout (and, with `mixup` > 0, each row's features blended with another's
-    of its batch at a Beta(mixup, mixup) weight, the loss weighted alike); returns the best epoch's state and the
-    history."""
+    of its batch at a Beta(mixup, mixup) weight, the loss weighted alike); returns the best epoch's state (the last
+    epoch's in a release refit, whose validation cars are trained on) and the history."""
     trainable = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     train = data["train"]
@@ -207,7 +214,7 @@ def fit(
             scheduler.step()
         record = {"epoch": epoch, "loss": float(loss.detach()), **metrics_fn(model, data["val"])}
         history.append(record)
-        if not best_state or record["score"] > best:  # the first epoch even if its score is NaN
+        if not best_state or record["score"] > best or refit(args):  # the first epoch even if its score is NaN
             best, best_state = record["score"], {k: v.clone() for k, v in model.state_dict().items()}
     return best_state, history
 
@@ -215,7 +222,7 @@ def fit(
 def save_checkpoint(
     path: Path, model: CarNet, neck: int, history: list[dict], args: argparse.Namespace, info: BackboneInfo
 ) -> None:
-    best = max(history, key=lambda r: r["score"])
+    best = kept_epoch(history, args)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     saved_args |= {"size": info.size, "arch": info.arch, "neck": neck, "origin": info.origin, "mean": list(info.mean),
                    "std": list(info.std), "frozen_backbone": True}  # fmt: skip
@@ -270,6 +277,27 @@ def calibrate_expected_year(model: CarNet, val: Split, centres: Sequence[float])
     return float(temperature)
 
 
+def refit(args: argparse.Namespace) -> bool:
+    """A release refit: the validation cars are trained on, so nothing is chosen on them."""
+    return "val" in args.fit_splits
+
+
+def kept_epoch(history: list[dict], args: argparse.Namespace) -> dict:
+    """The record of the epoch whose state is kept: the best on validation, or a release refit's last."""
+    return history[-1] if refit(args) else max(history, key=lambda r: r["score"])
+
+
+def temperature_of(model: CarNet, val: Split, args: argparse.Namespace) -> float:
+    """The year-bin head's temperature: calibrated on validation, or in a release refit `--temperature` as the
+    validated run chose it."""
+    if not refit(args):
+        return calibrate_expected_year(model, val, args.year_centres)
+    with torch.no_grad():
+        model.heads["year_bin"].weight.div_(args.temperature)
+        model.heads["year_bin"].bias.div_(args.temperature)
+    return args.temperature
+
+
 def train_network(
     key: str, heads: dict[str, int], neck: int, data: dict[str, Split], loss_fn: Loss, metrics_fn: Callable, args
 ) -> None:
@@ -281,10 +309,10 @@ def train_network(
     state, history = fit(model, data, loss_fn, metrics_fn, args, mixup)
     model.load_state_dict(state)
     if "year_bin" in heads:
-        history[-1]["temperature"] = calibrate_expected_year(model, data["val"], args.year_centres)
+        history[-1]["temperature"] = temperature_of(model, data["val"], args)
     args.out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out / f"{key}.pt", model, neck, history, args, info)
-    best = max(history, key=lambda r: r["score"])
+    best = kept_epoch(history, args)
     print(json.dumps({"network": key, "seconds": round(time.time() - tic, 1), "best": best}), flush=True)
     with open(args.out / "log.jsonl", "a") as log:
         log.write(json.dumps({"network": key, "history": history}) + "\n")
@@ -326,6 +354,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "root, 0 counts every car alike")  # fmt: skip
     p.add_argument("--balance", choices=["pooled", "per-dataset"], default="pooled", help="where the main head's "
                    "classes are balanced: over all training cars, or within each data set")  # fmt: skip
+    p.add_argument("--fit-splits", nargs="+", choices=FIT_SPLITS, default=["train"], help="the splits the heads "
+                   "train on; `train val` refits a recipe validation has chosen on all labelled cars (a release "
+                   "refit): the last epoch is kept and the year-bin head takes --temperature")  # fmt: skip
+    p.add_argument("--temperature", type=float, help="the year-bin head's temperature in a release refit (the "
+                   "validated run's, in its log); otherwise it is calibrated on validation")  # fmt: skip
     p.add_argument("--mirror", type=Path, help="training.teacher --mirror cache of the --teacher backbone: the "
                    "modernity and body-type heads also train on every crop mirrored")  # fmt: skip
     p.add_argument("--restyled", nargs="+", choices=RESTYLED_VIEWS, default=[], help="the networks also train on "
@@ -343,16 +376,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 0 <= args.class_weight_power <= 1:
         parser.error("--class-weight-power takes a number from 0 (every car alike) to 1 (balanced classes)")
+    if refit(args) and "gate" in args.networks:
+        parser.error("the gate's thresholds are chosen on validation: a release refit is of modernity and body type")
+    if refit(args) and "modernity" in args.networks and not (args.temperature or 0) > 0:
+        parser.error("a release refit (--fit-splits train val) of modernity takes --temperature: the validated run's")
     args.year_centres = [b.centre for b in SHARED_YEAR_BINS]
     table = pd.read_parquet(args.table)
     body_raw = training_body_types(table)
     if {"modernity", "bodytype"} & set(args.networks):
-        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight)
+        cars = car_splits(table, args.teacher, body_raw, args.mirror, args.restyled, args.restyled_weight,
+                          args.fit_splits)  # fmt: skip
     if "modernity" in args.networks:
         weighted, weight = balanced(cars, "year_bin", 5, args)
         train_network("modernity", {"year_bin": 5}, NECK, weighted, car_loss("year_bin", weight),
                       car_metrics("year_bin"), args)  # fmt: skip
-        year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed))
+        year = add_year_head(args.out / "modernity.pt", cars, year_head_args(args.seed, keep_last=refit(args)))
         print(json.dumps({"per-year head": year}), flush=True)
     if "bodytype" in args.networks:
         weighted, weight = balanced(cars, "body_type", len(SEED_BODY_TYPES), args)

@@ -34,6 +34,7 @@ from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
 
 CAR_TASKS = ("cars", "modernity", "bodytype")
+FIT_SPLITS = ("train", "val")
 
 
 @dataclass
@@ -109,6 +110,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use at most this many training rows (tests, probes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-splits", nargs="+", choices=FIT_SPLITS, default=["train"], help="the splits trained on; "
+                   "`train val` refits a recipe whose schedule validation has already chosen on all labelled "
+                   "cars (a release refit): validation is then not held out, so the last epoch is kept")  # fmt: skip
     return p
 
 
@@ -136,7 +140,7 @@ def load_data(args: argparse.Namespace, table: pd.DataFrame, vocab: Vocab) -> di
     """Cached images and targets for the train and val splits of the task."""
     splits = {}
     for split in ("train", "val"):
-        rows = table[table["split"] == split]
+        rows = table[table["split"].isin(args.fit_splits if split == "train" else ["val"])]
         if args.task == "gate":
             splits[split] = gate_data(args, rows)
         else:
@@ -431,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
-    vocab = make_vocab(table[(table["split"] == "train") & (table["dataset"] == "stanford_cars")])
+    vocab = make_vocab(table[table["split"].isin(args.fit_splits) & (table["dataset"] == "stanford_cars")])
     data = load_data(args, table, vocab)
     heads = heads_for(args.task, vocab)
     model, origin = initialise(args, heads)
@@ -479,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "epoch": epoch, "best": max(best, metrics["score"]), "history": history, "args": saved_args,
             "heads": heads, "vocab": vocab.labels,
         }  # fmt: skip
-        if metrics["score"] > best:
+        if metrics["score"] > best or "val" in args.fit_splits:
             best = metrics["score"]
             torch.save(checkpoint, args.out / "best.pt")
         torch.save(checkpoint, last)

@@ -45,7 +45,8 @@ def mean_mae(split: Split, expected: np.ndarray) -> dict[str, float]:
 def fit_year_head(
     model: CarNet, cars: dict[str, Split], classes: np.ndarray, args: argparse.Namespace
 ) -> tuple[torch.nn.Linear, dict]:
-    """A Linear(neck, years) on the frozen neck; the epoch with the lowest validation MAE (mean over data sets)."""
+    """A Linear(neck, years) on the frozen neck; the epoch with the lowest validation MAE (mean over data sets), or
+    with `args.keep_last` (a release refit, validation trained on) the last."""
     with torch.no_grad():
         neck = {name: model.neck(split.features) for name, split in cars.items()}
     generator = torch.Generator().manual_seed(args.seed)
@@ -66,7 +67,7 @@ def fit_year_head(
         with torch.no_grad():
             expected = torch.softmax(head(neck["val"]), 1).numpy() @ classes
         mae = mean_mae(cars["val"], expected)
-        if np.mean(list(mae.values())) < best["score"]:
+        if np.mean(list(mae.values())) < best["score"] or args.keep_last:
             best = {"score": float(np.mean(list(mae.values()))), "epoch": epoch, "val_mae_years": mae,
                     "state": {k: v.clone() for k, v in head.state_dict().items()}}  # fmt: skip
     head.load_state_dict(best.pop("state"))
@@ -105,12 +106,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dropout", type=float, default=0.3)
     p.add_argument("--sigma", type=float, default=SIGMA, help="width of the soft labels (years)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-last", action="store_true", help="keep the last epoch (a release refit, whose cars "
+                   "include the validation split)")  # fmt: skip
     return p
 
 
-def year_head_args(seed: int) -> argparse.Namespace:
+def year_head_args(seed: int, keep_last: bool = False) -> argparse.Namespace:
     """The defaults of this command (for `training.heads`, which adds the head to every modernity network)."""
-    return get_args_parser().parse_args(["--checkpoint", "", "--teacher", "", "--seed", str(seed)])
+    last = ["--keep-last"] if keep_last else []
+    return get_args_parser().parse_args(["--checkpoint", "", "--teacher", "", "--seed", str(seed), *last])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
