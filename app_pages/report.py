@@ -132,6 +132,8 @@ def training_section(bundle: Bundle) -> None:
         losses = [c for c in curve.series if "loss" in c]
         others = [c for c in curve.series if c not in losses and c not in ("seconds", "images_per_s")]
         st.subheader(curve.name)
+        if not curve.held_out:
+            st.caption(REFIT_CAPTION)
         loss_column, metric_column = st.columns(2)
         for column, names, what in ((loss_column, losses, "loss"), (metric_column, others, "validation")):
             if names:
@@ -145,6 +147,10 @@ def training_section(bundle: Bundle) -> None:
 
 
 MIRRORED = ", the scores averaged over the crop and its mirror image"
+REFIT_CAPTION = (
+    "A release refit: this network was trained on the validation cars too (its recipe and schedule chosen before, "
+    "on validation), so its validation curve is not held out. The test metrics above are."
+)
 
 
 def provenance_section(bundle: Bundle) -> None:

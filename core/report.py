@@ -64,10 +64,12 @@ class TaskMetrics:
 
 @dataclass(frozen=True)
 class Curve:
-    """A per-epoch training history (one row per epoch) found at `name` in manifest['training']."""
+    """A per-epoch training history (one row per epoch) found at `name` in manifest['training']. `held_out` is
+    False for a release refit (`--fit-splits train val`), whose validation cars were trained on."""
 
     name: str
     history: pd.DataFrame
+    held_out: bool = True
 
     @property
     def series(self) -> list[str]:
@@ -137,7 +139,8 @@ def collect_curves(training: Mapping[str, Any], prefix: str = "") -> list[Curve]
     for key, value in training.items():
         name = f"{prefix}{SEPARATOR}{key}" if prefix else str(key)
         if _is_history(value):
-            found.append(Curve(name=prefix or str(key), history=pd.DataFrame.from_records(value)))
+            fit_splits = args.get("fit_splits", ()) if isinstance(args := training.get("args"), Mapping) else ()
+            found.append(Curve(prefix or str(key), pd.DataFrame.from_records(value), "val" not in fit_splits))
         elif isinstance(value, Mapping):
             found += collect_curves(value, name)
     return found

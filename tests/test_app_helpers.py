@@ -249,7 +249,9 @@ def test_curves_found_by_shape() -> None:
     history = [{"epoch": 0, "loss": 2.0, "score": 0.1}, {"epoch": 1, "loss": 1.0, "score": 0.3}]
     training = {"modernity": {"epoch": 1, "history": history, "args": {"lr": 0.1}}, "gate": {"history": []}}
     (curve,) = collect_curves(training)
-    assert curve.name == "modernity" and curve.series == ["loss", "score"]
+    assert curve.name == "modernity" and curve.series == ["loss", "score"] and curve.held_out
+    refit = {"bodytype": {"history": history, "args": {"fit_splits": ["train", "val"]}}}
+    assert [c.held_out for c in collect_curves(training | refit)] == [True, False]
 
 
 def test_counts_and_provenance(tiny_bundle: Bundle) -> None:

@@ -95,8 +95,9 @@ def recorded_training() -> dict[str, Any]:
     history = [
         {"epoch": e, "loss": 1.0 / (e + 1), "year_bin_macro_f1": 0.2 + 0.1 * e, "seconds": 3.0} for e in range(3)
     ]
-    return {"modernity": {"epoch": 2, "history": history}, "bodytype": {"epoch": 1, "history": history[:2]},
-            "frontal_threshold": {"threshold": 0.5}}  # fmt: skip
+    refit = {"fit_splits": ["train", "val"]}  # a release refit: its validation curve is not held out
+    return {"modernity": {"epoch": 2, "history": history}, "bodytype": {"epoch": 1, "history": history[:2],
+            "args": refit}, "frontal_threshold": {"threshold": 0.5}}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -435,11 +436,13 @@ def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
     # by default the first data set's matrices and the first network's curves: 2 data charts, 2 per task, 2 curves
     assert [s.value for s in at.subheader] == [*figures_of("stanford_cars"), "modernity"]
     assert len(charts(at)) == 2 + 2 * len(figures_of("stanford_cars")) + 2
+    assert "A release refit" not in texts(at)
     at.segmented_control(key="report_data").set_value("dvm_porsche").run()
     at.segmented_control(key="report_curves").set_value("bodytype").run()
     assert_clean(at)
     assert [s.value for s in at.subheader] == [*figures_of("dvm_porsche"), "bodytype"]
     assert len(charts(at)) == 2 + 2 * len(figures_of("dvm_porsche")) + 2
+    assert "A release refit: this network was trained on the validation cars too" in texts(at)
 
 
 def test_a_report_link_opens_the_data_set_it_names(app: Callable[..., AppTest]) -> None:
