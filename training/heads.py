@@ -53,6 +53,7 @@ from training.train import (
     class_weights,
     emd_loss,
     mix_batch,
+    refit,
     weighted_cross_entropy,
     within_dataset_weights,
 )
@@ -271,15 +272,15 @@ def calibrate_expected_year(model: CarNet, val: Split, centres: Sequence[float])
                               for d in np.unique(val.datasets[known])]))  # fmt: skip
 
     temperature = min(np.round(np.arange(0.2, 2.01, 0.05), 2), key=mae)
+    return divide_year_bin_head(model, float(temperature))
+
+
+def divide_year_bin_head(model: CarNet, temperature: float) -> float:
+    """Divide the year-bin head's logits by `temperature` (folded into its weights); returns it."""
     with torch.no_grad():
         model.heads["year_bin"].weight.div_(temperature)
         model.heads["year_bin"].bias.div_(temperature)
-    return float(temperature)
-
-
-def refit(args: argparse.Namespace) -> bool:
-    """A release refit: the validation cars are trained on, so nothing is chosen on them."""
-    return "val" in args.fit_splits
+    return temperature
 
 
 def kept_epoch(history: list[dict], args: argparse.Namespace) -> dict:
@@ -292,10 +293,7 @@ def temperature_of(model: CarNet, val: Split, args: argparse.Namespace) -> float
     validated run chose it."""
     if not refit(args):
         return calibrate_expected_year(model, val, args.year_centres)
-    with torch.no_grad():
-        model.heads["year_bin"].weight.div_(args.temperature)
-        model.heads["year_bin"].bias.div_(args.temperature)
-    return args.temperature
+    return divide_year_bin_head(model, args.temperature)
 
 
 def train_network(
