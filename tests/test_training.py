@@ -110,12 +110,14 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
-                "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type",
+                "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type", "--year-weight", "0.5",
                 "--table", str(runs / "table.parquet"),
                 "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
     assert checkpoint["args"]["balance_per_dataset"] == ["body_type"]
+    assert checkpoint["heads"]["year"] == len(train.YEAR_CLASSES) == 30  # 1991-2020, one class a year
+    assert 0 < checkpoint["history"][0]["year_mae"] < 30
     imagenet = build_carnet({}, imagenet=True, arch="efficientnet_lite0").backbone.state_dict()
     stem = checkpoint["model"]["backbone.conv_stem.weight"]
     assert stem.shape == imagenet["conv_stem.weight"].shape
@@ -377,6 +379,27 @@ def test_fine_tune_balances_body_types_within_each_data_set_by_the_rows_of_the_b
     pooled = train.CarLoss(args, data, {"body_type": 5})({"body_type": logits[order]}, targets)
     expected_pooled = F.cross_entropy(logits[order], targets["body_type"], weight=pooled_weights, label_smoothing=0.1)
     assert float(pooled) == pytest.approx(float(expected_pooled)) and float(pooled) != pytest.approx(float(balanced))
+
+
+def test_the_fine_tunes_per_year_head_learns_soft_years_around_the_true_one(capsys):
+    years = np.array([1999.0, 2012.0, 2019.0])
+    data = train.TaskData(np.zeros((3, 4, 4, 3), np.uint8), {"year": years}, datasets=np.array(["a"] * 3))
+    args = train.get_args_parser().parse_args(["--task", "cars", "--out", "unused", "--year-weight", "0.5"])
+    loss = train.CarLoss(args, data, {"year": 30})
+    targets = {"year": torch.from_numpy(years), "row": torch.arange(3)}
+    index = torch.from_numpy(np.searchsorted(train.YEAR_CLASSES, years))
+
+    def peaked_at(shift: int) -> dict[str, torch.Tensor]:
+        return {"year": F.one_hot(index + shift, 30).float() * 8}
+
+    right, one_off, five_off = (float(loss(peaked_at(s), targets)) for s in (0, -1, -5))
+    assert right < one_off < five_off  # the loss grows with the distance in years, not just right or wrong
+    soft = train.soft_years(years, train.YEAR_CLASSES, 1.0)
+    expected = 0.5 * -(soft * F.log_softmax(peaked_at(0)["year"], 1)).sum(1).mean()
+    assert right == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(SystemExit):
+        train.main(["--task", "gate", "--out", "unused", "--year-weight", "0.5"])
+    assert "--year-weight is for the car tasks" in capsys.readouterr().err
 
 
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):

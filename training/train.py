@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR
+from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, head_years
 from core.models import ARCHITECTURES, RESNET18, CarNet, arch_transform, build_carnet
 from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
+from training.year_head import SIGMA, soft_years
 
 CAR_TASKS = ("cars", "modernity", "bodytype")
 FIT_SPLITS = ("train", "val")
@@ -80,6 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=Path("cache"))
     p.add_argument("--aux-weight", type=float, default=0.5, help="weight of auxiliary heads (make, model, raw body)")
     p.add_argument("--ordinal", choices=["emd", "none"], default="emd", help="extra ordinal loss on year bins")
+    p.add_argument("--year-weight", type=float, default=0.0, help="weight of an auxiliary per-year head (one class "
+                   "per year, Gaussian soft labels of σ 1 year) that teaches the backbone years finer than the bins "
+                   "(0: off; car tasks)")  # fmt: skip
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--balance-per-dataset", nargs="+", choices=["year_bin", "body_type"], default=[], help="main "
                    "heads whose classes are balanced within each data set (each keeping its share of the rows) "
@@ -121,12 +125,15 @@ def refit(args: argparse.Namespace) -> bool:
     return "val" in args.fit_splits
 
 
-def heads_for(task: str, vocab: Vocab) -> dict[str, int]:
+YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)
+
+
+def heads_for(task: str, vocab: Vocab, year_head: bool = False) -> dict[str, int]:
     if task == "gate":
         return {"car": 1, "box": 4, "frontal": 1}
     main = {"modernity": ["year_bin"], "bodytype": ["body_type"], "cars": ["year_bin", "body_type"]}[task]
     names = [*main, "body_raw", "make", "model_class"]
-    return {name: len(vocab.labels[name]) for name in names}
+    return {name: len(vocab.labels[name]) for name in names} | ({"year": len(YEAR_CLASSES)} if year_head else {})
 
 
 def make_vocab(train: pd.DataFrame) -> Vocab:
@@ -159,6 +166,7 @@ def load_data(args: argparse.Namespace, table: pd.DataFrame, vocab: Vocab) -> di
                 "body_raw": vocab.encode("body_raw", cars["body_type_raw"]),
                 "make": vocab.encode("make", cars["make"]),
                 "model_class": vocab.encode("model_class", cars["class_name"]),
+                "year": cars["year"].to_numpy(np.float64),
             }
             splits[split] = TaskData(images, targets, datasets=cars["dataset"].to_numpy())
     return splits
@@ -254,6 +262,10 @@ class CarLoss:
         total = torch.zeros(())
         for name in self.heads:
             target = targets[name]
+            if name == "year":
+                soft = soft_years(target.numpy(), YEAR_CLASSES, SIGMA)
+                total = total + self.args.year_weight * -(soft * F.log_softmax(outputs[name], 1)).sum(1).mean()
+                continue
             known = target >= 0
             if not known.any():
                 continue
@@ -403,6 +415,9 @@ def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[st
         if name in outputs:
             m = classification_metrics(data.targets[name], outputs[name].argmax(1), outputs[name].shape[1])
             metrics[f"{name}_accuracy"], metrics[f"{name}_macro_f1"] = m.accuracy, m.macro_f1
+    if "year" in outputs:
+        expected = torch.softmax(torch.from_numpy(outputs["year"]), 1).numpy() @ YEAR_CLASSES
+        metrics["year_mae"] = float(np.abs(expected - data.targets["year"]).mean())
     metrics["score"] = metrics.get("year_bin_macro_f1", 0.0) + metrics.get("body_type_accuracy", 0.0)
     return metrics
 
@@ -436,13 +451,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--cutmix pastes with --mixup's Beta(a, a): give --mixup ALPHA above 0")
     if args.drop_path and (args.arch == RESNET18 or not 0 < args.drop_path < 1):
         parser.error("--drop-path takes a chance between 0 and 1, with an EfficientNet-Lite --arch")
+    if args.year_weight and args.task == "gate":
+        parser.error("--year-weight is for the car tasks: the gate has no years")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.read_parquet(args.table)
     vocab = make_vocab(table[table["split"].isin(args.fit_splits) & (table["dataset"] == "stanford_cars")])
     data = load_data(args, table, vocab)
-    heads = heads_for(args.task, vocab)
+    heads = heads_for(args.task, vocab, year_head=args.year_weight > 0)
     model, origin = initialise(args, heads)
     args.origin = origin
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
