@@ -106,6 +106,21 @@ def test_a_release_refit_trains_on_the_validation_cars_too_and_keeps_its_last_ep
     assert val_models and val_models <= set(refit["vocab"]["model_class"])
 
 
+def test_a_linear_probe_trains_the_heads_alone_and_a_fine_tune_starts_from_them(runs):
+    start = torch.load(runs / "cars" / "last.pt", weights_only=True)["model"]
+    train.main([*body_type_run(runs, runs / "probe", epochs=1), "--init", str(runs / "cars" / "last.pt"),
+                "--freeze-backbone", "--lr", "0.05"])  # fmt: skip
+    probe = torch.load(runs / "probe" / "last.pt", weights_only=True)["model"]
+    backbone = [k for k in start if k.startswith("backbone.")]
+    assert any(k.endswith("running_mean") for k in backbone)  # batch statistics are frozen too
+    assert all(torch.equal(probe[k], start[k]) for k in backbone)
+    assert not torch.equal(probe["heads.body_type.weight"], start["heads.body_type.weight"])
+    train.main([*body_type_run(runs, runs / "lp_ft", epochs=1), "--init", str(runs / "probe" / "last.pt"),
+                "--lr", "0"])  # fmt: skip
+    tuned = torch.load(runs / "lp_ft" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(tuned["heads.body_type.weight"], probe["heads.body_type.weight"])  # started from the probe
+
+
 def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",

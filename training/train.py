@@ -102,7 +102,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stochastic depth: the last block's chance of being skipped in training (EfficientNet-Lite; 0: off)",
     )
-    p.add_argument("--init", type=Path, help="checkpoint whose backbone initialises this run")
+    p.add_argument("--init", type=Path, help="checkpoint whose backbone (and heads of the same shape) initialise "
+                   "this run")  # fmt: skip
+    p.add_argument("--freeze-backbone", action="store_true", help="train the heads alone on the frozen backbone "
+                   "(its batch statistics too): a linear probe whose heads a fine-tune's --init then starts from "
+                   "(LP-FT)")  # fmt: skip
     p.add_argument("--arch", choices=ARCHITECTURES, default=RESNET18, help="the network (the seed's: resnet18)")
     p.add_argument(
         "--pretrained",
@@ -362,6 +366,8 @@ def mix_batch(
 
 def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
     model.train()
+    if args.freeze_backbone:
+        model.backbone.eval()
     order = torch.randperm(len(data.images), generator=generator).numpy()
     batches = [order[i : i + args.batch_size] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)]
     running, bar = 0.0, tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
@@ -462,7 +468,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     heads = heads_for(args.task, vocab, year_head=args.year_weight > 0)
     model, origin = initialise(args, heads)
     args.origin = origin
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model.backbone.requires_grad_(not args.freeze_backbone)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=args.weight_decay)
     steps = args.epochs * (len(data["train"].images) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.15
