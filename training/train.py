@@ -36,6 +36,7 @@ from training.year_head import SIGMA, soft_years
 
 CAR_TASKS = ("cars", "modernity", "bodytype")
 FIT_SPLITS = ("train", "val")
+YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)  # the classes of the fine-tune's per-year head
 
 
 @dataclass
@@ -127,9 +128,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def refit(args: argparse.Namespace) -> bool:
     """A release refit (`--fit-splits train val`): the validation cars are trained on, so nothing is chosen on them."""
     return "val" in args.fit_splits
-
-
-YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)
 
 
 def heads_for(task: str, vocab: Vocab, year_head: bool = False) -> dict[str, int]:
