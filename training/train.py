@@ -32,7 +32,7 @@ from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, head
 from core.models import ARCHITECTURES, RESNET18, CarNet, arch_transform, build_carnet
 from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
-from training.year_head import SIGMA, soft_years
+from training.year_head import SIGMA, soft_cross_entropy, soft_years
 
 CAR_TASKS = ("cars", "modernity", "bodytype")
 FIT_SPLITS = ("train", "val")
@@ -266,7 +266,7 @@ class CarLoss:
             target = targets[name]
             if name == "year":
                 soft = soft_years(target.numpy(), YEAR_CLASSES, SIGMA)
-                total = total + self.args.year_weight * -(soft * F.log_softmax(outputs[name], 1)).sum(1).mean()
+                total = total + self.args.year_weight * soft_cross_entropy(outputs[name], soft)
                 continue
             known = target >= 0
             if not known.any():

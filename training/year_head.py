@@ -36,6 +36,11 @@ def soft_years(years: np.ndarray, classes: np.ndarray, sigma: float) -> torch.Te
     return weights / weights.sum(1, keepdim=True)
 
 
+def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against soft labels (rows of probabilities), the mean over rows."""
+    return -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+
+
 def mean_mae(split: Split, expected: np.ndarray) -> dict[str, float]:
     return {
         str(d): float(np.abs(expected - split.years)[split.datasets == d].mean()) for d in np.unique(split.datasets)
@@ -60,7 +65,7 @@ def fit_year_head(
         for start in range(0, len(order), args.batch_size):
             idx = order[start : start + args.batch_size]
             logits = head(F.dropout(neck["train"][idx], p=args.input_dropout, training=True))
-            loss = -(targets[idx] * F.log_softmax(logits, 1)).sum(1).mean()
+            loss = soft_cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
