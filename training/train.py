@@ -28,15 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS, head_years
+from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR
 from core.models import ARCHITECTURES, RESNET18, CarNet, arch_transform, build_carnet
 from training.data import Augment, build_cache, resize_batch
 from training.metrics import classification_metrics, frontal_metrics
-from training.year_head import SIGMA, soft_cross_entropy, soft_years
+from training.year_head import SIGMA, YEAR_CLASSES, expected_years, soft_cross_entropy, soft_years
 
 CAR_TASKS = ("cars", "modernity", "bodytype")
 FIT_SPLITS = ("train", "val")
-YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)  # the classes of the fine-tune's per-year head
 
 
 @dataclass
@@ -420,7 +419,7 @@ def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[st
             m = classification_metrics(data.targets[name], outputs[name].argmax(1), outputs[name].shape[1])
             metrics[f"{name}_accuracy"], metrics[f"{name}_macro_f1"] = m.accuracy, m.macro_f1
     if "year" in outputs:
-        expected = torch.softmax(torch.from_numpy(outputs["year"]), 1).numpy() @ YEAR_CLASSES
+        expected = expected_years(torch.from_numpy(outputs["year"]), YEAR_CLASSES)
         metrics["year_mae"] = float(np.abs(expected - data.targets["year"]).mean())
     metrics["score"] = metrics.get("year_bin_macro_f1", 0.0) + metrics.get("body_type_accuracy", 0.0)
     return metrics

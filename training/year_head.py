@@ -27,6 +27,7 @@ from core.models import CarNet
 from training.features import Split, car_splits, training_body_types
 
 SIGMA = 1.0
+YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)  # a per-year head's classes (here and in a fine-tune)
 
 
 def soft_years(years: np.ndarray, classes: np.ndarray, sigma: float) -> torch.Tensor:
@@ -39,6 +40,11 @@ def soft_years(years: np.ndarray, classes: np.ndarray, sigma: float) -> torch.Te
 def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against soft labels (rows of probabilities), the mean over rows."""
     return -(soft * F.log_softmax(logits, 1)).sum(1).mean()
+
+
+def expected_years(logits: torch.Tensor, classes: np.ndarray) -> np.ndarray:
+    """Σ p_y·y per row of per-year logits."""
+    return torch.softmax(logits, 1).numpy() @ classes
 
 
 def mean_mae(split: Split, expected: np.ndarray) -> dict[str, float]:
@@ -70,7 +76,7 @@ def fit_year_head(
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            expected = torch.softmax(head(neck["val"]), 1).numpy() @ classes
+            expected = expected_years(head(neck["val"]), classes)
         mae = mean_mae(cars["val"], expected)
         if np.mean(list(mae.values())) < best["score"] or args.keep_last:
             best = {"score": float(np.mean(list(mae.values()))), "epoch": epoch, "val_mae_years": mae,
@@ -88,12 +94,11 @@ def add_year_head(checkpoint_path: Path, cars: dict[str, Split], args: argparse.
     model = CarNet(heads, saved["arch"], int(saved["neck"]))
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if not k.startswith("heads.year.")})
     model.eval()
-    classes = head_years(SHARED_YEAR_BINS).astype(np.float64)
-    head, record = fit_year_head(model, cars, classes, args)
+    head, record = fit_year_head(model, cars, YEAR_CLASSES, args)
     checkpoint["model"]["heads.year.weight"] = head.weight.detach().clone()
     checkpoint["model"]["heads.year.bias"] = head.bias.detach().clone()
-    checkpoint["heads"] = heads | {"year": len(classes)}
-    record |= {"years": [int(classes[0]), int(classes[-1])], "sigma": args.sigma}
+    checkpoint["heads"] = heads | {"year": len(YEAR_CLASSES)}
+    record |= {"years": [int(YEAR_CLASSES[0]), int(YEAR_CLASSES[-1])], "sigma": args.sigma}
     checkpoint["year_head"] = record
     torch.save(checkpoint, checkpoint_path)
     return record
