@@ -3,6 +3,7 @@ build a bundle, evaluate it. Tiny sizes: this proves the wiring, not the accurac
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -126,7 +127,7 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
                 "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type", "--year-weight", "0.5",
-                "--table", str(runs / "table.parquet"),
+                "--sam", "0.05", "--table", str(runs / "table.parquet"),
                 "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
@@ -415,6 +416,32 @@ def test_the_fine_tunes_per_year_head_learns_soft_years_around_the_true_one(caps
     with pytest.raises(SystemExit):
         train.main(["--task", "gate", "--out", "unused", "--year-weight", "0.5"])
     assert "--year-weight is for the car tasks" in capsys.readouterr().err
+
+
+def test_sharpness_aware_gradient_is_taken_uphill_and_leaves_the_weights_and_batch_statistics_as_they_were():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def loss_at() -> torch.Tensor:
+        return F.mse_loss(model(x), y)
+
+    loss_at().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = [p.grad.clone() for p in model.parameters()]
+    uphill = copy.deepcopy(model)  # the same weights moved 0.1 along the normalised gradient, by hand
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in plain]))
+    with torch.no_grad():
+        for p, g in zip(uphill.parameters(), plain, strict=True):
+            p.add_(0.1 * g / norm)
+    F.mse_loss(uphill(x), y).backward()
+    train.sharpness_aware_gradient(model, loss_at, rho=0.1)
+    after = model.state_dict()
+    assert all(torch.allclose(after[k].float(), before[k].float(), atol=1e-6) for k in before)
+    assert all(torch.equal(after[k], before[k]) for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"))
+    sam = [p.grad for p in model.parameters()]
+    assert all(torch.allclose(s, u.grad, atol=1e-6) for s, u in zip(sam, uphill.parameters(), strict=True))
+    assert not all(torch.allclose(s, g, atol=1e-4) for s, g in zip(sam, plain, strict=True))
 
 
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stochastic depth: the last block's chance of being skipped in training (EfficientNet-Lite; 0: off)",
     )
+    p.add_argument("--sam", type=float, default=0.0, help="sharpness-aware minimisation's radius rho: each step's "
+                   "gradient is taken at the weights moved rho up the batch's gradient (0: off; twice the "
+                   "work)")  # fmt: skip
     p.add_argument("--init", type=Path, help="checkpoint whose backbone (and heads of the same shape) initialise "
                    "this run")  # fmt: skip
     p.add_argument("--freeze-backbone", action="store_true", help="train the heads alone on the frozen backbone "
@@ -361,6 +365,38 @@ def mix_batch(
     return mixed, perm, float(1 - (y1 - y0) * (x1 - x0) / (height * width))
 
 
+def batch_loss(
+    model: CarNet, loss_fn: Callable, x: torch.Tensor, targets: dict, mix: tuple[torch.Tensor, float] | None
+) -> torch.Tensor:
+    """The batch's loss; with `mix` (mixup's partner order and weight of the original) against both labels."""
+    outputs = model(x)
+    loss = loss_fn(outputs, targets)
+    if mix is None:
+        return loss
+    partners, weight = mix
+    return weight * loss + (1 - weight) * loss_fn(outputs, {k: v[partners] for k, v in targets.items()})
+
+
+def sharpness_aware_gradient(model: torch.nn.Module, loss_at: Callable[[], torch.Tensor], rho: float) -> None:
+    """SAM (Foret et al. 2021): replace the gradients in `model` by those at the weights moved `rho` along them (the
+    steepest ascent within that radius), then move the weights back. Batch statistics are left as the first pass
+    set them."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        steps = [p.grad * (rho / (norm + 1e-12)) for p in params]
+        for p, step in zip(params, steps, strict=True):
+            p.add_(step)
+    statistics = [b.clone() for b in model.buffers()]
+    model.zero_grad(set_to_none=True)
+    loss_at().backward()
+    with torch.no_grad():
+        for b, kept in zip(model.buffers(), statistics, strict=True):
+            b.copy_(kept)
+        for p, step in zip(params, steps, strict=True):
+            p.sub_(step)
+
+
 def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
     model.train()
     if args.freeze_backbone:
@@ -375,14 +411,16 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()} | {"row": torch.from_numpy(idx)}
-        if mixing:
-            x, partners, weight = mix_batch(x, args.mixup, generator, cut=args.cutmix)
-        outputs = model(normalise(x, model.arch).contiguous(memory_format=torch.channels_last))
-        loss = loss_fn(outputs, targets)
-        if mixing:
-            loss = weight * loss + (1 - weight) * loss_fn(outputs, {k: v[partners] for k, v in targets.items()})
+        mix = mix_batch(x, args.mixup, generator, cut=args.cutmix) if mixing else None
+        if mix:
+            x = mix[0]
+        x = normalise(x, model.arch).contiguous(memory_format=torch.channels_last)
+        loss_at_weights = partial(batch_loss, model, loss_fn, x, targets, mix[1:] if mix else None)
         optimizer.zero_grad(set_to_none=True)
+        loss = loss_at_weights()
         loss.backward()
+        if args.sam:
+            sharpness_aware_gradient(model, loss_at_weights, args.sam)
         optimizer.step()
         scheduler.step()
         running += loss.item()
