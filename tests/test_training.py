@@ -418,7 +418,7 @@ def test_the_fine_tunes_per_year_head_learns_soft_years_around_the_true_one(caps
     assert "--year-weight is for the car tasks" in capsys.readouterr().err
 
 
-def test_sharpness_aware_gradient_is_taken_uphill_and_leaves_the_weights_and_batch_statistics_as_they_were():
+def test_sharpness_aware_gradient_is_taken_uphill_and_leaves_the_weights_and_batch_statistics_as_they_were(capsys):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
     x, y = torch.randn(8, 3), torch.randn(8, 1)
@@ -442,6 +442,9 @@ def test_sharpness_aware_gradient_is_taken_uphill_and_leaves_the_weights_and_bat
     sam = [p.grad for p in model.parameters()]
     assert all(torch.allclose(s, u.grad, atol=1e-6) for s, u in zip(sam, uphill.parameters(), strict=True))
     assert not all(torch.allclose(s, g, atol=1e-4) for s, g in zip(sam, plain, strict=True))
+    with pytest.raises(SystemExit):
+        train.main(["--task", "cars", "--out", "unused", "--sam", "-0.05"])
+    assert "--sam takes a radius rho of at least 0" in capsys.readouterr().err
 
 
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):

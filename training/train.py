@@ -492,6 +492,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--cutmix pastes with --mixup's Beta(a, a): give --mixup ALPHA above 0")
     if args.drop_path and (args.arch == RESNET18 or not 0 < args.drop_path < 1):
         parser.error("--drop-path takes a chance between 0 and 1, with an EfficientNet-Lite --arch")
+    if args.sam < 0:
+        parser.error("--sam takes a radius rho of at least 0 (0: off)")
     if args.year_weight and args.task == "gate":
         parser.error("--year-weight is for the car tasks: the gate has no years")
     torch.manual_seed(args.seed)
