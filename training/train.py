@@ -411,11 +411,12 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
         else:
             x = augment(torch.from_numpy(data.images[idx]), generator)[0]
             targets = {k: torch.from_numpy(v[idx]) for k, v in data.targets.items()} | {"row": torch.from_numpy(idx)}
-        mix = mix_batch(x, args.mixup, generator, cut=args.cutmix) if mixing else None
-        if mix:
-            x = mix[0]
+        mix = None
+        if mixing:
+            x, partners, weight = mix_batch(x, args.mixup, generator, cut=args.cutmix)
+            mix = (partners, weight)
         x = normalise(x, model.arch).contiguous(memory_format=torch.channels_last)
-        loss_at_weights = partial(batch_loss, model, loss_fn, x, targets, mix[1:] if mix else None)
+        loss_at_weights = partial(batch_loss, model, loss_fn, x, targets, mix)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_at_weights()
         loss.backward()
