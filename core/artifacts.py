@@ -767,14 +767,21 @@ def predict_images(
             estimates = gate_estimates_from_maps(gate, scores.maps, cam_threshold)
         elif estimates is None:
             estimates = gate_estimates(gate, gate_transform(list(frames)), cam_threshold)
-    views = estimates.views if estimates.views is not None else np.full((len(frames), len(VIEW_CLASSES)), np.nan)
+    return network_outputs(year, body, estimates)
+
+
+def network_outputs(
+    year: Mapping[str, torch.Tensor], body: Mapping[str, torch.Tensor], gate: GateEstimates
+) -> NetworkOutputs:
+    """The three networks' outputs of one batch as numpy arrays (views NaN where the gate has no view head)."""
+    views = gate.views if gate.views is not None else np.full((len(gate.car), len(VIEW_CLASSES)), np.nan)
     return NetworkOutputs(
         year_logits=year["year_bin"].numpy(),
         year_head_logits=per_year_logits(year),
         body_logits=body["body_type"].numpy(),
         features=body["features"].numpy().astype(np.float32),
-        frontal_prob=estimates.frontal,
-        car_prob=estimates.car,
+        frontal_prob=gate.frontal,
+        car_prob=gate.car,
         view_probs=views.astype(np.float32),
     )
 
@@ -790,16 +797,7 @@ def predict_pooled(networks: Mapping[str, CarNet], pooled: np.ndarray) -> Networ
         year = networks["modernity"].forward_from_pooled(x)
         body = networks["bodytype"].forward_from_pooled(x)
         gate = gate_probabilities(networks["gate"].forward_from_pooled(x))
-    views = gate.views if gate.views is not None else np.full((len(x), len(VIEW_CLASSES)), np.nan)
-    return NetworkOutputs(
-        year_logits=year["year_bin"].numpy(),
-        year_head_logits=per_year_logits(year),
-        body_logits=body["body_type"].numpy(),
-        features=body["features"].numpy().astype(np.float32),
-        frontal_prob=gate.frontal,
-        car_prob=gate.car,
-        view_probs=views.astype(np.float32),
-    )
+    return network_outputs(year, body, gate)
 
 
 def table_from_labels(
