@@ -447,6 +447,45 @@ def test_sharpness_aware_gradient_is_taken_uphill_and_leaves_the_weights_and_bat
     assert "--sam takes a radius rho of at least 0" in capsys.readouterr().err
 
 
+def test_the_weight_average_is_the_plain_mean_at_first_then_moves_by_one_minus_the_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = copy.deepcopy(model)
+    states = []
+    for step in range(1, 4):  # three steps of training, each moving every weight and batch statistic
+        with torch.no_grad():
+            for value in model.state_dict().values():
+                value.add_(step)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        train.update_average(average, model, decay=0.9, step=step)
+    kept = average.state_dict()
+    mean = {k: sum(s[k].float() for s in states) / 3 for k in states[0]}
+    assert all(torch.allclose(kept[k], mean[k]) for k in kept if kept[k].is_floating_point())
+    assert torch.equal(kept["1.num_batches_tracked"], model.state_dict()["1.num_batches_tracked"])  # a count: copied
+    with torch.no_grad():
+        model[0].weight.add_(10.0)
+    before = kept["0.weight"].clone()
+    train.update_average(average, model, decay=0.9, step=100)  # past the first steps: 1 - decay of the way
+    assert torch.allclose(kept["0.weight"], before + 0.1 * (model[0].weight - before))
+
+
+def test_a_run_with_a_weight_average_validates_and_saves_it_and_resumes_the_trained_weights(runs, capsys):
+    out = runs / "averaged"
+    args = [*body_type_run(runs, out, epochs=2), "--batch-size", "2", "--ema", "0.5"]  # three steps an epoch
+    train.main([*args, "--stop-after", "1"])
+    first = torch.load(out / "last.pt", weights_only=True)
+    assert not torch.equal(first["model"]["heads.body_type.weight"], first["raw_model"]["heads.body_type.weight"])
+    train.main([*args, "--resume"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert all({"score", "raw_score", "body_type_accuracy", "raw_body_type_accuracy"} <= set(r) for r in log)
+    second = torch.load(out / "last.pt", weights_only=True)
+    moved = second["raw_model"]["heads.body_type.weight"] - first["raw_model"]["heads.body_type.weight"]
+    assert moved.abs().max() > 0  # the trained weights went on from where they were, not from the average
+    with pytest.raises(SystemExit):
+        train.main([*args, "--ema", "1"])
+    assert "--ema takes a decay between 0 and 1" in capsys.readouterr().err
+
+
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):
     targets = np.array([0] * 80 + [1] * 20 + [-1] * 5)  # class 2 absent; unknown rows (-1) not counted
     balanced, root, alike = (train.class_weights(targets, 3, power) for power in (1.0, 0.5, 0.0))

@@ -16,6 +16,7 @@ train_one_epoch() / evaluate(), checkpoints holding model, optimizer, scheduler,
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -106,6 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sam", type=float, default=0.0, help="sharpness-aware minimisation's radius rho: each step's "
                    "gradient is taken at the weights moved rho up the batch's gradient (0: off; twice the "
                    "work)")  # fmt: skip
+    p.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving average of the weights "
+                   "and batch statistics, which is what is validated and saved (the trained weights' scores are "
+                   "logged as raw_*; 0: off)")  # fmt: skip
     p.add_argument("--init", type=Path, help="checkpoint whose backbone (and heads of the same shape) initialise "
                    "this run")  # fmt: skip
     p.add_argument("--freeze-backbone", action="store_true", help="train the heads alone on the frozen backbone "
@@ -397,7 +401,19 @@ def sharpness_aware_gradient(model: torch.nn.Module, loss_at: Callable[[], torch
             p.sub_(step)
 
 
-def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch) -> float:
+@torch.no_grad()
+def update_average(average: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """Move `average` toward `model`'s weights and batch statistics by max(1 - decay, 1 / step): the plain mean of
+    the first steps (so the start fades at once), then an exponential moving average (Polyak & Juditsky 1992)."""
+    rate = max(1 - decay, 1 / step)
+    for kept, current in zip(average.state_dict().values(), model.state_dict().values(), strict=True):
+        if kept.is_floating_point():
+            kept.lerp_(current, rate)
+        else:
+            kept.copy_(current)
+
+
+def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generator, args, epoch, average=None) -> float:
     model.train()
     if args.freeze_backbone:
         model.backbone.eval()
@@ -424,6 +440,8 @@ def train_one_epoch(model, loss_fn, data, augment, optimizer, scheduler, generat
             sharpness_aware_gradient(model, loss_at_weights, args.sam)
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            update_average(average, model, args.ema, scheduler.last_epoch)
         running += loss.item()
         bar.set_postfix(loss=f"{running / step:.3f}")
     return running / max(1, len(batches))
@@ -495,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--drop-path takes a chance between 0 and 1, with an EfficientNet-Lite --arch")
     if args.sam < 0:
         parser.error("--sam takes a radius rho of at least 0 (0: off)")
+    if not 0 <= args.ema < 1:
+        parser.error("--ema takes a decay between 0 and 1 (0: off)")
     if args.year_weight and args.task == "gate":
         parser.error("--year-weight is for the car tasks: the gate has no years")
     torch.manual_seed(args.seed)
@@ -514,11 +534,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         optimizer, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.15
     )
     start, best, history = 0, -1.0, []
+    average = copy.deepcopy(model) if args.ema else None
+    validated = model if average is None else average
     args.out.mkdir(parents=True, exist_ok=True)
     last = args.out / "last.pt"
     if args.resume and last.is_file():
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
+        validated.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, best, history = checkpoint["epoch"] + 1, checkpoint["best"], checkpoint["history"]
@@ -532,9 +555,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for epoch in range(start, min(args.epochs, args.stop_after or args.epochs)):
         generator.manual_seed(args.seed * 1000 + epoch)
         tic = time.time()
-        loss = train_one_epoch(model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch)
+        loss = train_one_epoch(
+            model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch, average
+        )
         seconds = time.time() - tic
-        metrics = evaluate(model, data["val"], args)
+        metrics = evaluate(validated, data["val"], args)
+        if average is not None:
+            metrics |= {f"raw_{k}": v for k, v in evaluate(model, data["val"], args).items()}
         record = {
             "epoch": epoch,
             "loss": loss,
@@ -547,10 +574,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         with open(args.out / "log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
         checkpoint = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "model": validated.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": epoch, "best": max(best, metrics["score"]), "history": history, "args": saved_args,
             "heads": heads, "vocab": vocab.labels,
         }  # fmt: skip
+        if average is not None:
+            checkpoint["raw_model"] = model.state_dict()
         if metrics["score"] > best or refit(args):
             best = metrics["score"]
             torch.save(checkpoint, args.out / "best.pt")
