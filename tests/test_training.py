@@ -90,9 +90,9 @@ def test_a_release_refit_trains_on_the_validation_cars_too_and_keeps_its_last_ep
     trained_rows, scores = [], iter([1.0, 0.5, 1.0, 0.5])  # validation says epoch 0 was the better one
     real_epoch = train.train_one_epoch
 
-    def counting_epoch(model, loss_fn, data, *rest):
+    def counting_epoch(model, loss_fn, data, *rest, **options):
         trained_rows.append(len(data.images))
-        return real_epoch(model, loss_fn, data, *rest)
+        return real_epoch(model, loss_fn, data, *rest, **options)
 
     monkeypatch.setattr(train, "train_one_epoch", counting_epoch)
     monkeypatch.setattr(train, "evaluate", lambda *a: {"score": next(scores)})

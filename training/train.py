@@ -556,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         generator.manual_seed(args.seed * 1000 + epoch)
         tic = time.time()
         loss = train_one_epoch(
-            model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch, average
+            model, loss_fn, data["train"], augment, optimizer, scheduler, generator, args, epoch, average=average
         )
         seconds = time.time() - tic
         metrics = evaluate(validated, data["val"], args)
