@@ -127,11 +127,13 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
                 "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type", "--year-weight", "0.5",
-                "--sam", "0.05", "--table", str(runs / "table.parquet"),
+                "--sam", "0.05", "--layer-decay", "0.8", "--table", str(runs / "table.parquet"),
                 "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
     assert checkpoint["args"]["balance_per_dataset"] == ["body_type"]
+    peaks = sorted({group["max_lr"] for group in checkpoint["optimizer"]["param_groups"]})
+    assert peaks == pytest.approx([2e-3 * 0.8**k for k in range(6, -1, -1)])  # seven stages, the heads at --lr
     assert checkpoint["heads"]["year"] == len(train.YEAR_CLASSES) == 30  # 1991-2020, one class a year
     assert 0 < checkpoint["history"][0]["year_mae"] < 30
     imagenet = build_carnet({}, imagenet=True, arch="efficientnet_lite0").backbone.state_dict()
@@ -484,6 +486,23 @@ def test_a_run_with_a_weight_average_validates_and_saves_it_and_resumes_the_trai
     with pytest.raises(SystemExit):
         train.main([*args, "--ema", "1"])
     assert "--ema takes a decay between 0 and 1" in capsys.readouterr().err
+
+
+def test_layer_wise_rates_fall_by_the_decay_from_the_top_stage_to_the_stem(capsys):
+    for arch, stages in (("efficientnet_lite0", 7), ("resnet18", 4)):
+        model = build_carnet({"body_type": 5}, arch=arch)
+        groups = train.layer_groups(model, lr=1.0, decay=0.5)
+        assert [g["lr"] for g in groups] == [0.5**k for k in range(stages - 1, -1, -1)] + [1.0]
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each parameter in exactly one group
+        rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+        stem = next(iter(model.backbone.parameters()))
+        assert rate[id(stem)] == 0.5 ** (stages - 1)  # the stem learns with the first stage
+        assert rate[id(model.heads["body_type"].weight)] == 1.0
+        assert {g["lr"] for g in train.layer_groups(model, lr=1.0, decay=1.0)} == {1.0}
+    with pytest.raises(SystemExit):
+        train.main(["--task", "cars", "--out", "unused", "--layer-decay", "0"])
+    assert "--layer-decay takes a factor above 0 and at most 1" in capsys.readouterr().err
 
 
 def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):

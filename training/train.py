@@ -110,6 +110,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.0, help="decay of an exponential moving average of the weights "
                    "and batch statistics, which is what is validated and saved (the trained weights' scores are "
                    "logged as raw_*; 0: off)")  # fmt: skip
+    p.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise learning-rate decay: each stage of "
+                   "the backbone learns at this factor times the rate of the stage above it, the heads at --lr, so "
+                   "the ImageNet features of the early stages move least (1: off)")  # fmt: skip
     p.add_argument("--init", type=Path, help="checkpoint whose backbone (and heads of the same shape) initialise "
                    "this run")  # fmt: skip
     p.add_argument("--freeze-backbone", action="store_true", help="train the heads alone on the frozen backbone "
@@ -482,6 +485,32 @@ def evaluate(model: CarNet, data: TaskData, args: argparse.Namespace) -> dict[st
     return metrics
 
 
+def stage_of(name: str) -> str | None:
+    """The backbone stage a parameter belongs to (EfficientNet-Lite's `blocks.N`, ResNet's `layerN`); None for the
+    stem and the layers after the last stage."""
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        return ".".join(parts[:2])
+    return parts[0] if parts[0].startswith("layer") else None
+
+
+def layer_groups(model: CarNet, lr: float, decay: float) -> list[dict]:
+    """Parameter groups of the trained parameters with layer-wise learning rates (Howard & Ruder 2018; Clark et al.
+    2020): the heads and the backbone's last stage (with what follows it) at `lr`, each stage below at `decay` times
+    the rate of the one above, the stem with the first stage."""
+    trained = [(name, p) for name, p in model.backbone.named_parameters() if p.requires_grad]
+    stages = list(dict.fromkeys(s for s in map(stage_of, (name for name, _ in trained)) if s is not None))
+    depth, groups = 0, {}
+    for name, parameter in trained:
+        depth = stages.index(stage_of(name)) if stage_of(name) is not None else depth
+        groups.setdefault(depth, []).append(parameter)
+    rest = [p for name, p in model.named_parameters() if not name.startswith("backbone.") and p.requires_grad]
+    top = len(stages) - 1
+    return [{"params": params, "lr": lr * decay ** (top - d)} for d, params in groups.items()] + [
+        {"params": rest, "lr": lr}
+    ]
+
+
 def initialise(args: argparse.Namespace, heads: dict[str, int]) -> tuple[CarNet, str]:
     """A new network: from a checkpoint's backbone, ImageNet weights, or scratch; returns it and its origin."""
     model = build_carnet(
@@ -513,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--drop-path takes a chance between 0 and 1, with an EfficientNet-Lite --arch")
     if args.sam < 0:
         parser.error("--sam takes a radius rho of at least 0 (0: off)")
+    if not 0 < args.layer_decay <= 1:
+        parser.error("--layer-decay takes a factor above 0 and at most 1 (1: off)")
     if not 0 <= args.ema < 1:
         parser.error("--ema takes a decay between 0 and 1 (0: off)")
     if args.year_weight and args.task == "gate":
@@ -527,11 +558,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, origin = initialise(args, heads)
     args.origin = origin
     model.backbone.requires_grad_(not args.freeze_backbone)
-    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=args.weight_decay)
+    groups = layer_groups(model, args.lr, args.layer_decay)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
     steps = args.epochs * (len(data["train"].images) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=args.lr, total_steps=max(1, steps), pct_start=0.15
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(1, steps), pct_start=0.15
     )
     start, best, history = 0, -1.0, []
     average = copy.deepcopy(model) if args.ema else None
