@@ -497,12 +497,14 @@ def stage_of(name: str) -> str | None:
 def layer_groups(model: CarNet, lr: float, decay: float) -> list[dict]:
     """Parameter groups of the trained parameters with layer-wise learning rates (Howard & Ruder 2018; Clark et al.
     2020): the heads and the backbone's last stage (with what follows it) at `lr`, each stage below at `decay` times
-    the rate of the one above, the stem with the first stage."""
-    trained = [(name, p) for name, p in model.backbone.named_parameters() if p.requires_grad]
-    stages = list(dict.fromkeys(s for s in map(stage_of, (name for name, _ in trained)) if s is not None))
+    the rate of the one above, the stem with the first stage. With `decay` 1, one group (as without the option)."""
+    if decay == 1:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    trained = [(stage_of(name), p) for name, p in model.backbone.named_parameters() if p.requires_grad]
+    stages = list(dict.fromkeys(stage for stage, _ in trained if stage is not None))
     depth, groups = 0, {}
-    for name, parameter in trained:
-        depth = stages.index(stage_of(name)) if stage_of(name) is not None else depth
+    for stage, parameter in trained:
+        depth = depth if stage is None else stages.index(stage)
         groups.setdefault(depth, []).append(parameter)
     rest = [p for name, p in model.named_parameters() if not name.startswith("backbone.") and p.requires_grad]
     top = len(stages) - 1
