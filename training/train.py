@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.origin = origin
     model.backbone.requires_grad_(not args.freeze_backbone)
     groups = layer_groups(model, args.lr, args.layer_decay)
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
     steps = args.epochs * (len(data["train"].images) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(1, steps), pct_start=0.15
@@ -574,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.resume and last.is_file():
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
-        validated.load_state_dict(checkpoint["model"])
+        if average is not None:
+            average.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start, best, history = checkpoint["epoch"] + 1, checkpoint["best"], checkpoint["history"]
