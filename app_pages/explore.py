@@ -231,11 +231,12 @@ def explorer(bundle: Bundle) -> None:
 
 def main() -> None:
     st.title("Explore the embedding map")
+    bundle = common.require_bundle()
     st.caption(
-        "Every car of the bundle placed by its features (UMAP of the body-type network's 512-d embedding): "
-        "nearby cars look alike to the model."
+        "Every car of the bundle placed by its features (UMAP of the body-type network's "
+        f"{bundle.embeddings.shape[1]}-d embedding): nearby cars look alike to the model."
     )
-    explorer(common.require_bundle())
+    explorer(bundle)
 
 
 main()

