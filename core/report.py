@@ -78,6 +78,75 @@ class Curve:
         return [c for c in numeric if c != "epoch"]
 
 
+@dataclass(frozen=True)
+class Headline:
+    """One main number of a data set's evaluation, beside what a constant answer scores where one was recorded."""
+
+    label: str
+    value: float
+    unit: str = ""
+    baseline: float | None = None
+    baseline_label: str = ""
+    lower_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class HeadlineSpec:
+    """Where a headline's number (and its constant answer's) sits in a data set's evaluation."""
+
+    task: str
+    key: str
+    label: str
+    unit: str = ""
+    baseline_key: str = ""
+    baseline_label: str = ""
+    lower_is_better: bool = False
+
+
+# The numbers a reader looks for first, in this order (training.evaluate's keys); the rest stay in the full table.
+HEADLINE_SPECS = (
+    HeadlineSpec(
+        "modernity",
+        "mae_years",
+        "Year MAE (years)",
+        "years",
+        "constant_mae_years",
+        "one constant year",
+        lower_is_better=True,
+    ),
+    HeadlineSpec("modernity", "macro_f1", "Year-bin macro-F1", "", "majority_macro_f1", "the commonest bin"),
+    HeadlineSpec("body_type", "accuracy", "Body type accuracy", "", "majority_accuracy", "the commonest type"),
+    HeadlineSpec("frontal", "precision", "Frontal precision"),
+    HeadlineSpec("frontal", "recall", "Frontal recall"),
+    HeadlineSpec("car", "accuracy", "Car presence accuracy"),
+)
+
+
+def _headline(spec: HeadlineSpec, task: TaskMetrics) -> Headline:
+    baseline = task.baselines.get(spec.baseline_key)
+    label = spec.baseline_label
+    if spec.baseline_key == "constant_mae_years" and "constant_year" in task.baselines:
+        label = f"{task.baselines['constant_year']:.0f}"
+    return Headline(spec.label, task.scores[spec.key], spec.unit, baseline, label if baseline is not None else "",
+                    spec.lower_is_better)  # fmt: skip
+
+
+def headlines(tasks: Sequence[TaskMetrics], datasets: Sequence[str]) -> dict[str, list[Headline]]:
+    """The main numbers of each of `datasets` (the collection's) that has them: its own evaluation only, not the
+    variants recorded beside it (the gate's box, restyled photos) nor the pooled `overall`."""
+    by_name = {task.name: task for task in tasks}
+    found = {}
+    for dataset in datasets:
+        rows = [
+            _headline(spec, task)
+            for spec in HEADLINE_SPECS
+            if (task := by_name.get(f"{dataset}{SEPARATOR}{spec.task}")) is not None and spec.key in task.scores
+        ]
+        if rows:
+            found[dataset] = rows
+    return found
+
+
 def measure_name(key: str) -> str:
     """'macro_f1' -> 'macro-F1': the name a person reads for a metric key."""
     return MEASURE_NAMES.get(key, key.replace("_", " "))

@@ -48,7 +48,14 @@ from core.figures import (
     modernity_gauge,
     with_overlay,
 )
-from core.report import collect_curves, collect_tasks, group_counts, provenance_facts, split_counts
+from core.report import (
+    collect_curves,
+    collect_tasks,
+    group_counts,
+    headlines,
+    provenance_facts,
+    split_counts,
+)
 from core.scoring import percentile
 from ui import format as fmt
 from ui import widgets
@@ -243,6 +250,29 @@ def test_tasks_found_by_shape() -> None:
     assert math.isnan(modernity.per_class_f1[1])
     assert tasks["map_placement"].scores == {"median_distance": 0.4}, "NaN and booleans are not scores"
     assert collect_tasks({}) == []
+
+
+def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_answers() -> None:
+    constants = {"constant_year": 2012.0, "constant_mae_years": 2.9, "majority_macro_f1": 0.26}
+    modernity = {"mae_years": 1.88, "macro_f1": 0.62, "n": 802, "baselines": constants}
+    metrics = {
+        "stanford_cars": {"split": "test", "modernity": modernity, "body_type": {"accuracy": 0.768}},
+        "stanford_cars_gate_box": {"modernity": {"mae_years": 9.0}},  # a variant: the full table only
+        "epfl_multiview": {"frontal": {"precision": 1.0, "recall": 0.925, "threshold": 0.84}},
+        "overall": {"car": {"accuracy": 0.99}},
+    }
+    found = headlines(collect_tasks(metrics), ["epfl_multiview", "negatives", "stanford_cars"])
+    assert list(found) == ["epfl_multiview", "stanford_cars"], "data sets without numbers are left out"
+    mae, f1, body = found["stanford_cars"]
+    assert (mae.label, mae.value, mae.baseline, mae.lower_is_better) == ("Year MAE (years)", 1.88, 2.9, True)
+    assert fmt.headline_value(mae) == "1.88"
+    assert fmt.headline_change(mae) == "-35 % vs constant"
+    assert fmt.headline_baseline(mae) == "Answering 2012 for every car scores 2.90 years."
+    assert fmt.headline_change(f1) == "+0.360 vs constant"
+    assert fmt.headline_baseline(f1) == "Answering the commonest bin for every car scores 0.260."
+    assert body.baseline is None and fmt.headline_change(body) is None and fmt.headline_baseline(body) is None
+    assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
+    assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"
 
 
 def test_curves_found_by_shape() -> None:

@@ -428,6 +428,11 @@ def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
     constant = table[table["measure"] == "constant year"]["value"].tolist()
     assert constant == ["2012"], f"a year reads as a year: {constant}"
     assert "Training curves" in [h.value for h in at.header]
+    cards = {(m.label, m.value, m.delta) for m in at.metric}  # at a glance: each data set's main numbers
+    assert ("Year MAE (years)", "2.50", "-14 % vs constant") in cards
+    assert ("Frontal recall", "1.000", "") in cards  # no constant answer to compare with
+    assert "Answering 2012 for every car scores 2.90 years." in [m.help for m in at.metric]
+    assert "**stanford_cars** · every split" in texts(at)
     assert "the scores averaged over the crop and its mirror image" in texts(at)
 
     def figures_of(dataset: str) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from core.report import Headline
 from core.scoring import whole_year
 
 DASH = "–"
@@ -62,3 +63,26 @@ def measure(value: float, is_year: bool = False) -> str:
 
 def count(value: int) -> str:
     return f"{value:,d}"
+
+
+def headline_value(headline: Headline) -> str:
+    """'1.88' (years: the unit is in the label), '0.768'."""
+    return f"{headline.value:.2f}" if headline.unit else f"{headline.value:.3f}"
+
+
+def headline_change(headline: Headline) -> str | None:
+    """The headline against its constant answer, short: an error as a relative change ('-35 % vs constant'), a
+    score as a difference ('+0.436 vs constant'); None without a baseline."""
+    if headline.baseline is None:
+        return None
+    if headline.lower_is_better and headline.baseline > 0:
+        return f"{100 * (headline.value / headline.baseline - 1):+.0f} % vs constant"
+    return f"{headline.value - headline.baseline:+.3f} vs constant"
+
+
+def headline_baseline(headline: Headline) -> str | None:
+    """'Always answering 2012 scores 2.90 years.'; None without a baseline."""
+    if headline.baseline is None:
+        return None
+    value = f"{headline.baseline:.2f} {headline.unit}" if headline.unit else f"{headline.baseline:.3f}"
+    return f"Answering {headline.baseline_label} for every car scores {value}."
