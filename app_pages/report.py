@@ -3,8 +3,7 @@ training curves, provenance)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -13,13 +12,11 @@ import streamlit as st
 from core.artifacts import Bundle
 from core.figures import bars, confusion_heatmap, curves, heatmap, stacked_counts
 from core.report import (
-    HEADLINE_SPECS,
     TaskMetrics,
     collect_curves,
     collect_tasks,
     dataset_of,
     group_counts,
-    headlines,
     initialisation_line,
     is_year,
     measure_name,
@@ -42,30 +39,13 @@ def figure(bundle: Bundle, name: str, build: Callable[[int], go.Figure], height:
     widgets.show_figure(shown, name, f"report:{name}")
 
 
-def split_phrase(evaluation: Any) -> str:
-    """'the test split' from a data set's recorded evaluation (its `split`), 'every split' for 'all'."""
-    split = evaluation.get("split", "") if isinstance(evaluation, Mapping) else ""
-    return "every split" if split == "all" else f"the {split} split" if split else "its evaluation"
-
-
 def glance_section(bundle: Bundle) -> None:
-    """Each data set's main numbers as cards, against what one constant answer scores."""
-    datasets = list(split_counts(bundle.images, bundle.provenance).index)
-    found = headlines(collect_tasks(bundle.metrics), datasets)
+    found = widgets.bundle_headlines(bundle)
     if not found:
         return
     st.header("At a glance")
     st.caption("Each data set's main numbers against what one constant answer scores; the full table is below.")
-    for dataset, rows in found.items():
-        st.markdown(f"**{dataset}** · {split_phrase(bundle.metrics.get(dataset))}")
-        for column, row in zip(st.columns(len(HEADLINE_SPECS)), rows, strict=False):
-            column.metric(
-                row.label,
-                fmt.headline_value(row),
-                delta=fmt.headline_change(row),
-                delta_color="inverse" if row.lower_is_better else "normal",
-                help=fmt.headline_baseline(row),
-            )
+    widgets.headline_cards(bundle, found)
 
 
 def data_section(bundle: Bundle) -> None:

@@ -95,6 +95,19 @@ def embedding_map(bundle: Bundle) -> None:
     scoring.show_collection_map(bundle, common.bundle_table(bundle), "tour", height=640)
 
 
+def how_well(bundle: Bundle) -> None:
+    st.title("How well does it work?")
+    found = widgets.bundle_headlines(bundle)
+    if not found:
+        st.info("This bundle records no test metrics (`python -m training.build` adds them).")
+        return
+    st.markdown(
+        "Measured on car models the networks never saw in training, each number against what one constant "
+        "answer scores (hover a number for that answer). The Model report page has every metric."
+    )
+    widgets.headline_cards(bundle, found)
+
+
 def live(bundle: Bundle) -> None:
     st.title("Your car")
     upload = st.file_uploader("Drop a photo of a car", key="tour_upload")
@@ -116,7 +129,15 @@ def live(bundle: Bundle) -> None:
         scoring.show_typicality(bundle, common.bundle_table(bundle), result, "tour")
 
 
-SLIDES: tuple[Callable[[Bundle], None], ...] = (question, cars_by_year, typical_cars, typical_rows, embedding_map, live)
+SLIDES: tuple[Callable[[Bundle], None], ...] = (
+    question,
+    cars_by_year,
+    typical_cars,
+    typical_rows,
+    embedding_map,
+    how_well,
+    live,
+)
 
 
 def step(delta: int) -> None:

@@ -101,6 +101,7 @@ TOUR_TITLES = (
     "The most typical car of every group",
     "Most typical, average, least typical",
     "The embedding map",
+    "How well does it work?",
     "Your car",
 )
 VIEWS = (

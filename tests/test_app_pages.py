@@ -469,11 +469,11 @@ def test_report_without_metrics_says_so(app: Callable[..., AppTest]) -> None:
 def test_tour_every_slide(app: Callable[..., AppTest]) -> None:
     at = app(page="app_pages/tour.py")
     titles = []
-    for _ in range(6):
+    for _ in range(7):
         assert_clean(at)
         titles.append(at.title[0].value)
         click(at, "Next")
-    assert len(set(titles)) == 6
+    assert len(set(titles)) == 7
 
 
 def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
@@ -486,16 +486,26 @@ def test_tour_slide_restored_from_the_url(app: Callable[..., AppTest]) -> None:
 def test_an_unknown_slide_is_said_plainly(app: Callable[..., AppTest], asked: str) -> None:
     at = app(page="app_pages/tour.py", params={"slide": asked})
     assert_clean(at)
-    assert [w.value for w in at.warning] == [f"There is no slide {asked}: the tour has slides 1 to 6. This is slide 1."]
+    assert [w.value for w in at.warning] == [f"There is no slide {asked}: the tour has slides 1 to 7. This is slide 1."]
     assert at.title[0].value.startswith("How modern is a car's design")
 
 
 def test_a_known_slide_has_no_warning(app: Callable[..., AppTest]) -> None:
-    assert not app(page="app_pages/tour.py", params={"slide": "6"}).warning
+    assert not app(page="app_pages/tour.py", params={"slide": "7"}).warning
+
+
+def test_the_results_slide_shows_the_main_test_numbers_or_says_there_are_none(app: Callable[..., AppTest]) -> None:
+    at = app(bundle="report", page="app_pages/tour.py", params={"slide": "6"})
+    assert_clean(at)
+    assert at.title[0].value == "How well does it work?"
+    assert ("Year MAE (years)", "2.50", "-14 % vs constant") in {(m.label, m.value, m.delta) for m in at.metric}
+    at = app(page="app_pages/tour.py", params={"slide": "6"})
+    assert_clean(at)
+    assert not at.metric and "records no test metrics" in at.info[0].value
 
 
 def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:
-    at = app(bundle="accept", page="app_pages/tour.py", params={"slide": "6"})
+    at = app(bundle="accept", page="app_pages/tour.py", params={"slide": "7"})
     at.file_uploader(key="tour_upload").set_value(("car.jpg", fixture_image_bytes("stanford_cars", 3), "image/jpeg"))
     at.run()
     assert_clean(at)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from core.artifacts import Bundle
 from core.errors import CarmorphError
 from core.figures import figure_html
 from core.imaging import load_image
+from core.report import HEADLINE_SPECS, Headline, collect_tasks, headlines, split_counts
 from ui import format as fmt
 
 logger = logging.getLogger("carmorph.ui")
@@ -157,3 +158,32 @@ def show_figure(figure: go.Figure, name: str, key: str) -> None:
     """A Plotly figure with PNG (mode bar) and HTML (button) export."""
     st.plotly_chart(figure, key=key, config=chart_config(name), width="stretch")
     html_download(figure, name, key)
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+
+
+def split_phrase(evaluation: Any) -> str:
+    """'the test split' from a data set's recorded evaluation (its `split`), 'every split' for 'all'."""
+    split = evaluation.get("split", "") if isinstance(evaluation, Mapping) else ""
+    return "every split" if split == "all" else f"the {split} split" if split else "its evaluation"
+
+
+def bundle_headlines(bundle: Bundle) -> dict[str, list[Headline]]:
+    """The main numbers of each of the bundle's data sets that records them (see `core.report.headlines`)."""
+    return headlines(collect_tasks(bundle.metrics), list(split_counts(bundle.images, bundle.provenance).index))
+
+
+def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
+    """Each data set's main numbers as cards, the change against one constant answer below them, that answer's
+    score in the tooltip."""
+    for dataset, rows in found.items():
+        st.markdown(f"**{dataset}** · {split_phrase(bundle.metrics.get(dataset))}")
+        for column, row in zip(st.columns(len(HEADLINE_SPECS)), rows, strict=False):
+            column.metric(
+                row.label,
+                fmt.headline_value(row),
+                delta=fmt.headline_change(row),
+                delta_color="inverse" if row.lower_is_better else "normal",
+                help=fmt.headline_baseline(row),
+            )
