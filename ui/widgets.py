@@ -20,7 +20,7 @@ from core.artifacts import Bundle
 from core.errors import CarmorphError
 from core.figures import figure_html
 from core.imaging import load_image
-from core.report import HEADLINE_SPECS, Headline, collect_tasks, headlines, split_counts
+from core.report import Headline, collect_tasks, headlines, split_counts
 from ui import format as fmt
 
 logger = logging.getLogger("carmorph.ui")
@@ -32,6 +32,7 @@ MASK_ALPHA = 0.4
 GALLERY_WIDTH = 128
 STRETCH_SIDE = 480  # pixels of a gallery picture shown at a column's width
 PHOTO_CACHE = 512  # fitted gallery photos kept in memory (a few MB)
+CARD_WIDTH = 140  # pixels of a headline number's card (a row of six fits the wide layout)
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -179,11 +180,13 @@ def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
     score in the tooltip."""
     for dataset, rows in found.items():
         st.markdown(f"**{dataset}** · {split_phrase(bundle.metrics.get(dataset))}")
-        for column, row in zip(st.columns(len(HEADLINE_SPECS)), rows, strict=False):
-            column.metric(
+        cards = st.container(horizontal=True)
+        for row in rows:
+            cards.metric(
                 row.label,
                 fmt.headline_value(row),
                 delta=fmt.headline_change(row),
                 delta_color="inverse" if row.lower_is_better else "normal",
                 help=fmt.headline_baseline(row),
+                width=CARD_WIDTH,
             )
