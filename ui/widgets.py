@@ -32,7 +32,6 @@ MASK_ALPHA = 0.4
 GALLERY_WIDTH = 128
 STRETCH_SIDE = 480  # pixels of a gallery picture shown at a column's width
 PHOTO_CACHE = 512  # fitted gallery photos kept in memory (a few MB)
-CARD_WIDTH = 140  # pixels of a headline number's card (a row of six fits the wide layout)
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -180,7 +179,7 @@ def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
     score in the tooltip."""
     for dataset, rows in found.items():
         st.markdown(f"**{dataset}** · {split_phrase(bundle.metrics.get(dataset))}")
-        cards = st.container(horizontal=True)
+        cards = st.container(horizontal=True, gap="medium")
         for row in rows:
             cards.metric(
                 row.label,
@@ -188,5 +187,5 @@ def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
                 delta=fmt.headline_change(row),
                 delta_color="inverse" if row.lower_is_better else "normal",
                 help=fmt.headline_baseline(row),
-                width=CARD_WIDTH,
+                width="content",
             )
