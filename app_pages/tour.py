@@ -102,8 +102,9 @@ def how_well(bundle: Bundle) -> None:
         st.info("This bundle records no test metrics (`python -m training.build` adds them).")
         return
     st.markdown(
-        "Measured on car models the networks never saw in training, each number against what one constant "
-        "answer scores (hover a number for that answer). The Model report page has every metric."
+        "Each number against what one constant answer scores (hover a number for that answer), on the split "
+        "named beside its data set: the test split holds car models the networks never saw in training. The Model "
+        "report page has every metric."
     )
     widgets.headline_cards(bundle, found)
 

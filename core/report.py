@@ -132,8 +132,8 @@ def _headline(spec: HeadlineSpec, task: TaskMetrics) -> Headline:
 
 
 def headlines(tasks: Sequence[TaskMetrics], datasets: Sequence[str]) -> dict[str, list[Headline]]:
-    """The main numbers of each of `datasets` (the collection's) that has them: its own evaluation only, not the
-    variants recorded beside it (the gate's box, restyled photos) nor the pooled `overall`."""
+    """The main numbers of each of `datasets` that has them: its own evaluation only, not the variants recorded
+    beside it (the gate's box, restyled photos) nor the pooled `overall`."""
     by_name = {task.name: task for task in tasks}
     found = {}
     for dataset in datasets:

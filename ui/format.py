@@ -81,7 +81,7 @@ def headline_change(headline: Headline) -> str | None:
 
 
 def headline_baseline(headline: Headline) -> str | None:
-    """'Always answering 2012 scores 2.90 years.'; None without a baseline."""
+    """The constant answer's own score: 'Answering 2012 for every car scores 2.90 years.'; None without one."""
     if headline.baseline is None:
         return None
     value = f"{headline.baseline:.2f} {headline.unit}" if headline.unit else f"{headline.baseline:.3f}"
