@@ -40,7 +40,7 @@ def figure(bundle: Bundle, name: str, build: Callable[[int], go.Figure], height:
 
 
 def glance_section(bundle: Bundle) -> None:
-    found = widgets.bundle_headlines(bundle)
+    found = common.bundle_headlines(bundle)
     if not found:
         return
     st.header("At a glance")

@@ -97,7 +97,7 @@ def embedding_map(bundle: Bundle) -> None:
 
 def how_well(bundle: Bundle) -> None:
     st.title("How well does it work?")
-    found = widgets.bundle_headlines(bundle)
+    found = common.bundle_headlines(bundle)
     if not found:
         st.info("This bundle records no test metrics (`python -m training.build` adds them).")
         return

@@ -25,6 +25,7 @@ from core import config
 from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
 from core.errors import CarmorphError
 from core.explore import map_table, morph_frame
+from core.report import Headline, collect_tasks, headlines, split_counts
 
 logger = logging.getLogger("carmorph.ui")
 T = TypeVar("T")
@@ -155,6 +156,16 @@ def bundle_table(bundle: Bundle) -> pd.DataFrame:
 def bundle_morphs(bundle: Bundle) -> pd.DataFrame:
     """One row per morph of the bundle (core.explore.morph_frame), built once per bundle."""
     return on_bundle(bundle, "morph_frame", lambda: morph_frame(bundle.morphs))
+
+
+def bundle_headlines(bundle: Bundle) -> dict[str, list[Headline]]:
+    """The main numbers of each of the bundle's data sets that records them (core.report.headlines), found once
+    per bundle."""
+
+    def find() -> dict[str, list[Headline]]:
+        return headlines(collect_tasks(bundle.metrics), list(split_counts(bundle.images, bundle.provenance).index))
+
+    return on_bundle(bundle, "headlines", find)
 
 
 # ----------------------------------------------------------------------------------------------- settings

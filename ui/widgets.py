@@ -20,7 +20,7 @@ from core.artifacts import Bundle
 from core.errors import CarmorphError
 from core.figures import figure_html
 from core.imaging import load_image
-from core.report import Headline, collect_tasks, headlines, split_counts
+from core.report import Headline
 from ui import format as fmt
 
 logger = logging.getLogger("carmorph.ui")
@@ -167,11 +167,6 @@ def split_phrase(evaluation: Any) -> str:
     """'the test split' from a data set's recorded evaluation (its `split`), 'every split' for 'all'."""
     split = evaluation.get("split", "") if isinstance(evaluation, Mapping) else ""
     return "every split" if split == "all" else f"the {split} split" if split else "its evaluation"
-
-
-def bundle_headlines(bundle: Bundle) -> dict[str, list[Headline]]:
-    """The main numbers of each of the bundle's data sets that records them (see `core.report.headlines`)."""
-    return headlines(collect_tasks(bundle.metrics), list(split_counts(bundle.images, bundle.provenance).index))
 
 
 def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
