@@ -110,7 +110,9 @@ MAP_SAMPLE = 50_000  # rows a build fits the 2-D map on; the others are placed b
 class NetworkSpec:
     """One network of a bundle: its weights file, head sizes, where its backbone started (scratch, or imagenet with
     the source), its architecture, the width of its neck (0: heads on the pooled feature) and, when it shares one
-    backbone with other networks of the bundle, that backbone's file (then `file` holds only the neck and heads)."""
+    backbone with other networks of the bundle, that backbone's file (then `file` holds only the neck and heads);
+    `beside` names another network whose (frozen) backbone runs beside this one's, its features appended to this
+    backbone's before the neck (e.g. the body type reading the gate's ImageNet teacher too)."""
 
     file: str
     heads: dict[str, int]
@@ -118,6 +120,7 @@ class NetworkSpec:
     arch: str = RESNET18
     neck: int = 0
     backbone: str = ""
+    beside: str = ""
 
     @property
     def stored_in_half(self) -> bool:
@@ -203,7 +206,7 @@ class Manifest:
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
             "body_types": list(self.body_types),
-            "networks": {k: asdict(n) for k, n in self.networks.items()},
+            "networks": {k: _network_dict(n) for k, n in self.networks.items()},
             "thresholds": asdict(self.thresholds),
             "valid_views": self.valid_views,
             "segmenter": self.segmenter,
@@ -255,14 +258,16 @@ def standard_networks(
     necks: Mapping[str, int] | None = None,
     shared_backbone: Collection[str] = (),
     year_classes: int = 0,
+    beside: Mapping[str, str] | None = None,
 ) -> dict[str, NetworkSpec]:
     """The three networks of a bundle with head sizes matching the label sets (the seed's gate layout for a
     ResNet-18, the view layout otherwise); the networks named in `shared_backbone` run one backbone, stored once;
-    `year_classes` > 0 gives the modernity network a per-year head."""
+    `year_classes` > 0 gives the modernity network a per-year head; `beside` maps a network to the one whose
+    backbone runs beside its own."""
     gate = dict(LEGACY_GATE_HEADS if arch == RESNET18 else VIEW_GATE_HEADS)
     modernity = {"year_bin": year_bins} | ({"year": year_classes} if year_classes else {})
     heads = {"modernity": modernity, "bodytype": {"body_type": body_types}, "gate": gate}
-    inits, necks = inits or {}, necks or {}
+    inits, necks, beside = inits or {}, necks or {}, beside or {}
     return {
         key: NetworkSpec(
             NETWORK_FILES[key],
@@ -271,6 +276,7 @@ def standard_networks(
             arch,
             necks.get(key, 0),
             BACKBONE_FILE if key in shared_backbone else "",
+            beside.get(key, ""),
         )
         for key in NETWORK_FILES
     }
@@ -394,7 +400,9 @@ def load_box_head(directory: Path, spec: BoxHeadSpec) -> BoxHead:
 
 
 def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
-    """The three networks in eval mode; the networks naming one backbone file share one backbone module."""
+    """The three networks in eval mode; the networks naming one backbone file share one backbone module, and a
+    network with a `beside` runs that network's backbone beside its own."""
+    specs = manifest.networks
     networks = {
         key: load_carnet(
             directory / spec.file,
@@ -402,9 +410,13 @@ def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
             spec.arch,
             spec.neck,
             directory / spec.backbone if spec.backbone else None,
+            POOLED_WIDTH[specs[spec.beside].arch] if spec.beside else 0,
         )
-        for key, spec in manifest.networks.items()
+        for key, spec in specs.items()
     }
+    for key, spec in specs.items():
+        if spec.beside:
+            networks[key].attach_beside(networks[spec.beside])
     groups: dict[str, list[CarNet]] = {}
     for key, spec in manifest.networks.items():
         if spec.backbone:
@@ -473,6 +485,10 @@ def check_manifest(manifest: Manifest) -> None:
             raise BundleError(
                 f"manifest.json: network {key!r} has architecture {spec.arch!r}, not one of {ARCHITECTURES}."
             )
+        if spec.beside and (spec.beside == key or spec.beside not in manifest.networks):
+            raise BundleError(f"manifest.json: network {key!r} reads beside {spec.beside!r}, not another network.")
+        if spec.beside and manifest.networks[spec.beside].beside:
+            raise BundleError(f"manifest.json: network {key!r} reads beside {spec.beside!r}, which reads one itself.")
         if key == "gate" and is_gate_layout(spec.heads):
             continue
         if spec.heads != expected[key].heads:
@@ -523,9 +539,11 @@ def _read_images(path: Path) -> pd.DataFrame:
 
 
 def embedding_dim(manifest: Manifest) -> int:
-    """Width of the body-type network's embedding: its neck, else its architecture's pooled feature."""
+    """Width of the body-type network's embedding: its neck, else its architecture's pooled feature (and the
+    pooled feature of the network beside)."""
     spec = manifest.networks["bodytype"]
-    return spec.neck or POOLED_WIDTH[spec.arch]
+    beside = POOLED_WIDTH[manifest.networks[spec.beside].arch] if spec.beside else 0
+    return spec.neck or POOLED_WIDTH[spec.arch] + beside
 
 
 def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
@@ -614,6 +632,11 @@ def _triple(values: Sequence[float]) -> tuple[float, float, float]:
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
+def _network_dict(spec: NetworkSpec) -> dict[str, Any]:
+    """A network's manifest entry; `beside` only where it reads another network's backbone."""
+    return {k: v for k, v in asdict(spec).items() if k != "beside" or v}
+
+
 def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
     return {
         str(key): NetworkSpec(
@@ -623,6 +646,7 @@ def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
             arch=str(spec.get("arch", RESNET18)),
             neck=int(spec.get("neck", 0)),
             backbone=str(spec.get("backbone", "")),
+            beside=str(spec.get("beside", "")),
         )
         for key, spec in value.items()
     }
@@ -792,6 +816,8 @@ def predict_pooled(networks: Mapping[str, CarNet], pooled: np.ndarray) -> Networ
     without the backbone pass. Boxes need the maps, so none are computed."""
     if not networks["modernity"].backbone is networks["bodytype"].backbone is networks["gate"].backbone:
         raise ValueError("predict_pooled needs networks that share one backbone")
+    if any(network.beside_width for network in networks.values()):
+        raise ValueError("predict_pooled needs networks that read their own backbone alone (none beside)")
     x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
     with torch.inference_mode():
         year = networks["modernity"].forward_from_pooled(x)

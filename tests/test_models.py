@@ -12,7 +12,15 @@ import torch
 from torchvision.models import resnet18
 
 from core.errors import WeightsNotFoundError
-from core.models import CarNet, build_carnet, imagenet_state_dict, imagenet_weights_file, load_carnet, save_carnet
+from core.models import (
+    CarNet,
+    build_carnet,
+    crop_outputs,
+    imagenet_state_dict,
+    imagenet_weights_file,
+    load_carnet,
+    save_carnet,
+)
 from training.train import initialise
 
 HEADS = {"year_bin": 5, "body_type": 5}
@@ -92,6 +100,34 @@ def test_heads_and_penultimate_features(fixture_tensor):
     assert outputs["year_bin"].shape == (1, 5) and outputs["body_type"].shape == (1, 5)
     assert outputs["features"].shape == (1, 512)
     assert (outputs["features"] >= 0).all()  # avgpool of ReLU maps
+
+
+def test_a_backbone_beside_appends_its_features_and_stays_out_of_the_networks_weights(fixture_tensor):
+    torch.manual_seed(0)
+    other = CarNet({}).eval()
+    model = CarNet(HEADS, neck=8, beside=512).eval()
+    with pytest.raises(ValueError, match="not attached"):
+        model(fixture_tensor)
+    model.attach_beside(other)
+    with torch.inference_mode():
+        maps = model.feature_maps(fixture_tensor)
+        own, beside = model.backbone_maps(fixture_tensor), other.backbone_maps(fixture_tensor)
+        assert torch.equal(maps, torch.cat([own, beside], dim=1))
+        pooled = torch.cat([own.mean(dim=(2, 3)), beside.mean(dim=(2, 3))], dim=1)
+        body = model(fixture_tensor)["body_type"]
+        assert torch.allclose(body, model.forward_from_pooled(pooled)["body_type"], atol=1e-5)
+        year_network = CarNet(HEADS).eval()  # the modernity network shares the backbone and reads it alone
+        year_network.backbone = model.backbone
+        shared = crop_outputs(year_network, model, fixture_tensor)
+        assert torch.allclose(shared.body["body_type"], body, atol=1e-5)
+        assert torch.allclose(shared.year["year_bin"], year_network(fixture_tensor)["year_bin"], atol=1e-5)
+        assert shared.maps.shape[1] == 512  # the shared backbone's maps (what a gate on it would read)
+    assert model.neck[0].in_features == 1024
+    assert {key.split(".")[0] for key in model.state_dict()} == {"backbone", "neck", "heads"}
+    with pytest.raises(ValueError, match="width 512"):
+        model.attach_beside(CarNet({}, "efficientnet_lite0"))
+    with pytest.raises(ValueError, match="width 0"):
+        CarNet(HEADS).attach_beside(other)
 
 
 def test_safetensors_round_trip_keeps_predictions(tmp_path, fixture_tensor):

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from core.artifacts import BACKBONE_FILE, BOX_COLUMNS, crop_to_box, load_bundle, predict_images
 from core.config import CROP_MARGIN, SHARED_DATA_DIR
 from core.errors import BundleError
+from core.explain import grad_cam
 from core.gate import cam_boxes, gate_estimates
 from core.models import (
     LITE0,
@@ -182,22 +183,35 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     assert not at.exception and f"{heads.NECK}-d embedding" in at.caption[0].value  # the bundle's, not the seed's 512
 
 
-def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(frozen_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def fine_tuned_run(frozen_run, tmp_path_factory) -> Path:
+    """The teacher's crops at 64 px (`t`, with the maps its last stage reads), that stage fine-tuned and its crops
+    (`ft`), and modernity and body-type heads on them (`h`)."""
+    root = tmp_path_factory.mktemp("fine_tuned")
+    table_args = ["--table", str(frozen_run / "table.parquet")]
+    teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(root / "t"), "--size", "64",
+                  "--views", "crop", "--tail-maps"])  # fmt: skip
+    finetune.main([*table_args, "--teacher", str(root / "t"), "--out", str(root / "ft"), "--epochs", "1",
+                   "--lr", "1e-2"])  # fmt: skip
+    heads.main([*table_args, "--teacher", str(root / "ft"), "--out", str(root / "h"), "--epochs", "2",
+                "--networks", "modernity", "bodytype"])  # fmt: skip
+    return root
+
+
+def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bundle(
+    frozen_run, fine_tuned_run, tmp_path, capsys
+):
     """The gate keeps the ImageNet teacher (presence and view need what ImageNet knows) while the scores use a
     fine-tuned backbone: the two scores share it (stored once, full precision, run once per crop, here averaged
     over the crop and its mirror image as the table is) and the gate stores and runs its own."""
     table_args = ["--table", str(frozen_run / "table.parquet")]
-    teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--out", str(tmp_path / "t"), "--size", "64",
-                  "--views", "crop", "--tail-maps"])  # fmt: skip
-    finetune.main([*table_args, "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "ft"), "--epochs", "1",
-                   "--lr", "1e-2"])  # fmt: skip
-    heads.main([*table_args, "--teacher", str(tmp_path / "ft"), "--out", str(tmp_path / "h"), "--epochs", "2",
-                "--networks", "modernity", "bodytype"])  # fmt: skip
+    h = fine_tuned_run / "h"
     out = tmp_path / "bundle"
-    networks = ["--modernity", str(tmp_path / "h" / "modernity.pt"), "--bodytype", str(tmp_path / "h" / "bodytype.pt"),
+    networks = ["--modernity", str(h / "modernity.pt"), "--bodytype", str(h / "bodytype.pt"),
                 "--gate", str(frozen_run / "heads" / "gate.pt")]  # fmt: skip
     with pytest.raises(SystemExit):  # a feature cache holds the crops alone, not their mirror images
-        build.main([*table_args, *networks, "--out", str(out), "--features", str(tmp_path / "ft"), "--flip-average"])
+        build.main([*table_args, *networks, "--out", str(out), "--features", str(fine_tuned_run / "ft"),
+                    "--flip-average"])  # fmt: skip
     assert "needs the backbone pass" in capsys.readouterr().err
     build.main([*table_args, "--data", str(FIXTURE_DATA), *networks, "--out", str(out), "--map", "pca",
                 "--morph-min-members", "1", "--flip-average"])  # fmt: skip
@@ -221,6 +235,49 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
     assert is_teachers(bundle.gate) and not is_teachers(bundle.bodytype) and not is_teachers(bundle.modernity)
     car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
     assert score_image(car.read_bytes(), bundle).frontal is not None
+
+
+def test_the_body_type_can_read_the_gates_imagenet_teacher_beside_the_fine_tuned_backbone(
+    frozen_run, fine_tuned_run, tmp_path, capsys
+):
+    """Heads on a joined cache (the fine-tuned crops with the ImageNet teacher's appended) make a body-type network
+    that runs the gate's backbone beside the shared fine-tuned one: stored without the gate's weights, the same
+    embedding in the build and in the app, Grad-CAM over both backbones' maps."""
+    table_args = ["--table", str(frozen_run / "table.parquet")]
+    joined = tmp_path / "joined"
+    assert teacher.join_caches(fine_tuned_run / "ft", fine_tuned_run / "t", joined) == ["crop"]
+    parts = [np.load(fine_tuned_run / cache / "crop.npy") for cache in ("ft", "t")]
+    assert np.array_equal(np.load(joined / "crop.npy"), np.concatenate(parts, axis=1))
+    info = teacher.BackboneInfo.read(joined)
+    assert (info.beside_arch, info.checkpoint) == (LITE0, teacher.BackboneInfo.read(fine_tuned_run / "ft").checkpoint)
+    assert info.beside_origin == teacher.BackboneInfo.read(frozen_run / "t").origin
+    with pytest.raises(SystemExit, match="not a joined cache"):
+        teacher.join_caches(joined, fine_tuned_run / "t", tmp_path / "refused")
+    heads.main([*table_args, "--teacher", str(joined), "--out", str(tmp_path / "hb"), "--epochs", "2",
+                "--networks", "bodytype"])  # fmt: skip
+    out = tmp_path / "bundle"
+    build.main([*table_args, "--data", str(FIXTURE_DATA), "--modernity", str(fine_tuned_run / "h" / "modernity.pt"),
+                "--bodytype", str(tmp_path / "hb" / "bodytype.pt"), "--gate", str(frozen_run / "heads" / "gate.pt"),
+                "--out", str(out), "--map", "pca", "--morph-min-members", "1", "--flip-average"])  # fmt: skip
+    written = json.loads((out / "manifest.json").read_text())["networks"]
+    assert written["bodytype"]["beside"] == "gate" and "beside" not in written["modernity"]
+    bundle = load_bundle(out)
+    assert bundle.modernity.backbone is bundle.bodytype.backbone is not bundle.gate.backbone
+    label = build.collection_labels(pd.read_parquet(frozen_run / "table.parquet")).iloc[0]
+    photo = Image.open(FIXTURE_DATA / label["path"]).convert("RGB")
+    crop = crop_to_box(photo, [label[c] for c in BOX_COLUMNS])
+    assert np.allclose(predict_images(bundle.networks, [crop], [photo], bundle.manifest).features[0],
+                       bundle.embeddings[0], atol=1e-4)  # fmt: skip
+    assert bundle.bodytype.feature_maps(bundle.transform([crop])).shape[1] == 2 * 1280
+    assert (out / bundle.manifest.networks["bodytype"].file).stat().st_size < 4_000_000  # neck and heads alone
+    cam = grad_cam(bundle.bodytype, crop, bundle.transform, head="body_type")
+    assert cam.heatmap.shape == (crop.height, crop.width) and cam.heatmap.max() > 0
+    car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
+    assert score_image(car.read_bytes(), bundle).frontal is not None
+    records = {"gate": {"args": {"arch": LITE0, "origin": "checkpoint:other.pt"}}, "modernity": {"args": {}},
+               "bodytype": {"args": {"beside_arch": LITE0, "beside_origin": info.beside_origin}}}  # fmt: skip
+    with pytest.raises(ValueError, match="a bundle runs the gate's backbone beside it"):
+        build.run_gate_beside(dict(bundle.networks), records)
 
 
 def test_the_fine_tuned_last_stage_gives_a_cache_its_network_reproduces(tmp_path):

@@ -52,6 +52,7 @@ from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
 from training.metrics import box_iou
+from training.teacher import saved_carnet
 
 SERVING_HEADS = {"gate": ("car", "box", "frontal", "view"), "year_bin": ("year_bin", "year"),
                  "body_type": ("body_type",)}  # fmt: skip
@@ -63,7 +64,7 @@ def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str,
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     args = checkpoint["args"]
     heads = {k: v for k, v in checkpoint["heads"].items() if k in SERVING_HEADS[head]}
-    model = CarNet(heads, args.get("arch", RESNET18), int(args.get("neck", 0)))
+    model = saved_carnet(heads, args)
     kept = ("backbone.", "neck.", *(f"heads.{name}." for name in heads))
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if k.startswith(kept)})
     record = {"checkpoint": str(checkpoint_path), "epoch": checkpoint["epoch"], "history": checkpoint["history"],
@@ -423,6 +424,26 @@ def load_networks_from_checkpoints(
     return networks, records, share_frozen_backbone(networks, records)
 
 
+def run_gate_beside(networks: dict[str, CarNet], records: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Networks whose heads were trained on a joined cache (`training.teacher --join`) run the gate's backbone
+    beside their own, which must be the backbone of the cache's second half. Returns {network: "gate"} for them
+    (the manifest's `beside`); ValueError where the gate is another backbone."""
+    gate = records["gate"]["args"]
+    beside = {}
+    for key in ("modernity", "bodytype"):
+        args = records[key]["args"]
+        if not args.get("beside_arch"):
+            continue
+        if (args["beside_arch"], args["beside_origin"]) != (gate.get("arch", RESNET18), gate.get("origin")):
+            raise ValueError(
+                f"the {key} network's heads read {args['beside_origin']} beside its backbone, but the gate is "
+                f"{gate.get('origin')}: a bundle runs the gate's backbone beside it"
+            )
+        networks[key].attach_beside(networks["gate"])
+        beside[key] = "gate"
+    return beside
+
+
 def serving_transforms(records: dict[str, dict[str, Any]]) -> tuple[ImageTransform, ImageTransform]:
     """The scores' transform and the gate's, from the sizes and normalisation the networks were trained with. The
     two scores see the same crop, so they share one size; the gate may have its own (e.g. the frozen teacher at a
@@ -540,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"--modernity-from: {error}")
     try:
         transform, gate_transform = serving_transforms(records)
+        beside = run_gate_beside(networks, records)
     except ValueError as error:
         p.error(str(error))
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
@@ -587,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             necks,
             shared,
             networks["modernity"].head_sizes.get("year", 0),
+            beside,
         ),
         thresholds=Thresholds(thresholds.car, thresholds.frontal, thresholds.view, thresholds.cam),
         valid_views=args.valid_views,

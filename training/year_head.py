@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from core.config import SHARED_YEAR_BINS, head_years
 from core.models import CarNet
 from training.features import Split, car_splits, training_body_types
+from training.teacher import saved_carnet
 
 SIGMA = 1.0
 YEAR_CLASSES = head_years(SHARED_YEAR_BINS).astype(np.float64)  # a per-year head's classes (here and in a fine-tune)
@@ -91,7 +92,7 @@ def add_year_head(checkpoint_path: Path, cars: dict[str, Split], args: argparse.
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     saved = checkpoint["args"]
     heads = {k: v for k, v in checkpoint["heads"].items() if k != "year"}
-    model = CarNet(heads, saved["arch"], int(saved["neck"]))
+    model = saved_carnet(heads, saved)
     model.load_state_dict({k: v for k, v in checkpoint["model"].items() if not k.startswith("heads.year.")})
     model.eval()
     head, record = fit_year_head(model, cars, YEAR_CLASSES, args)
