@@ -261,5 +261,9 @@ def initialisation_name(init: str) -> str:
 
 def initialisation_line(networks: Mapping[str, Any]) -> str:
     """'modernity: efficientnet_lite0, trained here (best.pt) · gate: efficientnet_lite0, ImageNet weights (...)'
-    from the manifest's network specs."""
-    return SEPARATOR.join(f"{key}: {spec.arch}, {initialisation_name(spec.init)}" for key, spec in networks.items())
+    from the manifest's network specs (', with the gate's backbone beside' where a network reads it too)."""
+    return SEPARATOR.join(
+        f"{key}: {spec.arch}, {initialisation_name(spec.init)}"
+        + (f", with the {spec.beside}'s backbone beside" if spec.beside else "")
+        for key, spec in networks.items()
+    )

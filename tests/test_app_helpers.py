@@ -286,6 +286,10 @@ def test_the_initialisation_line_says_in_words_where_each_backbone_came_from() -
     assert initialisation_line({"x": NetworkSpec(file="x.safetensors", heads={"a": 2}, init="scratch")}) == (
         "x: resnet18, from scratch"
     )
+    beside = NetworkSpec(file="x.safetensors", heads={"a": 2}, init="checkpoint:best.pt", beside="gate")
+    assert initialisation_line({"bodytype": beside}) == (
+        "bodytype: resnet18, trained here (best.pt), with the gate's backbone beside"
+    )
 
 
 def test_curves_found_by_shape() -> None:
