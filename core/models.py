@@ -108,6 +108,8 @@ class CarNet(nn.Module):
         """Run `network`'s backbone (frozen; e.g. the gate's ImageNet teacher) beside this network's own: its maps of
         the same input are appended to this backbone's, so the neck and heads read both. A network made with a
         `beside` width needs it; the weights stay with the network that owns them."""
+        if not self.beside_width:
+            raise ValueError("this network was made without a beside width: it reads its own backbone alone")
         if POOLED_WIDTH[network.arch] != self.beside_width:
             raise ValueError(f"a beside backbone of width {self.beside_width} was expected, not {network.arch}'s")
         self._beside[:] = [network]

@@ -126,7 +126,7 @@ def test_a_backbone_beside_appends_its_features_and_stays_out_of_the_networks_we
     assert {key.split(".")[0] for key in model.state_dict()} == {"backbone", "neck", "heads"}
     with pytest.raises(ValueError, match="width 512"):
         model.attach_beside(CarNet({}, "efficientnet_lite0"))
-    with pytest.raises(ValueError, match="width 0"):
+    with pytest.raises(ValueError, match="without a beside width"):
         CarNet(HEADS).attach_beside(other)
 
 

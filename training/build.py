@@ -565,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         p.error(str(error))
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
-    one_pass = set(shared) == set(networks) and gate_transform == transform
+    one_pass = set(shared) == set(networks) and gate_transform == transform and not beside
     cache = FeatureCache.read(args.features) if args.features and one_pass else None
     if kept_gate:
         thresholds = kept_gate.thresholds
