@@ -183,6 +183,20 @@ def test_the_gate_input_size_is_optional_and_checked(bundle_copy: Path, tiny_bun
         assert f"gate_input_size {size} is too small" in refused(bundle_copy)
 
 
+@pytest.mark.parametrize(
+    ("beside", "expected"),
+    [({"bodytype": "bodytype"}, "not another network"), ({"bodytype": "engine"}, "not another network"),
+     ({"bodytype": "gate", "gate": "modernity"}, "which reads one itself")],
+)  # fmt: skip
+def test_a_network_reads_beside_another_network_that_reads_none(bundle_copy: Path, beside: dict, expected: str):
+    def set_beside(data: dict) -> None:
+        for key, other in beside.items():
+            data["networks"][key]["beside"] = other
+
+    edit_manifest(bundle_copy, set_beside)
+    assert f"network 'bodytype' reads beside {beside['bodytype']!r}, {expected}" in refused(bundle_copy)
+
+
 @pytest.mark.parametrize(("version", "expected"), [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
 def test_unsupported_schema_version(bundle_copy: Path, version: int, expected: str):
     edit_manifest(bundle_copy, lambda data: data.__setitem__("schema_version", version))
