@@ -52,6 +52,7 @@ from core.models import (
     RESNET18,
     CarNet,
     ImageTransform,
+    beside_width,
     crop_outputs,
     load_carnet,
     read_safetensors,
@@ -410,7 +411,7 @@ def load_networks(directory: Path, manifest: Manifest) -> dict[str, CarNet]:
             spec.arch,
             spec.neck,
             directory / spec.backbone if spec.backbone else None,
-            POOLED_WIDTH[specs[spec.beside].arch] if spec.beside else 0,
+            network_beside_width(manifest, spec),
         )
         for key, spec in specs.items()
     }
@@ -542,8 +543,12 @@ def embedding_dim(manifest: Manifest) -> int:
     """Width of the body-type network's embedding: its neck, else its architecture's pooled feature (and the
     pooled feature of the network beside)."""
     spec = manifest.networks["bodytype"]
-    beside = POOLED_WIDTH[manifest.networks[spec.beside].arch] if spec.beside else 0
-    return spec.neck or POOLED_WIDTH[spec.arch] + beside
+    return spec.neck or POOLED_WIDTH[spec.arch] + network_beside_width(manifest, spec)
+
+
+def network_beside_width(manifest: Manifest, spec: NetworkSpec) -> int:
+    """The pooled width of the network `spec` reads beside its own backbone (0: none)."""
+    return beside_width(manifest.networks[spec.beside].arch if spec.beside else "")
 
 
 def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:

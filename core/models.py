@@ -44,6 +44,11 @@ POOLED_WIDTH = {RESNET18: EMBEDDING_DIM, **dict.fromkeys(LITES, 1280)}
 LITE_NATIVE_SIZE = {LITE0: 224, LITE1: 240, LITE2: 260}
 
 
+def beside_width(arch: str) -> int:
+    """The pooled width a backbone of `arch` adds beside a network's own (0 for none, '')."""
+    return POOLED_WIDTH[arch] if arch else 0
+
+
 def arch_transform(arch: str, size: int) -> ImageTransform:
     """The preprocessing an architecture's ImageNet weights expect, at `size` px."""
     return ImageTransform(size, LITE_MEAN, LITE_STD) if arch in LITES else ImageTransform(size)

