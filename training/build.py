@@ -71,8 +71,7 @@ def serving_network(checkpoint_path: Path, head: str) -> tuple[CarNet, dict[str,
               "args": checkpoint["args"]}  # fmt: skip
     if "view_head" in checkpoint:
         record["view_head"] = {k: v for k, v in checkpoint["view_head"].items() if k not in ("paths", "probabilities")}
-    if "year_head" in checkpoint:
-        record["year_head"] = checkpoint["year_head"]
+    record |= {key: checkpoint[key] for key in ("year_head", "members", "validation") if key in checkpoint}
     return model.eval(), record
 
 

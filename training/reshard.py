@@ -1,8 +1,10 @@
-"""Rewrite the one-file thumbnail atlas of a bundle built before sharding (`atlas.jpg`) as the shards a build writes
-today (`atlas/00000.jpg`, ...), in place: nothing else of the bundle changes, and no network runs.
+"""Rewrite a bundle built before today's storage as a build writes it today, in place: nothing else of the bundle
+changes, and no network runs.
 
-A one-file atlas is decoded whole the first time any thumbnail is shown (0.45 s for the default bundle's 17,391
-tiles, and it cannot hold more than about a million tiles); shards are decoded one at a time, on demand.
+- A one-file thumbnail atlas (`atlas.jpg`) becomes shards (`atlas/00000.jpg`, ...). A one-file atlas is decoded
+  whole the first time any thumbnail is shown (0.45 s for the default bundle's 17,391 tiles, and it cannot hold
+  more than about a million tiles); shards are decoded one at a time, on demand.
+- float32 embeddings become float16 (`core.artifacts.stored_embeddings`): half the size, memory-mapped as stored.
 
   python -m training.reshard --bundle artifacts/default
 """
@@ -14,7 +16,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from core.artifacts import load_bundle, read_manifest, save_manifest, sha256_file
+import numpy as np
+
+from core.artifacts import (
+    EMBEDDINGS_FILE,
+    load_bundle,
+    read_manifest,
+    save_manifest,
+    sha256_file,
+    stored_embeddings,
+    write_embeddings,
+)
 from core.atlas import STAGING_FOLDER, AtlasSpec, install_atlas
 from core.bundling import copy_atlas
 
@@ -35,12 +47,26 @@ def reshard(directory: Path) -> AtlasSpec:
     return spec
 
 
+def halve_embeddings(directory: Path) -> np.dtype:
+    """Store `directory`'s embeddings as a build does today and renew their sha256; returns the stored dtype."""
+    embeddings = load_bundle(directory).embeddings  # validated, files hashed: only a sound bundle is rewritten
+    stored = stored_embeddings(embeddings[:1]).dtype
+    if embeddings.dtype == stored:
+        return stored
+    write_embeddings(directory, embeddings)
+    manifest = read_manifest(directory)
+    files = manifest.files | {EMBEDDINGS_FILE: sha256_file(directory / EMBEDDINGS_FILE)}
+    save_manifest(directory, replace(manifest, files=files))
+    return stored
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory to rewrite in place")
     args = p.parse_args(argv)
     spec = reshard(args.bundle)
-    print(f"{args.bundle}: atlas in {spec.shards} shard(s) of {spec.shard_tiles or 'all'} tiles")
+    dtype = halve_embeddings(args.bundle)
+    print(f"{args.bundle}: atlas in {spec.shards} shard(s) of {spec.shard_tiles or 'all'} tiles, embeddings {dtype}")
 
 
 if __name__ == "__main__":
