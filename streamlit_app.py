@@ -49,7 +49,8 @@ def sidebar(bundle: Bundle | None) -> None:
         if bundle is not None:
             datasets = bundle.provenance.get("datasets")
             sources = ", ".join(datasets) if isinstance(datasets, dict) else "see the Model report"
-            st.caption(f"Data: {sources}. Backbones: {initialisation_line(bundle.manifest.networks)}.")
+            networks = initialisation_line(bundle.manifest.networks, bundle.manifest.training)
+            st.caption(f"Data: {sources}. Backbones: {networks}.")
         st.text_input(
             "Image root",
             value=common.default_image_root(),

@@ -167,7 +167,7 @@ def provenance_section(bundle: Bundle) -> None:
     manifest = bundle.manifest
     st.markdown(
         f"**Bundle** {manifest.name} · schema {manifest.schema_version} · built {manifest.created or 'unknown'}  \n"
-        f"**Backbones** {initialisation_line(manifest.networks)}  \n"
+        f"**Backbones** {initialisation_line(manifest.networks, manifest.training)}  \n"
         f"**Input** {manifest.input_size} px{MIRRORED if manifest.flip_average else ''} "
         f"(gate {manifest.gate_transform.size} px) · "
         f"**thresholds** car {fmt.percent(manifest.thresholds.car)}, "

@@ -259,11 +259,20 @@ def initialisation_name(init: str) -> str:
     return f"{name} ({source})" if source else name
 
 
-def initialisation_line(networks: Mapping[str, Any]) -> str:
+def initialisation_line(networks: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> str:
     """'modernity: efficientnet_lite0, trained here (best.pt) · gate: efficientnet_lite0, ImageNet weights (...)'
-    from the manifest's network specs (', with the gate's backbone beside' where a network reads it too)."""
+    from the manifest's network specs (', with the gate's backbone beside' where a network reads it too) and its
+    training records (', 3 head runs averaged' for a `training.ensemble` network)."""
+    training = training or {}
+
+    def members(key: str) -> str:
+        record = training.get(key)
+        runs = record.get("members") if isinstance(record, Mapping) else None
+        return f", {len(runs)} head runs averaged" if isinstance(runs, Mapping) and runs else ""
+
     return SEPARATOR.join(
         f"{key}: {spec.arch}, {initialisation_name(spec.init)}"
         + (f", with the {spec.beside}'s backbone beside" if spec.beside else "")
+        + members(key)
         for key, spec in networks.items()
     )

