@@ -306,7 +306,8 @@ def test_an_ensemble_of_body_type_heads_is_one_network_whose_logits_are_the_memb
     assert [curve.name for curve in curves] == ["bodytype · members · seed_0", "bodytype · members · seed_1"]
     refused = {"the same run twice": [members[0], members[0]],
                "another recipe": [members[0], frozen_run / "heads" / "bodytype.pt"],
-               "ensembles are of body-type heads": [frozen_run / "heads" / "modernity.pt", members[0]]}  # fmt: skip
+               "ensembles are of body-type heads": [frozen_run / "heads" / "modernity.pt", members[0]],
+               "already an ensemble": [merged, members[1]]}  # fmt: skip
     for reason, paths in refused.items():
         with pytest.raises(SystemExit):
             ensemble.main([*map(str, paths), "--out", str(tmp_path / "refused.pt"), *table_args])

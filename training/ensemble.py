@@ -51,6 +51,8 @@ def check_members(checkpoints: Sequence[dict[str, Any]], paths: Sequence[Path]) 
     if len(checkpoints) < 2:
         raise ValueError("an ensemble needs at least two checkpoints")
     for path, checkpoint in zip(paths, checkpoints, strict=True):
+        if "members" in checkpoint:
+            raise ValueError(f"{path}: already an ensemble; merge its members' checkpoints instead")
         if any(key in checkpoint for key in PER_NETWORK):
             raise ValueError(f"{path}: a modernity or gate checkpoint (its per-year or view head is chosen per "
                              "network); ensembles are of body-type heads")  # fmt: skip
