@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, load_bundle, sha256_file, stored_embeddings
+from core.artifacts import EMBEDDINGS_FILE, IMAGES_FILE, MANIFEST_FILE, load_bundle, sha256_file, write_embeddings
 from core.atlas import ATLAS_FOLDER
 from core.bundling import copy_atlas
 from core.config import bundle_dir
@@ -58,7 +58,7 @@ def write_synthetic_bundle(source: str | Path, target: str | Path, size: int, se
         shutil.copy2(source / name, target / name)
     atlas = copy_atlas(bundle, target / ATLAS_FOLDER)
     synthesise(bundle.images, picks, seed).to_parquet(target / IMAGES_FILE, index=False)
-    np.save(target / EMBEDDINGS_FILE, stored_embeddings(bundle.embeddings[picks]), allow_pickle=False)
+    write_embeddings(target, bundle.embeddings[picks])
     manifest = json.loads((source / MANIFEST_FILE).read_text())
     manifest["name"] = f"{manifest['name']} resampled to {size:,} rows"
     manifest["atlas"] = atlas.to_dict()

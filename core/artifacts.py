@@ -73,7 +73,8 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 IMAGES_FILE = "images.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
-STORED_EMBEDDINGS = (np.dtype(np.float16), np.dtype(np.float32))  # written: float16; older bundles: float32
+EMBEDDINGS_DTYPE = np.dtype(np.float16)  # what a build writes (`stored_embeddings`)
+STORED_EMBEDDINGS = (EMBEDDINGS_DTYPE, np.dtype(np.float32))  # readable: older bundles stored float32
 MORPHS_FILE = "morphs.npz"
 NETWORK_FILES = {
     "modernity": "modernity.safetensors",
@@ -749,7 +750,7 @@ def stored_embeddings(embeddings: np.ndarray) -> np.ndarray:
     """The embeddings as a bundle stores them: float16, half the size of float32 (the largest file of a bundle
     with a wide embedding), and cosine similarities within 1e-3 of float32's. Everything computed from them at
     build time (morphs, typicality, the map) reads the float32 values first."""
-    return np.ascontiguousarray(embeddings, dtype=np.float16)
+    return np.ascontiguousarray(embeddings, dtype=EMBEDDINGS_DTYPE)
 
 
 def save_manifest(directory: Path, manifest: Manifest) -> None:

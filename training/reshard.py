@@ -4,7 +4,7 @@ changes, and no network runs.
 - A one-file thumbnail atlas (`atlas.jpg`) becomes shards (`atlas/00000.jpg`, ...). A one-file atlas is decoded
   whole the first time any thumbnail is shown (0.45 s for the default bundle's 17,391 tiles, and it cannot hold
   more than about a million tiles); shards are decoded one at a time, on demand.
-- float32 embeddings become float16 (`core.artifacts.stored_embeddings`): half the size, memory-mapped as stored.
+- float32 embeddings become float16 (`core.artifacts.write_embeddings`): half the size, memory-mapped as stored.
 
   python -m training.reshard --bundle artifacts/default
 """
@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from core.artifacts import (
+    EMBEDDINGS_DTYPE,
     EMBEDDINGS_FILE,
     load_bundle,
     read_manifest,
     save_manifest,
     sha256_file,
-    stored_embeddings,
     write_embeddings,
 )
 from core.atlas import STAGING_FOLDER, AtlasSpec, install_atlas
@@ -50,14 +50,13 @@ def reshard(directory: Path) -> AtlasSpec:
 def halve_embeddings(directory: Path) -> np.dtype:
     """Store `directory`'s embeddings as a build does today and renew their sha256; returns the stored dtype."""
     embeddings = load_bundle(directory).embeddings  # validated, files hashed: only a sound bundle is rewritten
-    stored = stored_embeddings(embeddings[:1]).dtype
-    if embeddings.dtype == stored:
-        return stored
+    if embeddings.dtype == EMBEDDINGS_DTYPE:
+        return EMBEDDINGS_DTYPE
     write_embeddings(directory, embeddings)
     manifest = read_manifest(directory)
     files = manifest.files | {EMBEDDINGS_FILE: sha256_file(directory / EMBEDDINGS_FILE)}
     save_manifest(directory, replace(manifest, files=files))
-    return stored
+    return EMBEDDINGS_DTYPE
 
 
 def main(argv: Sequence[str] | None = None) -> None:
