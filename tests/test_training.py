@@ -126,8 +126,8 @@ def test_the_teacher_fine_tunes_whole_from_its_imagenet_weights(runs):
     out = runs / "lite0"
     train.main(["--task", "cars", "--arch", "efficientnet_lite0", "--pretrained", "--out", str(out), "--size", "32",
                 "--cache-size", "40", "--batch-size", "4", "--epochs", "1", "--limit", "8", "--mixup", "0.4",
-                "--erase", "0.5", "--drop-path", "0.2", "--balance-per-dataset", "body_type", "--year-weight", "0.5",
-                "--sam", "0.05", "--layer-decay", "0.8", "--table", str(runs / "table.parquet"),
+                "--erase", "0.5", "--trivial-augment", "--drop-path", "0.2", "--balance-per-dataset", "body_type",
+                "--year-weight", "0.5", "--sam", "0.05", "--layer-decay", "0.8", "--table", str(runs / "table.parquet"),
                 "--data", str(FIXTURE_DATA), "--cache-dir", str(runs / "cache")])  # fmt: skip
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["args"]["arch"] == "efficientnet_lite0"
@@ -193,6 +193,23 @@ def test_random_erasing_covers_one_rectangle_of_noise_in_the_chosen_share_of_pho
         assert box.float().mean() > 0.9 and box.numel() <= 0.4 * 16 * 16  # one small rectangle, noise throughout
     again, _ = erasing(grey, torch.Generator().manual_seed(5))
     assert torch.equal(x, again)
+
+
+def test_trivial_augment_alters_most_car_photos_within_range_and_is_refused_for_the_gate(capsys):
+    photo = Image.open(FIXTURE_DATA / "stanford_cars" / "images" / "00606.jpg").convert("RGB").resize((48, 48))
+    batch = torch.from_numpy(np.stack([np.asarray(photo)] * 40))
+    plain = Augment(48, flip=False, colour=0.0, crop=False)
+    trivial = Augment(48, flip=False, colour=0.0, crop=False, trivial=True)
+    torch.manual_seed(0)  # TrivialAugment draws its operation and strength from torch's global generator
+    x, _ = trivial(batch, torch.Generator().manual_seed(0))
+    base, _ = plain(batch, torch.Generator().manual_seed(0))
+    assert x.shape == base.shape == (40, 3, 48, 48) and float(x.min()) >= 0 and float(x.max()) <= 1
+    changed = (x - base).abs().flatten(1).amax(1) > 1.5 / 255
+    assert int(changed.sum()) >= 25  # 13 of its 14 operations alter a photo, at all but the lowest strength
+    assert len({round(float(d), 4) for d in (x - base).abs().flatten(1).mean(1)}) >= 10  # not one edit for all
+    with pytest.raises(SystemExit):
+        train.main(["--task", "gate", "--out", "unused", "--trivial-augment"])
+    assert "--trivial-augment is for the car tasks" in capsys.readouterr().err
 
 
 def test_gate_log_has_car_and_frontal_metrics(runs):

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from core.artifacts import crop_to_box
@@ -50,11 +51,16 @@ def build_cache(table: pd.DataFrame, data_root: Path, size: int, crop: bool, cac
     return out
 
 
+TRIVIAL_AUGMENT = v2.TrivialAugmentWide()
+
+
 @dataclass(frozen=True)
 class Augment:
-    """Per-batch augmentation on uint8 NHWC tensors: jittered crop, flip, colour, and random erasing (Zhong et al.
-    2020: with probability `erase`, one rectangle of 2-33 % of the image replaced by noise). Returns NCHW float
-    [0, 1] and which images were flipped."""
+    """Per-batch augmentation on uint8 NHWC tensors: optionally TrivialAugment (Müller & Hutter 2021: each image one
+    randomly chosen operation of torchvision's wide set, e.g. a rotation, shear, posterisation or equalisation, at a
+    random strength), then jittered crop, flip, colour, and random erasing (Zhong et al. 2020: with probability
+    `erase`, one rectangle of 2-33 % of the image replaced by noise). Returns NCHW float [0, 1] and which images
+    were flipped."""
 
     out_size: int
     min_scale: float = 0.55
@@ -62,9 +68,13 @@ class Augment:
     colour: float = 0.3
     crop: bool = True
     erase: float = 0.0
+    trivial: bool = False
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        x = batch.permute(0, 3, 1, 2)
+        if self.trivial:
+            x = torch.stack([TRIVIAL_AUGMENT(img) for img in x])
+        x = x.float().div_(255.0)
         n = x.shape[0]
         if self.crop:
             x = torch.stack([self._jittered_crop(img, generator) for img in x])

@@ -99,6 +99,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="random erasing: share of car photos with a rectangle of noise (0: off)",
     )
     p.add_argument(
+        "--trivial-augment",
+        action="store_true",
+        help="TrivialAugment each car photo first: one random operation of torchvision's wide set (rotation, shear, "
+        "posterisation, ...) at a random strength",
+    )
+    p.add_argument(
         "--drop-path",
         type=float,
         default=0.0,
@@ -548,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--layer-decay takes a factor above 0 and at most 1 (1: off)")
     if not 0 <= args.ema < 1:
         parser.error("--ema takes a decay between 0 and 1 (0: off)")
+    if args.trivial_augment and args.task == "gate":
+        parser.error("--trivial-augment is for the car tasks: its rotations and shears would move the gate's boxes")
     if args.year_weight and args.task == "gate":
         parser.error("--year-weight is for the car tasks: the gate has no years")
     torch.manual_seed(args.seed)
@@ -582,7 +590,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"resumed from {last} at epoch {start}")
     loss_fn = gate_loss if args.task == "gate" else CarLoss(args, data["train"], heads)
     augment = Augment(
-        args.size, crop=args.task != "gate", min_scale=0.55, erase=0.0 if args.task == "gate" else args.erase
+        args.size,
+        crop=args.task != "gate",
+        min_scale=0.55,
+        erase=0.0 if args.task == "gate" else args.erase,
+        trivial=args.trivial_augment,
     )
     generator = torch.Generator().manual_seed(args.seed)
     saved_args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
