@@ -244,6 +244,13 @@ def test_scores_on_a_fine_tuned_backbone_and_the_gate_on_the_teacher_make_one_bu
     assert index["path"].equals(ft_index["path"]) and np.allclose(again, ft, atol=1e-2)  # ft: from fp16 maps
     with pytest.raises(SystemExit, match="not a complete bundle"):
         teacher.main([*table_args, "--backbone", str(tmp_path), "--out", str(tmp_path / "none")])
+    manifest = json.loads((out / "manifest.json").read_text())  # a bundle whose networks keep their own backbones
+    for spec in manifest["networks"].values():
+        spec["backbone"] = ""
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="none shared"):
+        teacher.main([*table_args, "--backbone", str(tmp_path / "own"), "--out", str(tmp_path / "none")])
 
 
 def test_the_body_type_can_read_the_gates_imagenet_teacher_beside_the_fine_tuned_backbone(
