@@ -12,6 +12,7 @@ import streamlit as st
 from core.artifacts import Bundle
 from core.figures import bars, confusion_heatmap, curves, heatmap, stacked_counts
 from core.report import (
+    INTERVAL_LEVEL,
     TaskMetrics,
     collect_curves,
     collect_tasks,
@@ -73,15 +74,20 @@ def data_section(bundle: Bundle) -> None:
         )
 
 
+RANGE_COLUMN = f"range over car models ({fmt.percent(INTERVAL_LEVEL)})"
+
+
 def metrics_table(tasks: list[TaskMetrics]) -> pd.DataFrame:
-    """Every task's numbers, then its baselines, one row each, with readable names (years as years)."""
+    """Every task's numbers (with their range over resamples of the car models where recorded), then its baselines,
+    one row each, with readable names (years as years)."""
     rows = [
-        {"task": task.name, "measure": measure_name(key), "value": fmt.measure(value, is_year(key)), "kind": kind}
+        {"task": task.name, "measure": measure_name(key), "value": fmt.measure(value, is_year(key)),
+         RANGE_COLUMN: fmt.measure_range(task.intervals.get(key) if kind == "model" else None), "kind": kind}
         for task in tasks
         for kind, values in (("model", task.scores), ("baseline", task.baselines))
         for key, value in values.items()
-    ]
-    return pd.DataFrame(rows, columns=["task", "measure", "value", "kind"])
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["task", "measure", "value", RANGE_COLUMN, "kind"])
 
 
 def task_figures(bundle: Bundle, task: TaskMetrics, index: int) -> None:

@@ -103,8 +103,9 @@ def how_well(bundle: Bundle) -> None:
         return
     st.markdown(
         "Each number against what one constant answer scores (hover a number for that answer), on the split "
-        "named beside its data set: the test split holds car models the networks never saw in training. The Model "
-        "report page has every metric."
+        "named beside its data set: the test split holds car models the networks never saw in training, and the line "
+        "under the cards says how far each number moves on other samples of as many car models. The Model report "
+        "page has every metric."
     )
     widgets.headline_cards(bundle, found)
 

@@ -17,11 +17,15 @@ import pandas as pd
 from core.config import YearBin
 
 SEPARATOR = " · "
-MATRIX_KEYS = ("confusion", "per_class_f1", "labels", "baselines")
+# training.evaluate's ranges of a task's numbers over resamples of its car models: {key: [low, high]}.
+INTERVAL_LEVEL = 0.9
+INTERVAL_KEY = f"interval_{round(100 * INTERVAL_LEVEL)}"
+MATRIX_KEYS = ("confusion", "per_class_f1", "labels", "baselines", INTERVAL_KEY)
 # Readable names of the metric keys that training.evaluate writes; any other key is shown with spaces for "_".
 MEASURE_NAMES = {
     "n": "cars (n)",
     "n_held_out": "held-out cars (n)",
+    "car_models": "car models (n)",
     "accuracy": "accuracy",
     "macro_f1": "macro-F1",
     "mae_years": "mean absolute error (years)",
@@ -60,6 +64,7 @@ class TaskMetrics:
     labels: tuple[str, ...] = ()
     confusion: tuple[tuple[int, ...], ...] | None = None
     per_class_f1: tuple[float, ...] | None = None
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # score key -> its range over car models
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class Headline:
     baseline: float | None = None
     baseline_label: str = ""
     lower_is_better: bool = False
+    interval: tuple[float, float] | None = None  # the range over resamples of the car models measured
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def _headline(spec: HeadlineSpec, task: TaskMetrics) -> Headline:
     if spec.baseline_key == "constant_mae_years" and "constant_year" in task.baselines:
         label = f"{task.baselines['constant_year']:.0f}"
     return Headline(spec.label, task.scores[spec.key], spec.unit, baseline, label if baseline is not None else "",
-                    spec.lower_is_better)  # fmt: skip
+                    spec.lower_is_better, task.intervals.get(spec.key))  # fmt: skip
 
 
 def headlines(tasks: Sequence[TaskMetrics], datasets: Sequence[str]) -> dict[str, list[Headline]]:
@@ -167,6 +173,16 @@ def _numbers(data: Mapping[str, Any]) -> dict[str, float]:
     return {key: number for key, value in data.items() if (number := _number(value)) is not None}
 
 
+def _intervals(value: Any) -> dict[str, tuple[float, float]]:
+    """{key: (low, high)} from a task's recorded ranges, skipping anything that is not two finite numbers."""
+    found = {}
+    for key, bounds in value.items() if isinstance(value, Mapping) else ():
+        numbers = [_number(v) for v in bounds] if isinstance(bounds, list | tuple) else []
+        if len(numbers) == 2 and None not in numbers:
+            found[str(key)] = (numbers[0], numbers[1])
+    return found
+
+
 def _task(name: str, data: Mapping[str, Any]) -> TaskMetrics:
     labels = tuple(str(label) for label in data.get("labels", ()))
     confusion = data.get("confusion")
@@ -178,6 +194,7 @@ def _task(name: str, data: Mapping[str, Any]) -> TaskMetrics:
         labels=labels,
         confusion=tuple(tuple(int(v) for v in row) for row in confusion) if isinstance(confusion, list) else None,
         per_class_f1=tuple(float(v) if v is not None else math.nan for v in f1) if isinstance(f1, list) else None,
+        intervals=_intervals(data.get(INTERVAL_KEY)),
     )
 
 

@@ -256,7 +256,8 @@ def test_tasks_found_by_shape() -> None:
 
 def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_answers() -> None:
     constants = {"constant_year": 2012.0, "constant_mae_years": 2.9, "majority_macro_f1": 0.26}
-    modernity = {"mae_years": 1.88, "macro_f1": 0.62, "n": 802, "baselines": constants}
+    ranges = {"mae_years": [1.52, 2.31], "macro_f1": ["x", 0.7], "accuracy": [0.1, 0.2, 0.3]}  # two are not ranges
+    modernity = {"mae_years": 1.88, "macro_f1": 0.62, "n": 802, "baselines": constants, "interval_90": ranges}
     metrics = {
         "stanford_cars": {"split": "test", "modernity": modernity, "body_type": {"accuracy": 0.768}},
         "stanford_cars_gate_box": {"modernity": {"mae_years": 9.0}},  # a variant: the full table only
@@ -273,6 +274,11 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
     assert fmt.headline_change(f1) == "+0.360 vs constant"
     assert fmt.headline_baseline(f1) == "Answering the commonest bin for every car scores 0.260."
     assert body.baseline is None and fmt.headline_change(body) is None and fmt.headline_baseline(body) is None
+    assert (mae.interval, f1.interval, body.interval) == ((1.52, 2.31), None, None)
+    assert fmt.headline_ranges(found["stanford_cars"]) == (
+        "90 % of resamples of the car models measured fall within: Year MAE (years) 1.52–2.31"
+    )
+    assert fmt.headline_ranges(found["epfl_multiview"]) is None
     assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
     assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"
 

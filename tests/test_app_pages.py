@@ -83,7 +83,12 @@ def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
         "stanford_cars": {
             "split": "all",
             "modernity": task_report(year_true, images["pred_year_bin"].to_numpy(), bins)
-            | {"mae_years": 2.5, "baselines": {"constant_year": 2012, "constant_mae_years": 2.9}},
+            | {
+                "mae_years": 2.5,
+                "baselines": {"constant_year": 2012, "constant_mae_years": 2.9},
+                "car_models": 3,
+                "interval_90": {"mae_years": [1.75, 3.25]},
+            },
             "body_type": task_report(body_true, body_pred, body_names),
         },
         "dvm_porsche": {"body_type": task_report(body_true, body_pred[::-1].copy(), body_names)},
@@ -432,6 +437,9 @@ def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
     assert ("Year MAE (years)", "2.50", "-14 % vs constant") in cards
     assert ("Frontal recall", "1.000", "") in cards  # no constant answer to compare with
     assert "Answering 2012 for every car scores 2.90 years." in [m.help for m in at.metric]
+    assert "90 % of resamples of the car models measured fall within: Year MAE (years) 1.75–3.25" in texts(at)
+    mae = table[(table["task"] == "stanford_cars · modernity") & (table["measure"] == "mean absolute error (years)")]
+    assert mae["range over car models (90 %)"].tolist() == ["1.750–3.250"]
     assert "**stanford_cars** · every split" in texts(at)
     assert "the scores averaged over the crop and its mirror image" in texts(at)
 

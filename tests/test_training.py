@@ -23,6 +23,7 @@ from core.models import LITE_MEAN, build_carnet
 from core.pipeline import score_image
 from training import build, evaluate, heads, prepare, teacher, train
 from training.data import Augment
+from training.metrics import car_model_interval
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 
@@ -249,6 +250,11 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     assert {"accuracy", "macro_f1", "confusion"} <= set(report["body_type"])
     assert "inflated" in report["warning"]
     assert len(report["modernity"]["confusion"]) == 5
+    classes = pd.read_csv(FIXTURE_DATA / "stanford_cars" / "labels.csv")["class_name"].nunique()
+    assert report["modernity"]["car_models"] == classes  # the unit of the grouped split: Stanford's classes
+    low, high = report["modernity"]["interval_90"]["mae_years"]
+    assert low <= report["modernity"]["mae_years"] <= high and low < high
+    assert set(report["body_type"]["interval_90"]) == {"accuracy"}
     total_error = report["modernity"]["mae_years"] * report["modernity"]["n"]
     assert total_error == pytest.approx(round(total_error))  # whole years shown, whole model years
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--whiteout"])
@@ -259,6 +265,11 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
     report = json.loads(capsys.readouterr().out)
     assert {"accuracy", "precision", "recall"} <= set(report["frontal"])
+    sequences = pd.read_csv(FIXTURE_DATA / "epfl_multiview" / "labels.csv")["sequence"].nunique()
+    assert report["frontal"]["car_models"] == sequences and set(report["frontal"]["interval_90"]) <= {
+        "precision",
+        "recall",
+    }
     assert "accuracy" in report["car"] and "modernity" not in report
 
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "negatives"), "--split", "train"])
@@ -304,6 +315,18 @@ def test_the_two_scores_must_share_an_input_size():
         build.serving_transforms({"modernity": record(224), "bodytype": record(224), "gate": grey})
 
 
+def test_the_range_over_car_models_grows_when_whole_car_models_succeed_or_fail_together():
+    models = np.repeat(np.arange(10), 20)  # ten car models of twenty photos
+    by_model = np.isin(models, [0, 2, 4, 6, 8])  # half the models right on every photo, half wrong on every one
+    by_photo = np.tile([True, False], 100)  # every model right on half its photos
+    assert by_model.mean() == by_photo.mean() == 0.5
+    low, high = car_model_interval(models, lambda rows: float(by_model[rows].mean()))
+    assert low <= 0.3 and high >= 0.7  # another ten models could easily score 0.3 or 0.7
+    assert car_model_interval(models, lambda rows: float(by_photo[rows].mean())) == (0.5, 0.5)
+    assert car_model_interval(models, lambda rows: float(by_model[rows].mean()), seed=1) != (low, high)
+    assert car_model_interval(np.zeros(20), lambda rows: 1.0) is None, "one car model: nothing to resample"
+
+
 def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny_bundle_dir, resized_dvm_folder,
                                                                             capsys):  # fmt: skip
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder)])
@@ -312,6 +335,7 @@ def test_evaluate_reads_a_dvm_folder_with_its_views_and_without_an_ad_table(tiny
     assert report["modernity"]["n"] == 6 and report["body_type"]["n"] == 5  # the 911 is a Coupe: no seed type
     assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)  # views.csv: front, three_quarter
     assert {"front", "three_quarter"} <= set(report["by_view"]) and set(report["by_make"]) == {"porsche"}
+    assert report["modernity"]["car_models"] == len({p.parent.parent for p in resized_dvm_folder.rglob("*.jpg")})
 
     negatives = FIXTURE_DATA / "negatives"
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(resized_dvm_folder), "--backdrops", str(negatives)])
@@ -350,6 +374,7 @@ def test_evaluate_takes_a_view_column_blank_years_and_an_unreadable_photo(tiny_b
     assert report["modernity"]["baselines"]["majority_accuracy"] == 0.5  # of the two cars with a year, not of all three
     assert (report["frontal"]["n"], report["frontal"]["positives"]) == (2, 1)
     assert report["by_view"]["rear"]["mae_years"] is None and report["by_view"]["front"]["mae_years"] is not None
+    assert "interval_90" not in report["modernity"], "no car model named: no range over car models"
 
 
 def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path, capsys):

@@ -22,7 +22,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,19 @@ from core.config import seed_body_type, year_to_bin
 from core.errors import CarmorphError
 from core.imaging import load_image
 from core.pipeline import gate_crops, gate_frames
+from core.report import INTERVAL_KEY
 from core.scoring import expected_year, softmax, whole_year
 from core.viewpoint import VIEW_CLASSES
-from training.metrics import classification_metrics, frontal_metrics
+from training.metrics import car_model_interval, classification_metrics, frontal_metrics
 from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle, view_label
 from training.teacher import cut_out_on_white, swap_background
 
 BATCH = 64
 MAX_LISTED = 20  # unreadable files named in the report
 BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # a labels.csv's car box (pixels)
+# Where a folder names each photo's car model, first found first: DVM-CAR's Genmodel + year, Stanford's class, an EPFL
+# sequence (one car), else make + model + year.
+CAR_MODEL_COLUMNS = (("car_model",), ("class_name",), ("sequence",), ("make", "model", "year"))
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
@@ -53,7 +57,7 @@ def read_folder(folder: Path) -> pd.DataFrame:
     if is_dvm_folder(folder):
         labels = read_dvm(folder)
         labels["file"] = labels["path"].str.removeprefix(folder.name + "/")
-        return labels.drop(columns=["group", "year_bin"])
+        return labels.rename(columns={"group": "car_model"}).drop(columns="year_bin")
     labels = pd.read_csv(folder / "labels.csv")
     labels["path"] = folder.name + "/" + labels["file"]
     if "body_type" in labels:  # hand-written labels: any case, Sedan for Saloon, Minivan for MPV
@@ -70,6 +74,35 @@ def read_folder(folder: Path) -> pd.DataFrame:
         frontal = labels["view"].map(frontal_from_view)
         labels["frontal"] = frontal.where(labelled, labels["frontal"]) if "frontal" in labels else frontal
     return labels
+
+
+def car_models(labels: pd.DataFrame) -> np.ndarray | None:
+    """Each row's car model, the unit a grouped split keeps together (`CAR_MODEL_COLUMNS`); None where the labels
+    do not name one for every row."""
+    for columns in CAR_MODEL_COLUMNS:
+        if set(columns) <= set(labels.columns) and labels[list(columns)].notna().all(axis=None):
+            return labels[list(columns)].astype(str).agg(" ".join, axis=1).to_numpy()
+    return None
+
+
+def intervals(models: np.ndarray | None, statistics: dict[str, Callable[[np.ndarray], float]]) -> dict[str, Any]:
+    """The number of car models and, per statistic (a function of row indices), its range over resamples of them
+    (`training.metrics.car_model_interval`); nothing where the car models are unknown or fewer than two."""
+    if models is None:
+        return {}
+    found = {key: car_model_interval(models, statistic) for key, statistic in statistics.items()}
+    ranges = {key: list(value) for key, value in found.items() if value is not None}
+    return {"car_models": len(np.unique(models)), INTERVAL_KEY: ranges} if ranges else {}
+
+
+def frontal_intervals(true: np.ndarray, pred: np.ndarray, models: np.ndarray | None) -> dict[str, Any]:
+    """The ranges of the frontal precision and recall (at the bundle's threshold) over samples of car models."""
+
+    def share(hits: np.ndarray, among: np.ndarray) -> Callable[[np.ndarray], float]:
+        return lambda rows: float(hits[rows].sum() / among[rows].sum()) if among[rows].any() else float("nan")
+
+    hits = pred & (true == 1)
+    return intervals(models, {"precision": share(hits, pred), "recall": share(hits, true == 1)})
 
 
 def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Series:
@@ -133,8 +166,11 @@ def run_networks(
     )
 
 
-def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, shown: np.ndarray) -> dict[str, Any]:
-    """Year-bin metrics of the logits and the MAE of `shown` (the whole year the app shows), with baselines."""
+def modernity_metrics(
+    bundle: Bundle, years: np.ndarray, logits: np.ndarray, shown: np.ndarray, models: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Year-bin metrics of the logits and the MAE of `shown` (the whole year the app shows), with baselines; with
+    each row's car model, the ranges of macro-F1 and MAE over samples of car models."""
     bins = bundle.year_bins
     known = years > 0  # a year of 0 or below is unknown
     true = np.array([-1 if y <= 0 or (b := year_to_bin(int(y), bins)) is None else b for y in years])
@@ -143,6 +179,12 @@ def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, sho
     majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()
     always_majority = classification_metrics(true, np.full_like(true, majority), len(bins))
     constant = float(np.median(years[known]))
+    pred, errors = probs.argmax(1)[known], np.abs(shown - years)[known]
+    spread = intervals(
+        models[known] if models is not None else None,
+        {"macro_f1": lambda rows: classification_metrics(true[known][rows], pred[rows], len(bins)).macro_f1,
+         "mae_years": lambda rows: float(errors[rows].mean())},
+    )  # fmt: skip
     return {
         "accuracy": m.accuracy,
         "macro_f1": m.macro_f1,
@@ -158,15 +200,22 @@ def modernity_metrics(bundle: Bundle, years: np.ndarray, logits: np.ndarray, sho
             "constant_year": constant,
             "constant_mae_years": float(np.abs(years[known] - constant).mean()),
         },
-    }
+    } | spread
 
 
-def body_type_metrics(bundle: Bundle, body: pd.Series, logits: np.ndarray) -> dict[str, Any]:
+def body_type_metrics(
+    bundle: Bundle, body: pd.Series, logits: np.ndarray, models: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Accuracy and macro-F1 over the rows of a seed body type, with baselines; with each row's car model, the
+    accuracy's range over samples of car models."""
     names = list(bundle.body_types)
     true = np.array([names.index(b) if b in names else -1 for b in body.fillna("")])
     m = classification_metrics(true, logits.argmax(1), len(names))
     known = true[true >= 0]
     majority = np.bincount(known, minlength=len(names)).argmax()
+    right = (logits.argmax(1) == true)[true >= 0]
+    spread = intervals(models[true >= 0] if models is not None else None,
+                       {"accuracy": lambda rows: float(right[rows].mean())})  # fmt: skip
     return {
         "accuracy": m.accuracy,
         "macro_f1": m.macro_f1,
@@ -175,7 +224,7 @@ def body_type_metrics(bundle: Bundle, body: pd.Series, logits: np.ndarray) -> di
         "labels": names,
         "n": len(known),
         "baselines": {"chance_accuracy": 1 / len(names), "majority_accuracy": float((known == majority).mean())},
-    }
+    } | spread
 
 
 def by_view(bundle: Bundle, outputs: dict[str, np.ndarray], labels: pd.DataFrame, views: np.ndarray) -> dict[str, Any]:
@@ -281,12 +330,13 @@ def evaluate_folder(
     if outputs is None:
         return report
     has_years = "year" in labels and bool((labels["year"] > 0).any())
+    models = car_models(labels)
     if has_years:
         report["modernity"] = modernity_metrics(
-            bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["year"]
+            bundle, labels["year"].to_numpy(), outputs["year_logits"], outputs["year"], models
         )
     if "body_type" in labels and (labels["body_type"].fillna("") != "").any():
-        report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"])
+        report["body_type"] = body_type_metrics(bundle, labels["body_type"], outputs["body_logits"], models)
     if has_years:
         report["by_predicted_view"] = by_view(bundle, outputs, labels, outputs["view"])
         report["by_make"] = by_make(bundle, labels, outputs["year_logits"], outputs["year"])
@@ -297,7 +347,9 @@ def evaluate_folder(
         true = labels["frontal"].to_numpy(int)[known]
         outputs_frontal = outputs["frontal_prob"][known]
         report["frontal"] = frontal_metrics(true, outputs_frontal, bundle.thresholds.frontal) | {
-            "threshold": bundle.thresholds.frontal, "n": len(true), "positives": int(true.sum())}  # fmt: skip
+            "threshold": bundle.thresholds.frontal, "n": len(true), "positives": int(true.sum())} | frontal_intervals(
+            true, outputs_frontal >= bundle.thresholds.frontal, models[known] if models is not None else None
+        )  # fmt: skip
     car_true = labels["car"].to_numpy(int) if "car" in labels else np.ones(len(labels), int)
     car_pred = outputs["car_prob"] >= bundle.thresholds.car
     report["car"] = {"accuracy": float((car_pred == (car_true == 1)).mean()), "n": len(car_true),

@@ -1,10 +1,14 @@
-"""Metrics shared by training (validation) and evaluation: accuracy, macro-F1, confusion, frontal P/R."""
+"""Metrics shared by training (validation) and evaluation: accuracy, macro-F1, confusion, frontal P/R, and their
+ranges over samples of car models."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from core.report import INTERVAL_LEVEL
 
 
 @dataclass(frozen=True)
@@ -65,3 +69,31 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
     return w * h / np.maximum(area(a) + area(b) - w * h, 1e-9)
+
+
+INTERVAL_DRAWS = 1000
+
+
+def car_model_interval(
+    car_models: np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    draws: int = INTERVAL_DRAWS,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """The central `level` range of `statistic` (a function of row indices) over `draws` samples of the car models,
+    drawn with replacement, as many as there are (a cluster bootstrap): how far the number could move on another
+    sample of car models of the same size, since photos of one car model succeed or fail together. None with fewer
+    than two car models or no resample where the statistic is defined."""
+    names, codes = np.unique(car_models, return_inverse=True)
+    if len(names) < 2:
+        return None
+    rows_of = [np.flatnonzero(codes == code) for code in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = [statistic(np.concatenate([rows_of[i] for i in rng.integers(len(names), size=len(names))]))
+              for _ in range(draws)]  # fmt: skip
+    finite = np.asarray(values)[np.isfinite(values)]  # e.g. no precision where a resample has no frontal prediction
+    if not len(finite):
+        return None
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from core.report import Headline
+from core.report import INTERVAL_LEVEL, Headline
 from core.scoring import whole_year
 
 DASH = "–"
@@ -61,6 +61,11 @@ def measure(value: float, is_year: bool = False) -> str:
     return f"{value:,.0f}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.3f}"
 
 
+def measure_range(bounds: tuple[float, float] | None) -> str:
+    """A metric's range as its value is shown ('0.700–0.850'); empty without one."""
+    return "" if bounds is None else f"{measure(bounds[0])}{DASH}{measure(bounds[1])}"
+
+
 def count(value: int) -> str:
     return f"{value:,d}"
 
@@ -68,6 +73,22 @@ def count(value: int) -> str:
 def headline_value(headline: Headline) -> str:
     """'1.88' (years: the unit is in the label), '0.768'."""
     return f"{headline.value:.2f}" if headline.unit else f"{headline.value:.3f}"
+
+
+def headline_range(headline: Headline) -> str | None:
+    """The headline's range over resamples of its car models as its value is shown: '1.52–2.31', '0.700–0.850'."""
+    if headline.interval is None:
+        return None
+    low, high = headline.interval
+    return f"{low:.2f}{DASH}{high:.2f}" if headline.unit else f"{low:.3f}{DASH}{high:.3f}"
+
+
+def headline_ranges(headlines: list[Headline]) -> str | None:
+    """One line of the ranges of a data set's headlines, None if none has one."""
+    parts = [f"{row.label} {text}" for row in headlines if (text := headline_range(row)) is not None]
+    if not parts:
+        return None
+    return f"{percent(INTERVAL_LEVEL)} of resamples of the car models measured fall within: " + " · ".join(parts)
 
 
 def headline_change(headline: Headline) -> str | None:

@@ -171,7 +171,7 @@ def split_phrase(evaluation: Any) -> str:
 
 def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
     """Each data set's main numbers as cards, the change against one constant answer below them, that answer's
-    score in the tooltip."""
+    score in the tooltip, and under the cards how far each number moves over resamples of the car models."""
     for dataset, rows in found.items():
         st.markdown(f"**{dataset}** · {split_phrase(bundle.metrics.get(dataset))}")
         cards = st.container(horizontal=True, gap="medium")
@@ -184,3 +184,5 @@ def headline_cards(bundle: Bundle, found: Mapping[str, list[Headline]]) -> None:
                 help=fmt.headline_baseline(row),
                 width="content",
             )
+        if ranges := fmt.headline_ranges(rows):
+            st.caption(ranges)
