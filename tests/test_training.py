@@ -261,6 +261,14 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     white = json.loads(capsys.readouterr().out)
     assert white["whiteout"] is True and white["n"] == report["n"]
     assert white["modernity"]["mae_years"] != report["modernity"]["mae_years"]  # other pixels, other answers
+    photo = load_image(next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg")))
+    for name, restyle in evaluate.PHOTO_STYLES.items():
+        styled = restyle(photo)
+        assert styled.size == photo.size and styled.mode == "RGB", name  # a labelled box still fits
+        assert not np.array_equal(np.asarray(styled), np.asarray(photo)), f"{name} left the photo as it was"
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--photo-style", "greyscale"])
+    grey = json.loads(capsys.readouterr().out)
+    assert grey["photo_style"] == "greyscale" and grey["n"] == report["n"] and "accuracy" in grey["car"]
 
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
     report = json.loads(capsys.readouterr().out)

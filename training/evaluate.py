@@ -11,14 +11,16 @@ only rows of that split of the bundle's own grouped split are used (folders the 
 metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
 has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
 knows those photos), and `--whiteout` puts every car with a labelled box (Stanford's photos) on white, cut out by
-GrabCut: how the answers hold when a car leaves its photo style. The scores are taken on the labelled car box, and
-where a photo has none on the box the bundle's gate finds, as the app crops; `--gate-box` takes the gate's box for
-every photo: the scores as a user meets them.
+GrabCut, and `--photo-style` turns every photo greyscale, dark, overexposed, blurred, low-resolution or heavily
+JPEG-compressed: how the answers hold when a car leaves its photo style. The scores are taken on the labelled car
+box, and where a photo has none on the box the bundle's gate finds, as the app crops; `--gate-box` takes the gate's
+box for every photo: the scores as a user meets them.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from core.artifacts import Bundle, NetworkOutputs, crop_to_box, load_bundle, predict_images
@@ -48,6 +51,41 @@ BOX = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]  # a labels.csv's car box (pi
 # Where a folder names each photo's car model, first found first: DVM-CAR's Genmodel + year, Stanford's class, an EPFL
 # sequence (one car), else make + model + year.
 CAR_MODEL_COLUMNS = (("car_model",), ("class_name",), ("sequence",), ("make", "model", "year"))
+
+
+def greyscale(image: Image.Image) -> Image.Image:
+    return ImageOps.grayscale(image).convert("RGB")
+
+
+def dark(image: Image.Image) -> Image.Image:
+    return ImageEnhance.Brightness(image).enhance(0.35)
+
+
+def overexposed(image: Image.Image) -> Image.Image:
+    return ImageEnhance.Brightness(image).enhance(1.8)
+
+
+def blurred(image: Image.Image) -> Image.Image:
+    """Out of focus: a Gaussian blur of 1 % of the longer side (2.6 px on the data's 256 px photos)."""
+    return image.filter(ImageFilter.GaussianBlur(0.01 * max(image.size)))
+
+
+def low_resolution(image: Image.Image) -> Image.Image:
+    """96 px on the longer side and back to its size (so a labelled box still fits)."""
+    scale = 96 / max(image.size)
+    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    return small.resize(image.size, Image.Resampling.BILINEAR)
+
+
+def jpeg_artefacts(image: Image.Image) -> Image.Image:
+    """Saved as a JPEG of quality 15."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=15)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+PHOTO_STYLES = {f.__name__.replace("_", "-"): f for f in (greyscale, dark, overexposed, blurred, low_resolution,
+                                                          jpeg_artefacts)}  # fmt: skip
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
@@ -131,6 +169,8 @@ def run_networks(
                     frame = swap_background(frame, load_image(row["background"]))
                 if "whiteout" in row:
                     frame = cut_out_on_white(frame, box)
+                if "photo_style" in row:
+                    frame = PHOTO_STYLES[row["photo_style"]](frame)
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
@@ -297,10 +337,12 @@ def evaluate_folder(
     backdrops: Path | None = None,
     whiteout: bool = False,
     gate_box: bool = False,
+    photo_style: str | None = None,
 ) -> dict[str, Any]:
     """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
     background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white; with
-    `gate_box`, the scores on the gate's crops."""
+    `gate_box`, the scores on the gate's crops; with `photo_style` (a key of `PHOTO_STYLES`), on every photo so
+    restyled."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
@@ -321,6 +363,8 @@ def evaluate_folder(
             raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
         labels["whiteout"] = True
         report["whiteout"] = True
+    if photo_style:
+        labels["photo_style"] = report["photo_style"] = photo_style
     report["crop"] = "gate box" if gate_box else "labelled box, else the gate's box"
     outputs, unreadable = run_networks(bundle, labels, gate_box)
     if unreadable:
@@ -380,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "by one of them, of --split where the bundle was trained on them")  # fmt: skip
     parser.add_argument("--whiteout", action="store_true", help="every car (its labelled box, cut out "
                         "by GrabCut) is put on white, as on DVM-CAR's adverts: the answers in that style")  # fmt: skip
+    parser.add_argument("--photo-style", choices=list(PHOTO_STYLES), help="every photo (after --backdrops or "
+                        "--whiteout) greyscale, darkened to 35 %%, brightened to 180 %%, blurred by 1 %% of its longer "
+                        "side, reduced to 96 px and back, or saved as a JPEG of quality 15")  # fmt: skip
     parser.add_argument("--gate-box", action="store_true", help="score every car on the crop of the box the "
                         "bundle's gate finds (as the app does), not on its labelled box")  # fmt: skip
     args = parser.parse_args(argv)
@@ -391,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
-    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout, args.gate_box))
+    report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout, args.gate_box,
+                                   args.photo_style))  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
