@@ -47,6 +47,7 @@ def glance_section(bundle: Bundle) -> None:
     st.header("At a glance")
     st.caption("Each data set's main numbers against what one constant answer scores; the full table is below.")
     widgets.headline_cards(bundle, found)
+    common.show_ranges(bundle, found, "report:ranges")
 
 
 def data_section(bundle: Bundle) -> None:

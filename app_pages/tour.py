@@ -108,6 +108,7 @@ def how_well(bundle: Bundle) -> None:
         "page has every metric."
     )
     widgets.headline_cards(bundle, found)
+    common.show_ranges(bundle, found, "tour:ranges")
 
 
 def live(bundle: Bundle) -> None:

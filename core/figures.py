@@ -16,10 +16,12 @@ import pandas as pd
 import plotly.colors as pc
 import plotly.graph_objects as go
 from PIL import Image
+from plotly.subplots import make_subplots
 
 from core import density
 from core.config import YearBin
 from core.explore import UNKNOWN, ColourSpec, category_order
+from core.report import Headline
 from core.scoring import whole_year
 
 MISSING_COLOUR = "#b8b8b8"
@@ -566,3 +568,39 @@ def curves(history: pd.DataFrame, columns: Sequence[str], title: str, height: in
 def figure_html(figure: go.Figure) -> str:
     """A standalone HTML page of the figure (plotly.js from its CDN, so the file stays small)."""
     return figure.to_html(include_plotlyjs="cdn", full_html=True)
+
+
+RANGE_PANELS = (("", "scores (higher is better)"), ("years", "errors in years (lower is better)"))
+
+
+def ranges_figure(found: Mapping[str, Sequence[Headline]], height: int = 320) -> go.Figure | None:
+    """Each data set's headline numbers that have a range over resamples of their car models: the number as a dot,
+    the range as a bar, what one constant answer scores as a hollow mark; scores and errors in years side by side.
+    None when no headline has a range."""
+    panels = [[(f"{dataset} · {h.label}", h) for dataset, rows in found.items() for h in rows
+               if h.interval is not None and h.unit == unit] for unit, _ in RANGE_PANELS]  # fmt: skip
+    if not any(panels):
+        return None
+    figure = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in RANGE_PANELS], horizontal_spacing=0.3)
+    for column, items in enumerate(panels, start=1):
+        if not items:
+            continue
+        names, rows = [name for name, _ in items], [h for _, h in items]
+        figure.add_scatter(
+            x=[h.value for h in rows], y=names, mode="markers", name="measured", showlegend=column == 1,
+            marker={"size": 10, "color": QUALITATIVE[0]}, row=1, col=column,
+            error_x={"type": "data", "symmetric": False, "array": [h.interval[1] - h.value for h in rows],
+                     "arrayminus": [h.value - h.interval[0] for h in rows]},
+            hovertemplate="%{y}: %{x:.3f}<br>90 % of resamples of the car models: %{customdata}<extra></extra>",
+            customdata=[f"{h.interval[0]:.3f}–{h.interval[1]:.3f}" for h in rows],
+        )  # fmt: skip
+        constant = [(name, h.baseline) for name, h in items if h.baseline is not None]
+        if constant:
+            figure.add_scatter(
+                x=[value for _, value in constant], y=[name for name, _ in constant], mode="markers",
+                name="one constant answer", showlegend=column == 1, row=1, col=column,
+                marker={"size": 10, "symbol": "circle-open", "color": MISSING_COLOUR, "line": {"width": 2}},
+            )  # fmt: skip
+        figure.update_yaxes(autorange="reversed", row=1, col=column)
+    figure.update_layout(height=height, margin=MARGIN, legend={"orientation": "h", "y": -0.15})
+    return fit_margins(figure)

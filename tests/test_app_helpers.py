@@ -47,6 +47,7 @@ from core.figures import (
     heatmap,
     map_figure,
     modernity_gauge,
+    ranges_figure,
     with_overlay,
 )
 from core.report import (
@@ -279,6 +280,13 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
         "90 % of resamples of the car models measured fall within: Year MAE (years) 1.52–2.31"
     )
     assert fmt.headline_ranges(found["epfl_multiview"]) is None
+    figure = ranges_figure(found)
+    measured, constant = figure.data  # only the year MAE has a range: the errors panel alone
+    assert (measured.y, measured.x, constant.x) == (("stanford_cars · Year MAE (years)",), (1.88,), (2.9,))
+    assert measured.error_x.array[0] == pytest.approx(2.31 - 1.88) and measured.error_x.arrayminus[0] == (
+        pytest.approx(1.88 - 1.52))  # fmt: skip
+    assert measured.xaxis == "x2", "errors in years stand in their own panel, beside the scores"
+    assert ranges_figure({"epfl_multiview": found["epfl_multiview"]}) is None
     assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
     assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"
 

@@ -440,21 +440,24 @@ def test_report_shows_every_metric_and_one_data_set_of_figures_at_a_time(
     assert "90 % of resamples of the car models measured fall within: Year MAE (years) 1.75–3.25" in texts(at)
     mae = table[(table["task"] == "stanford_cars · modernity") & (table["measure"] == "mean absolute error (years)")]
     assert mae["range over car models (90 %)"].tolist() == ["1.750–3.250"]
+    ranges = json.loads(charts(at)[0].proto.spec)["data"][0]  # at a glance, under the cards
+    assert ranges["y"] == ["stanford_cars · Year MAE (years)"] and ranges["error_x"]["arrayminus"] == [0.75]
     assert "**stanford_cars** · every split" in texts(at)
     assert "the scores averaged over the crop and its mirror image" in texts(at)
 
     def figures_of(dataset: str) -> list[str]:
         return [t.name for t in tasks if t.confusion is not None and t.name.startswith(dataset)]
 
-    # by default the first data set's matrices and the first network's curves: 2 data charts, 2 per task, 2 curves
+    # by default the first data set's matrices and the first network's curves: the ranges, 2 data charts, 2 per
+    # task, 2 curves
     assert [s.value for s in at.subheader] == [*figures_of("stanford_cars"), "modernity"]
-    assert len(charts(at)) == 2 + 2 * len(figures_of("stanford_cars")) + 2
+    assert len(charts(at)) == 1 + 2 + 2 * len(figures_of("stanford_cars")) + 2
     assert "A release refit" not in texts(at)
     at.segmented_control(key="report_data").set_value("dvm_porsche").run()
     at.segmented_control(key="report_curves").set_value("bodytype").run()
     assert_clean(at)
     assert [s.value for s in at.subheader] == [*figures_of("dvm_porsche"), "bodytype"]
-    assert len(charts(at)) == 2 + 2 * len(figures_of("dvm_porsche")) + 2
+    assert len(charts(at)) == 1 + 2 + 2 * len(figures_of("dvm_porsche")) + 2
     assert "A release refit: this network was trained on the validation cars too" in texts(at)
 
 

@@ -25,7 +25,9 @@ from core import config
 from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
 from core.errors import CarmorphError
 from core.explore import map_table, morph_frame
+from core.figures import ranges_figure
 from core.report import Headline, collect_tasks, headlines, split_counts
+from ui import widgets
 
 logger = logging.getLogger("carmorph.ui")
 T = TypeVar("T")
@@ -188,6 +190,16 @@ def presenting() -> bool:
     if PRESENT_KEY in st.session_state:
         return bool(st.session_state[PRESENT_KEY])
     return st.query_params.get(PRESENT_KEY, "").lower() == "true"
+
+
+def show_ranges(bundle: Bundle, found: dict[str, list[Headline]], key: str, height: int = 300) -> None:
+    """The headlines' ranges over resamples of their car models as one chart, built once per bundle and height;
+    nothing when no headline has a range."""
+    if not any(h.interval is not None for rows in found.values() for h in rows):
+        return
+    size = scaled(height)
+    figure = on_bundle(bundle, f"ranges:{size}", lambda: ranges_figure(found, size))
+    widgets.show_figure(figure, "ranges over car models", key)
 
 
 def scaled(height: int) -> int:
