@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 from core import density
 from core.config import YearBin
 from core.explore import UNKNOWN, ColourSpec, category_order
-from core.report import Headline
+from core.report import INTERVAL_LEVEL, Headline
 from core.scoring import whole_year
 
 MISSING_COLOUR = "#b8b8b8"
@@ -591,7 +591,8 @@ def ranges_figure(found: Mapping[str, Sequence[Headline]], height: int = 320) ->
             marker={"size": 10, "color": QUALITATIVE[0]}, row=1, col=column,
             error_x={"type": "data", "symmetric": False, "array": [h.interval[1] - h.value for h in rows],
                      "arrayminus": [h.value - h.interval[0] for h in rows]},
-            hovertemplate="%{y}: %{x:.3f}<br>90 % of resamples of the car models: %{customdata}<extra></extra>",
+            hovertemplate=f"%{{y}}: %{{x:.3f}}<br>{100 * INTERVAL_LEVEL:.0f} % of resamples of the car models: "
+            "%{customdata}<extra></extra>",
             customdata=[f"{h.interval[0]:.3f}–{h.interval[1]:.3f}" for h in rows],
         )  # fmt: skip
         constant = [(name, h.baseline) for name, h in items if h.baseline is not None]
