@@ -28,6 +28,11 @@ EMBEDDING_DIM = 512
 # The crop the modernity and body-type networks see: the car box widened by this fraction of its width/height on
 # each side (training, bundle building and scoring all use it).
 CROP_MARGIN = 0.04
+# Below this sharpness (core.imaging.sharpness) a photo looks out of focus and its scores may not hold. Chosen on the
+# validation split's car photos: below it are 0.19 % of Stanford's (0.5th percentile 153), none of DVM-CAR's or
+# EPFL's (549, 554), and 96-100 % of them blurred by 0.5 % of their longer side, all blurred by 1 %
+# (docs/EXPERIMENTS.md).
+BLUR_SHARPNESS = 100.0
 
 # Largest image (in pixels) that is decoded; larger ones are refused as possible decompression bombs.
 # 50 MP covers any phone photo; the upload limit in .streamlit/config.toml (25 MB) is of the same order.

@@ -229,3 +229,16 @@ def image_to_bytes(image: Image.Image, format: str = "PNG", **save_options: obje
     buffer = io.BytesIO()
     image.save(buffer, format=format, **save_options)
     return buffer.getvalue()
+
+
+SHARPNESS_SIZE = 224  # px: the networks' input size, so a photo's own resolution counts as it does for them
+
+
+def sharpness(image: Image.Image) -> float:
+    """Variance of the 4-neighbour Laplacian of the image in grey at SHARPNESS_SIZE x SHARPNESS_SIZE: small for an
+    out-of-focus photo or one enlarged from a few pixels."""
+    size = (SHARPNESS_SIZE, SHARPNESS_SIZE)
+    grey = np.asarray(image.convert("L").resize(size, Image.Resampling.BICUBIC), np.float32)
+    centre = grey[1:-1, 1:-1]
+    laplacian = 4 * centre - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    return float(laplacian.var())

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from core.artifacts import Bundle, crop_to_box
-from core.config import CROP_MARGIN
+from core.config import BLUR_SHARPNESS, CROP_MARGIN
 from core.gate import GateEstimates, gate_estimates
-from core.imaging import load_image
+from core.imaging import load_image, sharpness
 from core.models import crop_outputs
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
@@ -48,6 +48,7 @@ class ScoreResult:
     embedding: np.ndarray | None = None  # the body-type network's embedding (its neck, or its pooled feature)
     map_position: tuple[float, float] | None = None
     neighbours: Neighbours | None = None  # nearest bundle images (rows of bundle.images), closest first
+    warning: str | None = None  # why the scores of a scored photo may not hold (it looks out of focus)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds, plus "total"
 
     @property
@@ -99,8 +100,22 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
     if result.reason is None:
         _score_crop(result, bundle, clock)
         result.accepted = True
+        result.warning = blur_warning(picture)
     result.timings = clock.total()
     return result
+
+
+def blur_warning(picture: Image.Image) -> str | None:
+    """Why the scores of a photo may not hold when it looks out of focus (its sharpness below BLUR_SHARPNESS)."""
+    value = sharpness(picture)
+    if value >= BLUR_SHARPNESS:
+        return None
+    return (
+        f"This photo looks blurred (sharpness {value:.0f}, below {BLUR_SHARPNESS:.0f}; nearly every car photo of the "
+        "data scores 150 or more): out of focus, moving, or enlarged from a small picture. Scores of blurred photos "
+        "are far off (on blurred test photos the year was off by 3 years on average, worse than always answering "
+        "2012): take them with caution, or try a sharper photo."
+    )
 
 
 def bundle_segmenter(bundle: Bundle) -> Segmenter:

@@ -8,6 +8,7 @@ an edited manifest.json, which is not itself hashed. Uploads go through AppTest'
 from __future__ import annotations
 
 import gc
+import io
 import json
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import streamlit as st
+from PIL import Image, ImageFilter
 from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import write_synthetic_bundle
@@ -223,6 +225,18 @@ def test_page_parameter_opens_that_page_with_its_view(app: Callable[..., AppTest
 def upload(at: AppTest, name: str, data: bytes, mime: str) -> AppTest:
     at.file_uploader(key="upload").set_value((name, data, mime))
     return at.run()
+
+
+def test_score_warns_about_a_blurred_photo_and_still_scores_it(
+    app: Callable[..., AppTest], fixture_image_bytes
+) -> None:
+    photo = Image.open(io.BytesIO(fixture_image_bytes("stanford_cars", 8))).convert("RGB")
+    out_of_focus = io.BytesIO()
+    photo.filter(ImageFilter.GaussianBlur(0.01 * max(photo.size))).save(out_of_focus, "PNG")
+    at = upload(app(bundle="accept"), "blurred.png", out_of_focus.getvalue(), "image/png")
+    assert_clean(at)
+    assert [w.value[:27] for w in at.warning] == ["This photo looks blurred (s"]
+    assert "How modern" in texts(at), "a warning, not a rejection: the scores are shown"
 
 
 def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_bytes) -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from core.artifacts import Bundle, Thresholds, predict_images
+from core.config import BLUR_SHARPNESS
 from core.errors import ImageError
-from core.pipeline import ScoreResult, bundle_segmenter, score_image
+from core.imaging import sharpness
+from core.pipeline import ScoreResult, blur_warning, bundle_segmenter, score_image
 from core.scoring import softmax
 from core.segment import Segmentation
 
@@ -60,6 +62,16 @@ def test_a_car_photo_is_scored(open_bundle: Bundle, fixture_image_bytes: Callabl
     assert len(result.neighbours.indices) == open_bundle.placer.k
     assert set(STAGES) <= set(result.timings) and all(value >= 0 for value in result.timings.values())
     assert result.timings["total"] >= sum(result.timings[stage] for stage in STAGES[:-1]) * 0.99
+
+
+def test_a_blurred_photo_is_scored_with_a_warning(open_bundle: Bundle, car_photo: Image.Image):
+    sharp = score_image(car_photo, open_bundle)
+    assert sharp.accepted and sharp.warning is None and sharpness(car_photo) >= BLUR_SHARPNESS
+    out_of_focus = car_photo.filter(ImageFilter.GaussianBlur(0.01 * max(car_photo.size)))
+    blurred = score_image(out_of_focus, open_bundle)
+    assert blurred.accepted and sharpness(out_of_focus) < BLUR_SHARPNESS
+    assert blurred.warning.startswith("This photo looks blurred (sharpness ")
+    assert blur_warning(Image.new("RGB", (300, 200), (90, 90, 90))) is not None, "a flat grey picture has no detail"
 
 
 def test_a_flip_averaging_bundle_scores_the_crop_and_its_mirror_image(open_bundle: Bundle, car_photo: Image.Image):
