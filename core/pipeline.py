@@ -112,9 +112,8 @@ def blur_warning(picture: Image.Image) -> str | None:
         return None
     return (
         f"This photo looks blurred (sharpness {value:.0f}, below {BLUR_SHARPNESS:.0f}; nearly every car photo of the "
-        "data scores 150 or more): out of focus, moving, or enlarged from a small picture. Scores of blurred photos "
-        "are far off (on blurred test photos the year was off by 3 years on average, worse than always answering "
-        "2012): take them with caution, or try a sharper photo."
+        "data scores 150 or more): out of focus, moving, or enlarged from a small picture. The scores of blurred "
+        "photos can be far off: take them with caution, or try a sharper photo."
     )
 
 
