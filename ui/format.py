@@ -70,9 +70,14 @@ def count(value: int) -> str:
     return f"{value:,d}"
 
 
+def _headline_number(headline: Headline, value: float) -> str:
+    """A number of a headline's kind: two decimals with a unit (years), three for a score."""
+    return f"{value:.2f}" if headline.unit else f"{value:.3f}"
+
+
 def headline_value(headline: Headline) -> str:
     """'1.88' (years: the unit is in the label), '0.768'."""
-    return f"{headline.value:.2f}" if headline.unit else f"{headline.value:.3f}"
+    return _headline_number(headline, headline.value)
 
 
 def headline_range(headline: Headline) -> str | None:
@@ -80,7 +85,7 @@ def headline_range(headline: Headline) -> str | None:
     if headline.interval is None:
         return None
     low, high = headline.interval
-    return f"{low:.2f}{DASH}{high:.2f}" if headline.unit else f"{low:.3f}{DASH}{high:.3f}"
+    return f"{_headline_number(headline, low)}{DASH}{_headline_number(headline, high)}"
 
 
 def headline_ranges(headlines: list[Headline]) -> str | None:
@@ -105,5 +110,5 @@ def headline_baseline(headline: Headline) -> str | None:
     """The constant answer's own score: 'Answering 2012 for every car scores 2.90 years.'; None without one."""
     if headline.baseline is None:
         return None
-    value = f"{headline.baseline:.2f} {headline.unit}" if headline.unit else f"{headline.baseline:.3f}"
+    value = f"{_headline_number(headline, headline.baseline)} {headline.unit}".rstrip()
     return f"Answering {headline.baseline_label} for every car scores {value}."
