@@ -219,10 +219,10 @@ def modernity_metrics(
     majority = np.bincount(true[true >= 0], minlength=len(bins)).argmax()
     always_majority = classification_metrics(true, np.full_like(true, majority), len(bins))
     constant = float(np.median(years[known]))
-    pred, errors = probs.argmax(1)[known], np.abs(shown - years)[known]
+    known_true, pred, errors = true[known], probs.argmax(1)[known], np.abs(shown - years)[known]
     spread = intervals(
         models[known] if models is not None else None,
-        {"macro_f1": lambda rows: classification_metrics(true[known][rows], pred[rows], len(bins)).macro_f1,
+        {"macro_f1": lambda rows: classification_metrics(known_true[rows], pred[rows], len(bins)).macro_f1,
          "mae_years": lambda rows: float(errors[rows].mean())},
     )  # fmt: skip
     return {
