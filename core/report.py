@@ -94,6 +94,7 @@ class Headline:
     baseline_label: str = ""
     lower_is_better: bool = False
     interval: tuple[float, float] | None = None  # the range over resamples of the car models measured
+    key: str = ""  # its metric key in training.evaluate's output ('mae_years')
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _headline(spec: HeadlineSpec, task: TaskMetrics) -> Headline:
     if spec.baseline_key == "constant_mae_years" and "constant_year" in task.baselines:
         label = f"{task.baselines['constant_year']:.0f}"
     return Headline(spec.label, task.scores[spec.key], spec.unit, baseline, label if baseline is not None else "",
-                    spec.lower_is_better, task.intervals.get(spec.key))  # fmt: skip
+                    spec.lower_is_better, task.intervals.get(spec.key), spec.key)  # fmt: skip
 
 
 def headlines(tasks: Sequence[TaskMetrics], datasets: Sequence[str]) -> dict[str, list[Headline]]:
@@ -151,6 +152,35 @@ def headlines(tasks: Sequence[TaskMetrics], datasets: Sequence[str]) -> dict[str
         if rows:
             found[dataset] = rows
     return found
+
+
+def year_errors(found: Mapping[str, Sequence[Headline]]) -> dict[str, Headline]:
+    """Each data set's mean absolute error of the year shown, of the headlines `headlines` found."""
+    return {dataset: row for dataset, rows in found.items() for row in rows if row.key == "mae_years"}
+
+
+@dataclass(frozen=True)
+class MakeHorizon:
+    """The last model year whose training cars are of more than one make, and the makes of every training car
+    after it: past that year the networks saw the design of these makes only, so "new" may mean "of these makes"."""
+
+    year: int
+    makes: tuple[str, ...]
+
+
+def make_horizon(images: pd.DataFrame) -> MakeHorizon | None:
+    """The make horizon of a collection's training cars (known year and make); None when cars of several makes
+    reach its last year, or where the table does not say."""
+    if not {"split", "year", "make"} <= set(images.columns):
+        return None
+    known = images[(images["split"] == "train") & (images["year"] > 0) & (images["make"].fillna("") != "")]
+    makes_per_year = known.groupby("year")["make"].nunique()
+    shared = makes_per_year.index[makes_per_year > 1]
+    if shared.empty:
+        return None
+    year = int(shared.max())
+    later = known.loc[known["year"] > year, "make"]
+    return MakeHorizon(year, tuple(sorted(later.unique()))) if not later.empty else None
 
 
 def measure_name(key: str) -> str:

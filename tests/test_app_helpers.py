@@ -51,13 +51,16 @@ from core.figures import (
     with_overlay,
 )
 from core.report import (
+    MakeHorizon,
     collect_curves,
     collect_tasks,
     group_counts,
     headlines,
     initialisation_line,
+    make_horizon,
     provenance_facts,
     split_counts,
+    year_errors,
 )
 from core.scoring import percentile
 from ui import format as fmt
@@ -289,6 +292,36 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
     assert ranges_figure({"epfl_multiview": found["epfl_multiview"]}) is None
     assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
     assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"
+    errors = year_errors(found)
+    assert list(errors) == ["stanford_cars"] and errors["stanford_cars"] is mae
+    assert fmt.year_error("stanford_cars", "the test split", mae) == (
+        "1.88 years on stanford_cars (the test split; 1.52–2.31 over resamples of its car models)"
+    )
+    unranged = headlines(collect_tasks({"dvm_porsche": {"modernity": {"mae_years": 1.68}}}), ["dvm_porsche"])
+    assert fmt.year_error("dvm_porsche", "its evaluation", unranged["dvm_porsche"][0]) == (
+        "1.68 years on dvm_porsche (its evaluation)"
+    )
+
+
+def cars(*rows: tuple[str, int, str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["make", "year", "split"])
+
+
+def test_the_make_horizon_is_the_last_year_of_several_makes_when_one_make_goes_on() -> None:
+    older = [("Audi", 2011, "train"), ("Porsche", 2011, "train"), ("Audi", 2012, "train"), ("Porsche", 2012, "train")]
+    newer = [("Porsche", 2015, "train"), ("Porsche", 2019, "train"), ("Audi", 2020, "test")]  # test cars do not count
+    horizon = make_horizon(cars(*older, *newer))
+    assert horizon == MakeHorizon(2012, ("Porsche",))
+    assert fmt.horizon_caveat(horizon) == (
+        "Every car it trained on after 2012 is a Porsche: a newer car of another make is likely to read as 2012 or "
+        "earlier."
+    )
+    assert make_horizon(cars(*older, ("BMW", 2016, "train"), ("Fiat", 2016, "train"))) is None, "two makes to the end"
+    assert make_horizon(cars(*older)) is None, "no car after the last year of several makes"
+    assert make_horizon(cars(("Porsche", 2010, "train"), ("Porsche", 2019, "train"))) is None, "one make throughout"
+    unknown = cars(*older, ("", 2019, "train"), ("Porsche", 0, "train"))  # unknown makes and years are left out
+    assert make_horizon(unknown) is None
+    assert make_horizon(cars(*older).drop(columns="make")) is None
 
 
 def test_the_initialisation_line_says_in_words_where_each_backbone_came_from() -> None:

@@ -115,6 +115,12 @@ def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> di
     return {
         "tiny": source,
         "accept": bundle_variant(source, root / "accept", thresholds={"car": 0.0, "frontal": 0.0}),
+        "accept_measured": bundle_variant(
+            source,
+            root / "accept_measured",
+            thresholds={"car": 0.0, "frontal": 0.0},
+            metrics=recorded_metrics(tiny_bundle),
+        ),
         "reject": bundle_variant(source, root / "reject", thresholds={"car": 1.0, "frontal": 1.0}),
         "front_only": bundle_variant(
             source, root / "front_only", thresholds={"car": 0.0, "frontal": 1.0}, valid_views="frontal"
@@ -247,6 +253,7 @@ def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_by
     for heading in ("How modern", "How typical", "What drove the modernity score", "Where it sits"):
         assert heading in shown
     assert "Segmenter: **gate**" in shown
+    assert "How far to trust the year" not in shown, "a bundle without year errors or a make horizon says nothing"
     assert at.metric[0].label.startswith("Typicality within")
     assert len(charts(at)) >= 5, "gauge, year bins, body type, typicality distribution, map"
     assert "Timings per stage" in [e.label for e in at.expander]
@@ -256,6 +263,15 @@ def test_score_accepts_a_car_photo(app: Callable[..., AppTest], fixture_image_by
     markers = [trace for trace in figure["data"] if trace.get("x")]
     assert [trace["name"] for trace in markers] == ["nearest cars (8)", "your car"]
     assert {trace["type"] for trace in figure["data"]} == {"scatter"}
+
+
+def test_score_says_how_far_to_trust_the_year(app: Callable[..., AppTest], fixture_image_bytes) -> None:
+    at = upload(app(bundle="accept_measured"), "car.jpg", fixture_image_bytes("stanford_cars", 8), "image/jpeg")
+    assert_clean(at)
+    assert (
+        "**How far to trust the year.** On average it was off by 2.50 years on stanford_cars (every split; "
+        "1.75–3.25 over resamples of its car models)." in [caption.value for caption in at.caption]
+    )
 
 
 def test_score_waits_with_the_collection_map(app: Callable[..., AppTest]) -> None:

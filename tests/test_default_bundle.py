@@ -9,6 +9,7 @@ import pytest
 from core.artifacts import Bundle, load_bundle
 from core.config import DEFAULT_BUNDLE_DIR
 from core.pipeline import score_image
+from core.report import MakeHorizon, make_horizon
 from core.viewpoint import VIEW_CLASSES
 
 
@@ -46,6 +47,8 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert default_bundle.box_head is not None
     assert manifest.training["box_head"]["backbone"]["origin"] == manifest.networks["gate"].init
     assert {"stanford_cars_gate_box", "dvm_porsche_gate_box"} <= set(manifest.metrics)
+    # every training car after 2012 is a Porsche: the Score page says so under the year
+    assert make_horizon(default_bundle.images) == MakeHorizon(2012, ("Porsche",))
 
 
 def test_the_default_gate_finds_the_fixture_cars_and_refuses_the_non_cars(default_bundle, fixture_rows):

@@ -24,6 +24,7 @@ from core.figures import (
     with_overlay,
 )
 from core.pipeline import ScoreResult, score_image
+from core.report import make_horizon, year_errors
 from core.scoring import group_key
 from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
 from ui import common, widgets
@@ -122,6 +123,21 @@ def show_modernity(bundle: Bundle, result: ScoreResult, key: str, height: int = 
     title = f"Year bin · most likely {modernity.predicted_label}"
     bars = probability_bars(labels, modernity.probabilities, title, common.scaled(height))
     widgets.show_figure(bars, "year bin probabilities", f"{key}:bins")
+    if trust := year_trust(bundle):
+        st.caption(trust)
+
+
+def year_trust(bundle: Bundle) -> str | None:
+    """How far the year shown was off on the bundle's evaluations, and the make horizon of its training cars."""
+    errors = [
+        fmt.year_error(dataset, widgets.split_phrase(bundle.metrics.get(dataset)), row)
+        for dataset, row in year_errors(common.bundle_headlines(bundle)).items()
+    ]
+    horizon = common.on_bundle(bundle, "make_horizon", lambda: make_horizon(bundle.images))
+    parts = ([f"On average it was off by {' and '.join(errors)}."] if errors else []) + (
+        [fmt.horizon_caveat(horizon)] if horizon else []
+    )
+    return f"**How far to trust the year.** {' '.join(parts)}" if parts else None
 
 
 def show_body_type(result: ScoreResult, key: str, height: int = 260) -> None:
