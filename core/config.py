@@ -33,6 +33,11 @@ CROP_MARGIN = 0.04
 # EPFL's (549, 554), and 96-100 % of them blurred by 0.5 % of their longer side, all blurred by 1 %
 # (docs/EXPERIMENTS.md).
 BLUR_SHARPNESS = 100.0
+# Below this many pixels on its longer side the car's box is smaller than any car photo of the data (the smallest
+# validation car: 110 px on an EPFL frame, 113 px on Stanford's), and the scores fall off: Stanford validation with
+# every photo reduced to 96 px gives a year error of 1.82 years (1.30 as is) and body type 0.752 (0.822); to 64 px,
+# 2.09 years and 0.614 (docs/EXPERIMENTS.md).
+SMALL_CAR_PIXELS = 100
 
 # Largest image (in pixels) that is decoded; larger ones are refused as possible decompression bombs.
 # 50 MP covers any phone photo; the upload limit in .streamlit/config.toml (25 MB) is of the same order.

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from core.artifacts import Bundle, crop_to_box
-from core.config import BLUR_SHARPNESS, CROP_MARGIN
+from core.config import BLUR_SHARPNESS, CROP_MARGIN, SMALL_CAR_PIXELS
 from core.gate import GateEstimates, gate_estimates
 from core.imaging import load_image, sharpness
 from core.models import crop_outputs
@@ -48,7 +48,7 @@ class ScoreResult:
     embedding: np.ndarray | None = None  # the body-type network's embedding (its neck, or its pooled feature)
     map_position: tuple[float, float] | None = None
     neighbours: Neighbours | None = None  # nearest bundle images (rows of bundle.images), closest first
-    warning: str | None = None  # why the scores of a scored photo may not hold (it looks out of focus)
+    warnings: tuple[str, ...] = ()  # why the scores of a scored photo may not hold (out of focus, a small car)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds, plus "total"
 
     @property
@@ -100,7 +100,7 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
     if result.reason is None:
         _score_crop(result, bundle, clock)
         result.accepted = True
-        result.warning = blur_warning(picture)
+        result.warnings = tuple(w for w in (blur_warning(picture), small_car_warning(result.box)) if w)
     result.timings = clock.total()
     return result
 
@@ -114,6 +114,19 @@ def blur_warning(picture: Image.Image) -> str | None:
         f"This photo looks blurred (sharpness {value:.0f}, below {BLUR_SHARPNESS:.0f}; nearly every car photo of the "
         "data scores 150 or more): out of focus, moving, or enlarged from a small picture. The scores of blurred "
         "photos can be far off: take them with caution, or try a sharper photo."
+    )
+
+
+def small_car_warning(box: tuple[float, float, float, float]) -> str | None:
+    """Why the scores may not hold when the car is small in the photo (its box's longer side below
+    SMALL_CAR_PIXELS): the networks read it enlarged, with less detail than any car they learned from."""
+    side = max(box[2] - box[0], box[3] - box[1])
+    if side >= SMALL_CAR_PIXELS:
+        return None
+    return (
+        f"The car is small in this photo ({side:.0f} px across, below {SMALL_CAR_PIXELS}; every car of the data is "
+        "110 px or more): the networks see it enlarged, with little detail, and its scores can be far off. A "
+        "closer or larger photo of the car helps."
     )
 
 

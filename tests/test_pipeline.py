@@ -12,10 +12,10 @@ import pytest
 from PIL import Image, ImageFilter
 
 from core.artifacts import Bundle, Thresholds, predict_images
-from core.config import BLUR_SHARPNESS
+from core.config import BLUR_SHARPNESS, SMALL_CAR_PIXELS
 from core.errors import ImageError
 from core.imaging import sharpness
-from core.pipeline import ScoreResult, blur_warning, bundle_segmenter, score_image
+from core.pipeline import ScoreResult, blur_warning, bundle_segmenter, score_image, small_car_warning
 from core.scoring import softmax
 from core.segment import Segmentation
 
@@ -64,14 +64,22 @@ def test_a_car_photo_is_scored(open_bundle: Bundle, fixture_image_bytes: Callabl
     assert result.timings["total"] >= sum(result.timings[stage] for stage in STAGES[:-1]) * 0.99
 
 
-def test_a_blurred_photo_is_scored_with_a_warning(open_bundle: Bundle, car_photo: Image.Image):
-    sharp = score_image(car_photo, open_bundle)
-    assert sharp.accepted and sharp.warning is None and sharpness(car_photo) >= BLUR_SHARPNESS
+def test_a_blurred_photo_or_a_small_car_is_scored_with_a_warning(open_bundle: Bundle, car_photo: Image.Image):
+    whole_frame = FixedBoxSegmenter((0.0, 0.0, *map(float, car_photo.size)))  # 128 px across: not small
+    sharp = score_image(car_photo, open_bundle, segmenter=whole_frame)
+    assert sharp.accepted and sharp.warnings == () and sharpness(car_photo) >= BLUR_SHARPNESS
     out_of_focus = car_photo.filter(ImageFilter.GaussianBlur(0.01 * max(car_photo.size)))
-    blurred = score_image(out_of_focus, open_bundle)
+    blurred = score_image(out_of_focus, open_bundle, segmenter=whole_frame)
     assert blurred.accepted and sharpness(out_of_focus) < BLUR_SHARPNESS
-    assert blurred.warning.startswith("This photo looks blurred (sharpness ")
+    assert [w[:36] for w in blurred.warnings] == ["This photo looks blurred (sharpness "]
     assert blur_warning(Image.new("RGB", (300, 200), (90, 90, 90))) is not None, "a flat grey picture has no detail"
+    small_box = (10.0, 10.0, 10.0 + SMALL_CAR_PIXELS - 1, 50.0)
+    small = score_image(car_photo, open_bundle, segmenter=FixedBoxSegmenter(small_box))
+    assert small.accepted and small.modernity is not None, "a warning, not a rejection"
+    assert small.warnings == (small_car_warning(small_box),) and small.warnings[0].startswith(
+        f"The car is small in this photo ({SMALL_CAR_PIXELS - 1} px across, below {SMALL_CAR_PIXELS};"
+    )
+    assert small_car_warning((0.0, 0.0, 40.0, float(SMALL_CAR_PIXELS))) is None, "a tall box counts its height"
 
 
 def test_a_flip_averaging_bundle_scores_the_crop_and_its_mirror_image(open_bundle: Bundle, car_photo: Image.Image):

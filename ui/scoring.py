@@ -107,8 +107,8 @@ def show_gate(bundle: Bundle, result: ScoreResult) -> None:
         st.markdown(view_check(bundle, result.frontal))
     if not result.accepted and result.reason:
         st.warning(f"**Not scored.** {result.reason} {_advice(result.reason)}", icon=":material/block:")
-    if result.accepted and result.warning:
-        st.warning(result.warning, icon=":material/blur_on:")
+    for warning in result.warnings if result.accepted else ():
+        st.warning(warning, icon=":material/warning:")
 
 
 # ------------------------------------------------------------------------------------------------- scores
