@@ -124,9 +124,9 @@ def small_car_warning(box: tuple[float, float, float, float]) -> str | None:
     if side >= SMALL_CAR_PIXELS:
         return None
     return (
-        f"The car is small in this photo ({side:.0f} px across, below {SMALL_CAR_PIXELS}; every car of the data is "
-        "110 px or more): the networks see it enlarged, with little detail, and its scores can be far off. A "
-        "closer or larger photo of the car helps."
+        f"The car is small in this photo ({side:.0f} px across, below {SMALL_CAR_PIXELS}): the networks see it "
+        "enlarged, with less detail than any car they learned from, and its scores can be far off. A closer or "
+        "larger photo of the car helps."
     )
 
 

@@ -77,7 +77,7 @@ def test_a_blurred_photo_or_a_small_car_is_scored_with_a_warning(open_bundle: Bu
     small = score_image(car_photo, open_bundle, segmenter=FixedBoxSegmenter(small_box))
     assert small.accepted and small.modernity is not None, "a warning, not a rejection"
     assert small.warnings == (small_car_warning(small_box),) and small.warnings[0].startswith(
-        f"The car is small in this photo ({SMALL_CAR_PIXELS - 1} px across, below {SMALL_CAR_PIXELS};"
+        f"The car is small in this photo ({SMALL_CAR_PIXELS - 1} px across, below {SMALL_CAR_PIXELS}):"
     )
     assert small_car_warning((0.0, 0.0, 40.0, float(SMALL_CAR_PIXELS))) is None, "a tall box counts its height"
 

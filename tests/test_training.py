@@ -269,6 +269,14 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--photo-style", "greyscale"])
     grey = json.loads(capsys.readouterr().out)
     assert grey["photo_style"] == "greyscale" and grey["n"] == report["n"] and "accuracy" in grey["car"]
+    assert evaluate.low_resolution(photo, max(photo.size)) is photo, "a photo already as small stays as it is"
+    smaller, small_default = (np.asarray(evaluate.low_resolution(photo, px)) for px in (64, 96))
+    assert not np.array_equal(smaller, small_default), "the longer side asked for is the one used"
+    small = ["--photo-style", "low-resolution", "--low-resolution", "32"]
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), *small])
+    tiny = json.loads(capsys.readouterr().out)
+    assert tiny["photo_style"] == "low-resolution" and tiny["low_resolution_px"] == 32 and tiny["n"] == report["n"]
+    assert tiny["modernity"]["mae_years"] != report["modernity"]["mae_years"]  # other pixels, other answers
 
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
     report = json.loads(capsys.readouterr().out)
@@ -401,6 +409,9 @@ def test_evaluate_refuses_a_folder_it_cannot_read(tiny_bundle_dir, tmp_path, cap
     (tmp_path / "photos" / "labels.csv").write_text("file,year,bbox_x1,bbox_y1,bbox_x2,bbox_y2\ncar.jpg,2010,1,x,6,7\n")
     evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos")])  # no box: the gate finds it
     assert json.loads(capsys.readouterr().out)["n"] == 1
+    with pytest.raises(SystemExit):
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(tmp_path / "photos"), "--low-resolution", "0"])
+    assert "--low-resolution takes the longer side in pixels" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_broken_bundle_with_a_message(tmp_path):

@@ -20,6 +20,7 @@ box for every photo: the scores as a user meets them.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -70,9 +71,12 @@ def blurred(image: Image.Image) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(0.01 * max(image.size)))
 
 
-def low_resolution(image: Image.Image) -> Image.Image:
-    """96 px on the longer side and back to its size (so a labelled box still fits)."""
-    scale = 96 / max(image.size)
+def low_resolution(image: Image.Image, longer_side: int = 96) -> Image.Image:
+    """`longer_side` px on the longer side and back to its size (so a labelled box still fits); a photo already as
+    small stays as it is."""
+    scale = longer_side / max(image.size)
+    if scale >= 1:
+        return image
     small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     return small.resize(image.size, Image.Resampling.BILINEAR)
 
@@ -151,10 +155,13 @@ def bundle_split(bundle: Bundle, labels: pd.DataFrame, dataset: str) -> pd.Serie
 
 
 def run_networks(
-    bundle: Bundle, labels: pd.DataFrame, gate_box: bool = False
+    bundle: Bundle,
+    labels: pd.DataFrame,
+    gate_box: bool = False,
+    restyle: Callable[[Image.Image], Image.Image] | None = None,
 ) -> tuple[dict[str, np.ndarray] | None, list[dict[str, str]]]:
     """Gate on each whole frame; modernity and body type on the labelled car box, on the gate's box (as the app
-    crops) where no box is labelled, or with `gate_box` on the gate's box everywhere.
+    crops) where no box is labelled, or with `gate_box` on the gate's box everywhere; every photo `restyle`d first.
     Returns the outputs of the rows whose image could be read (None if none could) and the rows that could not
     (file and reason)."""
     has_box = set(BOX) <= set(labels.columns)
@@ -169,8 +176,8 @@ def run_networks(
                     frame = swap_background(frame, load_image(row["background"]))
                 if "whiteout" in row:
                     frame = cut_out_on_white(frame, box)
-                if "photo_style" in row:
-                    frame = PHOTO_STYLES[row["photo_style"]](frame)
+                if restyle is not None:
+                    frame = restyle(frame)
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
@@ -338,11 +345,12 @@ def evaluate_folder(
     whiteout: bool = False,
     gate_box: bool = False,
     photo_style: str | None = None,
+    low_resolution_px: int = 96,
 ) -> dict[str, Any]:
     """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
     background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white; with
     `gate_box`, the scores on the gate's crops; with `photo_style` (a key of `PHOTO_STYLES`), on every photo so
-    restyled."""
+    restyled (`low-resolution`: to `low_resolution_px` on the longer side)."""
     labels = read_folder(folder)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
@@ -363,10 +371,14 @@ def evaluate_folder(
             raise SystemExit(f"--whiteout needs the car's box of every photo (bbox_x1..bbox_y2 in {folder}/labels.csv)")
         labels["whiteout"] = True
         report["whiteout"] = True
+    restyle = PHOTO_STYLES[photo_style] if photo_style else None
     if photo_style:
-        labels["photo_style"] = report["photo_style"] = photo_style
+        report["photo_style"] = photo_style
+    if photo_style == "low-resolution":
+        restyle = functools.partial(low_resolution, longer_side=low_resolution_px)
+        report["low_resolution_px"] = low_resolution_px
     report["crop"] = "gate box" if gate_box else "labelled box, else the gate's box"
-    outputs, unreadable = run_networks(bundle, labels, gate_box)
+    outputs, unreadable = run_networks(bundle, labels, gate_box, restyle)
     if unreadable:
         report["unreadable"] = {"n": len(unreadable), "files": unreadable[:MAX_LISTED]}
         labels = labels[~labels["file"].astype(str).isin({u["file"] for u in unreadable})].reset_index(drop=True)
@@ -426,10 +438,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "by GrabCut) is put on white, as on DVM-CAR's adverts: the answers in that style")  # fmt: skip
     parser.add_argument("--photo-style", choices=list(PHOTO_STYLES), help="every photo (after --backdrops or "
                         "--whiteout) greyscale, darkened to 35 %%, brightened to 180 %%, blurred by 1 %% of its longer "
-                        "side, reduced to 96 px and back, or saved as a JPEG of quality 15")  # fmt: skip
+                        "side, reduced to --low-resolution px and back, or saved as a JPEG of quality 15")  # fmt: skip
+    parser.add_argument("--low-resolution", type=int, default=96, metavar="PX", help="the longer side (px) that "
+                        "--photo-style low-resolution reduces every photo to (default 96)")  # fmt: skip
     parser.add_argument("--gate-box", action="store_true", help="score every car on the crop of the box the "
                         "bundle's gate finds (as the app does), not on its labelled box")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.low_resolution < 1:
+        parser.error("--low-resolution takes the longer side in pixels: 1 or more")
     try:
         bundle = load_bundle(args.bundle)
     except CarmorphError as error:
@@ -439,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
     report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout, args.gate_box,
-                                   args.photo_style))  # fmt: skip
+                                   args.photo_style, args.low_resolution))  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
