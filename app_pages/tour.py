@@ -109,6 +109,8 @@ def how_well(bundle: Bundle) -> None:
     )
     widgets.headline_cards(bundle, found)
     common.show_ranges(bundle, found, "tour:ranges")
+    if horizon := common.bundle_make_horizon(bundle):
+        st.markdown(f"**What the data cannot say.** {fmt.horizon_caveat(horizon)}")
 
 
 def live(bundle: Bundle) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 from PIL import Image, ImageFilter
 from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import write_synthetic_bundle
-from core.artifacts import Bundle, load_bundle
+from core.artifacts import Bundle, load_bundle, sha256_file
 from core.config import year_to_bin
 from core.explore import (
     COLOUR_OPTIONS,
@@ -99,6 +100,18 @@ def recorded_metrics(bundle: Bundle) -> dict[str, Any]:
     }
 
 
+def newest_cars_of_one_make(bundle_dir: Path) -> Path:
+    """The bundle with its two first training cars made Porsches of 2016: after 2012 every training car is one."""
+    images = pd.read_parquet(bundle_dir / "images.parquet")
+    rows = images.index[images["split"] == "train"][:2]
+    images.loc[rows, ["make", "year"]] = ["Porsche", 2016]
+    images.to_parquet(bundle_dir / "images.parquet")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"]["images.parquet"] = sha256_file(bundle_dir / "images.parquet")
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    return bundle_dir
+
+
 def recorded_training() -> dict[str, Any]:
     history = [
         {"epoch": e, "loss": 1.0 / (e + 1), "year_bin_macro_f1": 0.2 + 0.1 * e, "seconds": 3.0} for e in range(3)
@@ -134,6 +147,9 @@ def bundles(tiny_bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> di
             flip_average=True,
         ),
         "large": write_synthetic_bundle(source, root / "large", LARGE_ROWS),
+        "horizon": newest_cars_of_one_make(
+            bundle_variant(source, root / "horizon", metrics=recorded_metrics(tiny_bundle))
+        ),
     }
 
 
@@ -541,9 +557,19 @@ def test_the_results_slide_shows_the_main_test_numbers_or_says_there_are_none(ap
     assert_clean(at)
     assert at.title[0].value == "How well does it work?"
     assert ("Year MAE (years)", "2.50", "-14 % vs constant") in {(m.label, m.value, m.delta) for m in at.metric}
+    assert "What the data cannot say" not in texts(at), "every year of the report bundle has cars of several makes"
     at = app(page="app_pages/tour.py", params={"slide": "6"})
     assert_clean(at)
     assert not at.metric and "records no test metrics" in at.info[0].value
+
+
+def test_the_results_slide_says_what_the_data_cannot(app: Callable[..., AppTest]) -> None:
+    at = app(bundle="horizon", page="app_pages/tour.py", params={"slide": "6"})
+    assert_clean(at)
+    assert (
+        "**What the data cannot say.** Every car it trained on after 2012 is a Porsche: a newer car of another make "
+        "is likely to read as 2012 or earlier." in texts(at)
+    )
 
 
 def test_tour_live_scoring(app: Callable[..., AppTest], fixture_image_bytes) -> None:

@@ -26,7 +26,7 @@ from core.artifacts import MANIFEST_FILE, Bundle, load_bundle
 from core.errors import CarmorphError
 from core.explore import map_table, morph_frame
 from core.figures import ranges_figure
-from core.report import Headline, collect_tasks, headlines, split_counts
+from core.report import Headline, MakeHorizon, collect_tasks, headlines, make_horizon, split_counts
 from ui import widgets
 
 logger = logging.getLogger("carmorph.ui")
@@ -168,6 +168,11 @@ def bundle_headlines(bundle: Bundle) -> dict[str, list[Headline]]:
         return headlines(collect_tasks(bundle.metrics), list(split_counts(bundle.images, bundle.provenance).index))
 
     return on_bundle(bundle, "headlines", find)
+
+
+def bundle_make_horizon(bundle: Bundle) -> MakeHorizon | None:
+    """The make horizon of the bundle's training cars (core.report.make_horizon), found once per bundle."""
+    return on_bundle(bundle, "make_horizon", lambda: make_horizon(bundle.images))
 
 
 # ----------------------------------------------------------------------------------------------- settings

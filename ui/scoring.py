@@ -24,7 +24,7 @@ from core.figures import (
     with_overlay,
 )
 from core.pipeline import ScoreResult, score_image
-from core.report import make_horizon, year_errors
+from core.report import year_errors
 from core.scoring import group_key
 from core.viewpoint import VIEW_CLASSES, VIEW_NAMES, FrontalDecision, describe_views, view_rejection
 from ui import common, widgets
@@ -133,7 +133,7 @@ def year_trust(bundle: Bundle) -> str | None:
         fmt.year_error(dataset, widgets.split_phrase(bundle.metrics.get(dataset)), row)
         for dataset, row in year_errors(common.bundle_headlines(bundle)).items()
     ]
-    horizon = common.on_bundle(bundle, "make_horizon", lambda: make_horizon(bundle.images))
+    horizon = common.bundle_make_horizon(bundle)
     parts = ([f"On average it was off by {' and '.join(errors)}."] if errors else []) + (
         [fmt.horizon_caveat(horizon)] if horizon else []
     )
