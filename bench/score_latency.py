@@ -33,7 +33,7 @@ from core.imaging import load_image  # noqa: E402
 from core.pipeline import score_image  # noqa: E402
 
 FIXTURE_DATA_DIR = PROJECT_ROOT / "tests" / "fixtures" / "data"
-STAGE_ORDER = ("decode", "segment", "frontal", "preprocess", "networks", "typicality", "placement")
+STAGE_ORDER = ("decode", "segment", "frontal", "preprocess", "networks", "typicality", "placement", "checks")
 
 
 def photo_bytes(count: int) -> tuple[Path, list[bytes]]:

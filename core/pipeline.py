@@ -1,9 +1,10 @@
 """score_image(): the one path from an uploaded image to a ScoreResult.
 
 decode -> segment (find the car) -> crop -> view gate -> modernity and body-type networks on the crop
--> typicality against the group's morph -> position on the bundle's map. A car that is not there or not in a
-valid view is a *rejection* (accepted=False with a reason), not an exception; unusable input raises a
-CarmorphError subclass (e.g. ImageError); anything else is a bug.
+-> typicality against the group's morph -> position on the bundle's map -> checks of the photo (blurred, a small
+car) that warn without rejecting. A car that is not there or not in a valid view is a *rejection* (accepted=False
+with a reason), not an exception; unusable input raises a CarmorphError subclass (e.g. ImageError); anything else
+is a bug.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
         _score_crop(result, bundle, clock)
         result.accepted = True
         result.warnings = tuple(w for w in (blur_warning(picture), small_car_warning(result.box)) if w)
+        clock.lap("checks")
     result.timings = clock.total()
     return result
 

@@ -19,7 +19,7 @@ from core.pipeline import ScoreResult, blur_warning, bundle_segmenter, score_ima
 from core.scoring import softmax
 from core.segment import Segmentation
 
-STAGES = ("decode", "segment", "preprocess", "networks", "typicality", "placement", "total")
+STAGES = ("decode", "segment", "preprocess", "networks", "typicality", "placement", "checks", "total")
 
 
 def variant(bundle: Bundle, car: float, frontal: float, valid_views: str = "frontal") -> Bundle:
