@@ -200,11 +200,10 @@ def presenting() -> bool:
 def show_ranges(bundle: Bundle, found: dict[str, list[Headline]], key: str, height: int = 300) -> None:
     """The headlines' ranges over resamples of their car models as one chart, built once per bundle and height;
     nothing when no headline has a range."""
-    if not any(h.interval is not None for rows in found.values() for h in rows):
-        return
     size = scaled(height)
     figure = on_bundle(bundle, f"ranges:{size}", lambda: ranges_figure(found, size))
-    widgets.show_figure(figure, "ranges over car models", key)
+    if figure is not None:
+        widgets.show_figure(figure, "ranges over car models", key)
 
 
 def scaled(height: int) -> int:
