@@ -586,14 +586,15 @@ def ranges_figure(found: Mapping[str, Sequence[Headline]], height: int = 320) ->
         if not items:
             continue
         names, rows = [name for name, _ in items], [h for _, h in items]
+        digits = rows[0].digits  # one panel, one unit
         figure.add_scatter(
             x=[h.value for h in rows], y=names, mode="markers", name="measured", showlegend=column == 1,
             marker={"size": 10, "color": QUALITATIVE[0]}, row=1, col=column,
             error_x={"type": "data", "symmetric": False, "array": [h.interval[1] - h.value for h in rows],
                      "arrayminus": [h.value - h.interval[0] for h in rows]},
-            hovertemplate=f"%{{y}}: %{{x:.3f}}<br>{100 * INTERVAL_LEVEL:.0f} % of resamples of the car models: "
-            "%{customdata}<extra></extra>",
-            customdata=[f"{h.interval[0]:.3f}–{h.interval[1]:.3f}" for h in rows],
+            hovertemplate=f"%{{y}}: %{{x:.{digits}f}}<br>{100 * INTERVAL_LEVEL:.0f} % of resamples of the car "
+            "models: %{customdata}<extra></extra>",
+            customdata=[f"{h.interval[0]:.{digits}f}–{h.interval[1]:.{digits}f}" for h in rows],
         )  # fmt: skip
         constant = [(name, h.baseline) for name, h in items if h.baseline is not None]
         if constant:

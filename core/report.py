@@ -96,6 +96,11 @@ class Headline:
     interval: tuple[float, float] | None = None  # the range over resamples of the car models measured
     key: str = ""  # its metric key in training.evaluate's output ('mae_years')
 
+    @property
+    def digits(self) -> int:
+        """Decimals its numbers are shown with: two for an amount with a unit (years), three for a score."""
+        return 2 if self.unit else 3
+
 
 @dataclass(frozen=True)
 class HeadlineSpec:

@@ -289,6 +289,7 @@ def test_headlines_are_each_data_sets_own_main_numbers_beside_their_constant_ans
     assert measured.error_x.array[0] == pytest.approx(2.31 - 1.88) and measured.error_x.arrayminus[0] == (
         pytest.approx(1.88 - 1.52))  # fmt: skip
     assert measured.xaxis == "x2", "errors in years stand in their own panel, beside the scores"
+    assert "%{x:.2f}" in measured.hovertemplate and measured.customdata == ("1.52–2.31",), "years as the cards give"
     assert ranges_figure({"epfl_multiview": found["epfl_multiview"]}) is None
     assert [h.label for h in found["epfl_multiview"]] == ["Frontal precision", "Frontal recall"]
     assert fmt.headline_value(found["epfl_multiview"][1]) == "0.925"

@@ -263,9 +263,12 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     assert white["modernity"]["mae_years"] != report["modernity"]["mae_years"]  # other pixels, other answers
     photo = load_image(next((FIXTURE_DATA / "stanford_cars" / "images").glob("*.jpg")))
     for name, restyle in evaluate.PHOTO_STYLES.items():
-        styled = restyle(photo)
-        assert styled.size == photo.size and styled.mode == "RGB", name  # a labelled box still fits
+        styled, box = evaluate.restyled(photo, (10.0, 20.0, 50.0, 40.0), restyle)
+        assert styled.mode == "RGB" and (name == "small" or styled.size == photo.size), name
         assert not np.array_equal(np.asarray(styled), np.asarray(photo)), f"{name} left the photo as it was"
+        scale = styled.width / photo.width
+        assert box == pytest.approx((10 * scale, 20 * scale, 50 * scale, 40 * scale), rel=0.02), name  # box follows
+    assert max(evaluate.small(photo, 64).size) == 64 and evaluate.small(photo, max(photo.size)) is photo
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), "--photo-style", "greyscale"])
     grey = json.loads(capsys.readouterr().out)
     assert grey["photo_style"] == "greyscale" and grey["n"] == report["n"] and "accuracy" in grey["car"]
@@ -277,6 +280,13 @@ def test_build_and_evaluate_on_the_fixture(runs, tmp_path, capsys):
     tiny = json.loads(capsys.readouterr().out)
     assert tiny["photo_style"] == "low-resolution" and tiny["low_resolution_px"] == 32 and tiny["n"] == report["n"]
     assert tiny["modernity"]["mae_years"] != report["modernity"]["mae_years"]  # other pixels, other answers
+    kept = ["--photo-style", "small", "--low-resolution", "32"]
+    evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "stanford_cars"), *kept])
+    kept_small = json.loads(capsys.readouterr().out)
+    assert kept_small["photo_style"] == "small" and kept_small["low_resolution_px"] == 32
+    labels = evaluate.read_folder(FIXTURE_DATA / "stanford_cars").assign(root=str(FIXTURE_DATA / "stanford_cars"))
+    as_is, reduced = (evaluate.run_networks(bundle, labels, restyle=r)[0] for r in (None, evaluate.small))
+    assert not np.allclose(as_is["year_logits"], reduced["year_logits"])  # the small crops reach the networks
 
     evaluate.main(["--bundle", str(out), "--data", str(FIXTURE_DATA / "epfl_multiview")])
     report = json.loads(capsys.readouterr().out)

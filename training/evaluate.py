@@ -11,10 +11,10 @@ only rows of that split of the bundle's own grouped split are used (folders the 
 metrics on training rows are inflated, and the output says so. `--backdrops NEGATIVES` puts every car whose photo
 has a white background (DVM-CAR's adverts) in front of a photo without cars instead (of `--split` where the bundle
 knows those photos), and `--whiteout` puts every car with a labelled box (Stanford's photos) on white, cut out by
-GrabCut, and `--photo-style` turns every photo greyscale, dark, overexposed, blurred, low-resolution or heavily
-JPEG-compressed: how the answers hold when a car leaves its photo style. The scores are taken on the labelled car
-box, and where a photo has none on the box the bundle's gate finds, as the app crops; `--gate-box` takes the gate's
-box for every photo: the scores as a user meets them.
+GrabCut, and `--photo-style` turns every photo greyscale, dark, overexposed, blurred, low-resolution (and back
+to its size), small (kept at that size) or heavily JPEG-compressed: how the answers hold when a car leaves its photo
+style. The scores are taken on the labelled car box, and where a photo has none on the box the bundle's gate finds,
+as the app crops; `--gate-box` takes the gate's box for every photo: the scores as a user meets them.
 """
 
 from __future__ import annotations
@@ -81,6 +81,15 @@ def low_resolution(image: Image.Image, longer_side: int = 96) -> Image.Image:
     return small.resize(image.size, Image.Resampling.BILINEAR)
 
 
+def small(image: Image.Image, longer_side: int = 96) -> Image.Image:
+    """`longer_side` px on the longer side, kept at that size (a small photo as it is uploaded; a labelled box is
+    scaled with it); a photo already as small stays as it is."""
+    scale = longer_side / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+
+
 def jpeg_artefacts(image: Image.Image) -> Image.Image:
     """Saved as a JPEG of quality 15."""
     buffer = io.BytesIO()
@@ -89,7 +98,8 @@ def jpeg_artefacts(image: Image.Image) -> Image.Image:
 
 
 PHOTO_STYLES = {f.__name__.replace("_", "-"): f for f in (greyscale, dark, overexposed, blurred, low_resolution,
-                                                          jpeg_artefacts)}  # fmt: skip
+                                                          small, jpeg_artefacts)}  # fmt: skip
+SIZED_STYLES = {"low-resolution": low_resolution, "small": small}  # the styles --low-resolution sizes
 
 
 def read_folder(folder: Path) -> pd.DataFrame:
@@ -177,7 +187,7 @@ def run_networks(
                 if "whiteout" in row:
                     frame = cut_out_on_white(frame, box)
                 if restyle is not None:
-                    frame = restyle(frame)
+                    frame, box = restyled(frame, box, restyle)
             except (CarmorphError, OSError) as error:
                 unreadable.append({"file": str(row["file"]), "reason": str(error)})
                 continue
@@ -211,6 +221,17 @@ def run_networks(
         },
         unreadable,
     )
+
+
+def restyled(
+    frame: Image.Image, box: tuple[float, ...] | None, restyle: Callable[[Image.Image], Image.Image]
+) -> tuple[Image.Image, tuple[float, ...] | None]:
+    """The frame restyled, with its labelled box scaled to the restyled frame's size."""
+    styled = restyle(frame)
+    if box is None or styled.size == frame.size:
+        return styled, box
+    sx, sy = styled.width / frame.width, styled.height / frame.height
+    return styled, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
 def modernity_metrics(
@@ -374,8 +395,8 @@ def evaluate_folder(
     restyle = PHOTO_STYLES[photo_style] if photo_style else None
     if photo_style:
         report["photo_style"] = photo_style
-    if photo_style == "low-resolution":
-        restyle = functools.partial(low_resolution, longer_side=low_resolution_px)
+    if photo_style in SIZED_STYLES:
+        restyle = functools.partial(SIZED_STYLES[photo_style], longer_side=low_resolution_px)
         report["low_resolution_px"] = low_resolution_px
     report["crop"] = "gate box" if gate_box else "labelled box, else the gate's box"
     outputs, unreadable = run_networks(bundle, labels, gate_box, restyle)
@@ -438,9 +459,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "by GrabCut) is put on white, as on DVM-CAR's adverts: the answers in that style")  # fmt: skip
     parser.add_argument("--photo-style", choices=list(PHOTO_STYLES), help="every photo (after --backdrops or "
                         "--whiteout) greyscale, darkened to 35 %%, brightened to 180 %%, blurred by 1 %% of its longer "
-                        "side, reduced to --low-resolution px and back, or saved as a JPEG of quality 15")  # fmt: skip
+                        "side, reduced to --low-resolution px and back, reduced to it and kept small (a small "
+                        "upload), or saved as a JPEG of quality 15")  # fmt: skip
     parser.add_argument("--low-resolution", type=int, default=96, metavar="PX", help="the longer side (px) that "
-                        "--photo-style low-resolution reduces every photo to (default 96)")  # fmt: skip
+                        "--photo-style low-resolution or small reduces every photo to (default 96)")  # fmt: skip
     parser.add_argument("--gate-box", action="store_true", help="score every car on the crop of the box the "
                         "bundle's gate finds (as the app does), not on its labelled box")  # fmt: skip
     args = parser.parse_args(argv)

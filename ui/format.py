@@ -71,8 +71,8 @@ def count(value: int) -> str:
 
 
 def _headline_number(headline: Headline, value: float) -> str:
-    """A number of a headline's kind: two decimals with a unit (years), three for a score."""
-    return f"{value:.2f}" if headline.unit else f"{value:.3f}"
+    """A number of a headline's kind: '1.88' (years), '0.768' (a score)."""
+    return f"{value:.{headline.digits}f}"
 
 
 def _headline_amount(headline: Headline, value: float) -> str:
