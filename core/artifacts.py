@@ -52,6 +52,7 @@ from core.models import (
     RESNET18,
     CarNet,
     ImageTransform,
+    Sharpening,
     beside_width,
     crop_outputs,
     load_carnet,
@@ -181,11 +182,12 @@ class Manifest:
     gate_input_size: int | None = None  # the gate's own input size where it differs from the scores' (None: same)
     flip_average: bool = False  # the scores are the mean over the crop and its mirror image
     box_head: BoxHeadSpec | None = None  # the gate's box from a trained head (None: from the activation map)
+    sharpening: Sharpening | None = None  # an unsharp mask on car crops the scores must enlarge (None: never)
 
     @property
     def transform(self) -> ImageTransform:
         """What the modernity and body-type networks see (the car crop)."""
-        return ImageTransform(self.input_size, self.mean, self.std)
+        return ImageTransform(self.input_size, self.mean, self.std, self.sharpening)
 
     @property
     def gate_transform(self) -> ImageTransform:
@@ -205,6 +207,7 @@ class Manifest:
             "gate_input_size": self.gate_size,
             "flip_average": self.flip_average,
             "box_head": asdict(self.box_head) if self.box_head else None,
+            "sharpening": asdict(self.sharpening) if self.sharpening else None,
             "mean": list(self.mean),
             "std": list(self.std),
             "year_bins": [{"start": b.start, "end": b.end, "centre": b.centre} for b in self.year_bins],
@@ -232,6 +235,7 @@ class Manifest:
             gate_input_size=_field(data, "gate_input_size", int) if "gate_input_size" in data else None,
             flip_average=_field(data, "flip_average", _boolean) if "flip_average" in data else False,
             box_head=_field(data, "box_head", _box_head_spec) if data.get("box_head") else None,
+            sharpening=_field(data, "sharpening", _sharpening) if data.get("sharpening") else None,
             mean=_field(data, "mean", _triple),
             std=_field(data, "std", _triple),
             year_bins=_field(
@@ -664,6 +668,13 @@ def _network_specs(value: Mapping[str, Any]) -> dict[str, NetworkSpec]:
 
 def _box_head_spec(value: Mapping[str, Any]) -> BoxHeadSpec:
     return BoxHeadSpec(str(value["file"]), int(value["width"]), int(value["channels"]), int(value["grid"]))
+
+
+def _sharpening(value: Mapping[str, Any]) -> Sharpening:
+    sharpening = Sharpening(*(float(value[key]) for key in ("percent_per_enlargement", "onset", "radius")))
+    if min(asdict(sharpening).values()) < 0 or sharpening.radius == 0:
+        raise ValueError(f"expected a positive strength, onset and radius, got {value!r}")
+    return sharpening
 
 
 def _thresholds(value: Mapping[str, Any]) -> Thresholds:

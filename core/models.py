@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
@@ -64,16 +64,42 @@ def timm_name(arch: str) -> str:
 
 
 @dataclass(frozen=True)
+class Sharpening:
+    """An unsharp mask on an image the network must enlarge a lot, stronger the more it is enlarged: a small car
+    enlarged is softer than every car the networks learned from, and they read softness as age (measured in
+    docs/EXPERIMENTS.md)."""
+
+    percent_per_enlargement: float  # the mask's strength (Pillow's percent) per 1x of enlargement beyond `onset`
+    onset: float = 2.0  # the enlargement (input size / the image's longer side) it starts from
+    radius: float = 2.0  # px at the network's input size
+
+    def percent(self, longer_side: int, size: int) -> int:
+        """The mask's strength for an image whose longer side is `longer_side` px, read at `size` px (0: none)."""
+        return max(0, round(self.percent_per_enlargement * (size / longer_side - self.onset)))
+
+    def apply(self, resized: Image.Image, longer_side: int) -> Image.Image:
+        """`resized` (an image of `longer_side` px on its longer side at the input size) sharpened as it needs."""
+        percent = self.percent(longer_side, resized.width)
+        if percent == 0:
+            return resized
+        return resized.filter(ImageFilter.UnsharpMask(radius=self.radius, percent=percent, threshold=0))
+
+
+@dataclass(frozen=True)
 class ImageTransform:
-    """Serving preprocessing: squash-resize to a square, scale to [0, 1], normalise. Travels with a bundle."""
+    """Serving preprocessing: squash-resize to a square (sharpened where `sharpening` says), scale to [0, 1],
+    normalise. Travels with a bundle."""
 
     size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    sharpening: Sharpening | None = None
 
     def to_array(self, image: Image.Image) -> np.ndarray:
         """uint8 HxWx3 array at the network's input size (what the network sees, before normalisation)."""
         resized = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        if self.sharpening is not None:
+            resized = self.sharpening.apply(resized, max(image.size))
         return np.asarray(resized, dtype=np.uint8)
 
     def normalise(self, batch_uint8: torch.Tensor) -> torch.Tensor:

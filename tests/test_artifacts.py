@@ -37,8 +37,8 @@ from core.atlas import AtlasSpec, atlas_tile
 from core.config import YearBin
 from core.errors import BundleError
 from core.imaging import load_image
-from core.models import ImageTransform, save_carnet
-from training import reshard
+from core.models import ImageTransform, Sharpening, save_carnet
+from training import build, reshard
 
 BIG_FILES = set(NETWORK_FILES.values())
 
@@ -147,6 +147,21 @@ def test_flip_average_is_optional_and_a_boolean(bundle_copy: Path):
     assert load_bundle(bundle_copy).manifest.flip_average
     edit_manifest(bundle_copy, lambda data: data.__setitem__("flip_average", "yes"))
     assert "field 'flip_average' is malformed" in refused(bundle_copy)
+
+
+def test_sharpening_is_optional_checked_and_reaches_the_crops_alone(bundle_copy: Path, tiny_bundle: Bundle):
+    assert tiny_bundle.manifest.sharpening is None and tiny_bundle.transform.sharpening is None
+    build.set_sharpening(bundle_copy, Sharpening(120.0))
+    bundle = load_bundle(bundle_copy)
+    assert bundle.transform.sharpening == Sharpening(120.0, onset=2.0, radius=2.0)
+    assert bundle.gate_transform.sharpening is None, "the gate reads whole frames as they are"
+    assert bundle.manifest.to_dict()["sharpening"] == {"percent_per_enlargement": 120.0, "onset": 2.0, "radius": 2.0}
+    build.set_sharpening(bundle_copy, None)
+    assert load_bundle(bundle_copy).manifest.sharpening is None
+    for bad in ({"percent_per_enlargement": -5, "onset": 2, "radius": 2}, {"percent_per_enlargement": 50}, "x",
+                {"percent_per_enlargement": 50, "onset": 2, "radius": 0}):  # fmt: skip
+        edit_manifest(bundle_copy, lambda data, bad=bad: data.__setitem__("sharpening", bad))
+        assert "field 'sharpening' is malformed" in refused(bundle_copy), bad
 
 
 def test_missing_directory_says_how_to_make_a_bundle(tmp_path: Path):

@@ -7,13 +7,18 @@ import argparse
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.models import resnet18
 
 from core.errors import WeightsNotFoundError
+from core.imaging import sharpness
 from core.models import (
     CarNet,
+    ImageTransform,
+    Sharpening,
     build_carnet,
     crop_outputs,
     imagenet_state_dict,
@@ -147,3 +152,17 @@ def fixture_tensor() -> torch.Tensor:
 
     photo = next((Path(__file__).parent / "fixtures" / "data" / "stanford_cars" / "images").glob("*.jpg"))
     return ImageTransform(64)([load_image(photo)])
+
+
+def test_sharpening_grows_with_the_enlargement_beyond_its_onset(car_photo):
+    sharpening = Sharpening(100.0)  # 100 % per 1x of enlargement beyond 2x
+    assert [sharpening.percent(side, 224) for side in (300, 224, 112, 100, 56)] == [0, 0, 0, 24, 200]
+    plain, sharpened = ImageTransform(224), ImageTransform(224, sharpening=sharpening)
+    enlarged_less = car_photo.resize((150, 100))  # 1.5x: as it was
+    assert np.array_equal(plain.to_array(enlarged_less), sharpened.to_array(enlarged_less))
+    small = car_photo.resize((60, 40))  # 3.7x: sharpened, and only by detail (the mean colour stays)
+    before, after = (t.to_array(small).astype(float) for t in (plain, sharpened))
+    assert sharpness(Image.fromarray(after.astype(np.uint8))) > 1.5 * sharpness(
+        Image.fromarray(before.astype(np.uint8))
+    )
+    assert abs(after.mean() - before.mean()) < 2.0

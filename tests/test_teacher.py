@@ -29,6 +29,7 @@ from core.models import (
     LITE_STD,
     CarNet,
     ImageTransform,
+    Sharpening,
     build_carnet,
     imagenet_classifier,
     lite_package,
@@ -643,8 +644,12 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     with pytest.raises(SystemExit):
         build.main([*kept_args, "--gate-from", str(tmp_path / "box")])  # a folder without a bundle
     assert f"--gate-from: {tmp_path / 'box'} has no manifest.json" in capsys.readouterr().err
-    build.main([*kept_args, "--valid-views", "all"])
+    with pytest.raises(SystemExit):
+        build.main([*kept_args, "--valid-views", "all", "--sharpen", "-1"])
+    assert "--sharpen takes a strength of 0 or more" in capsys.readouterr().err
+    build.main([*kept_args, "--valid-views", "all", "--sharpen", "80"])
     rebuilt = load_bundle(kept)
+    assert rebuilt.transform.sharpening == Sharpening(80.0) and rebuilt.gate_transform.sharpening is None
     for key in ("thresholds", "box_head"):
         assert rebuilt.manifest.training[key] == bundle.manifest.training[key]
     assert rebuilt.manifest.thresholds == bundle.manifest.thresholds
@@ -655,6 +660,10 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     assert rebuilt.manifest.training["gate"]["history"] == bundle.manifest.training["gate"]["history"]
     kept_box = gate_estimates(rebuilt.gate, rebuilt.gate_transform([car]), box_head=rebuilt.box_head).boxes[0]
     assert np.array_equal(kept_box, expected)
+    stale = rebuilt.manifest.metrics  # without the mask, and measured again
+    build.main(["--table", table, "--data", str(FIXTURE_DATA), "--out", str(kept), "--remeasure", "--sharpen", "0"])
+    remeasured = load_bundle(kept).manifest
+    assert remeasured.sharpening is None and remeasured.metrics.keys() == stale.keys()
     capsys.readouterr()
     # training.evaluate crops a photo without a labelled box by the gate's box, as the app does
     labels = pd.read_csv(FIXTURE_DATA / "epfl_multiview" / "labels.csv").assign(year=2010)

@@ -8,7 +8,9 @@ With --engine ray the per-image work runs on Ray Data (a local Ray, or the clust
 training/ray_engine.py): the same steps, the same bundle. `--remeasure --out BUNDLE` only measures a built bundle's
 test metrics again (per data set, overall, and on the restyled test sets) into its manifest. `--gate-from BUNDLE`
 takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint, and
-`--modernity-from BUNDLE` its modernity network instead of a `--modernity` checkpoint.
+`--modernity-from BUNDLE` its modernity network instead of a `--modernity` checkpoint. `--sharpen PERCENT` sharpens
+the car crops the scores must enlarge a lot (small cars: softness reads as age), at build or on a built bundle with
+`--remeasure`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from core.artifacts import (
     load_networks,
     predict_pooled,
     read_manifest,
+    save_manifest,
     standard_networks,
 )
 from core.atlas import AtlasSpec
@@ -47,7 +50,7 @@ from core.config import SEED_BODY_TYPES, SHARED_DATA_DIR, SHARED_YEAR_BINS
 from core.errors import BundleError
 from core.gate import DEFAULT_CAM_THRESHOLD, BoxHead, GateEstimates, cam_boxes, gate_estimates_from_maps
 from core.imaging import load_image
-from core.models import LITES, RESNET18, CarNet, ImageTransform, lite_weights_source, timm_name
+from core.models import LITES, RESNET18, CarNet, ImageTransform, Sharpening, lite_weights_source, timm_name
 from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
@@ -492,6 +495,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "again (e.g. after training.evaluate changed) and write them into its manifest")  # fmt: skip
     p.add_argument("--box-head", type=Path, help="a training.box_head checkpoint: the gate's box from it instead of "
                    "the car head's activation map (with --remeasure: added to the bundle at --out first)")  # fmt: skip
+    p.add_argument("--sharpen", type=float, metavar="PERCENT", help="an unsharp mask on car crops the scores "
+                   "enlarge more than --sharpen-onset times: PERCENT (Pillow's) per 1x of enlargement beyond it, in "
+                   "the app as in the metrics (with --remeasure: set on the bundle at --out first; 0: "
+                   "none)")  # fmt: skip
+    p.add_argument("--sharpen-onset", type=float, default=2.0, help="the enlargement --sharpen starts from")
     p.add_argument("--name", default="carmorph-default")
     p.add_argument(
         "--valid-views",
@@ -527,9 +535,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "the app as in the bundle's table and metrics (twice the scores' compute)",
     )
     args = p.parse_args(argv)
+    if (args.sharpen or 0) < 0 or args.sharpen_onset < 1:
+        p.error("--sharpen takes a strength of 0 or more, --sharpen-onset an enlargement of 1 or more")
     if args.remeasure:
         if args.box_head:
             attach_box_head(args.out, args.box_head)
+        if args.sharpen is not None:
+            set_sharpening(args.out, sharpening(args))
         remeasure(args.out, pd.read_parquet(args.table), args.data)
         return
     if not ((args.modernity or args.modernity_from) and args.bodytype and (args.gate or args.gate_from)):
@@ -598,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         input_size=size,
         gate_input_size=gate_transform.size if gate_transform.size != size else None,
         flip_average=args.flip_average,
+        sharpening=sharpening(args),
         year_bins=SHARED_YEAR_BINS,
         body_types=SEED_BODY_TYPES,
         networks=standard_networks(
@@ -702,6 +715,16 @@ def bundle_with_box_head(out: Path, head: BoxHead, report: dict[str, Any] | None
     manifest = read_manifest(out)
     add_box_head(out, replace(manifest, training=manifest.training | {"box_head": report}), head)
     return load_bundle(out)
+
+
+def sharpening(args: argparse.Namespace) -> Sharpening | None:
+    """The crops' unsharp mask that --sharpen and --sharpen-onset ask for (None without one)."""
+    return Sharpening(args.sharpen, args.sharpen_onset) if args.sharpen else None
+
+
+def set_sharpening(out: Path, value: Sharpening | None) -> None:
+    """The bundle at `out` with its crops sharpened so (or never, for None); its metrics are then stale."""
+    save_manifest(out, replace(read_manifest(out), sharpening=value))
 
 
 def remeasure(out: Path, table: pd.DataFrame, data_root: Path) -> None:
