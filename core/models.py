@@ -65,12 +65,12 @@ def timm_name(arch: str) -> str:
 
 @dataclass(frozen=True)
 class Sharpening:
-    """An unsharp mask on an image the network must enlarge a lot, stronger the more it is enlarged: a small car
-    enlarged is softer than every car the networks learned from, and they read softness as age (measured in
+    """An unsharp mask on an image the network must enlarge, stronger the more it is enlarged: a small car
+    enlarged is softer than the cars the networks learned from, and they read softness as age (measured in
     docs/EXPERIMENTS.md)."""
 
     percent_per_enlargement: float  # the mask's strength (Pillow's percent) per 1x of enlargement beyond `onset`
-    onset: float = 2.0  # the enlargement (input size / the image's longer side) it starts from
+    onset: float = 1.0  # the enlargement (input size / the image's longer side) it starts from
     radius: float = 2.0  # px at the network's input size
 
     def percent(self, longer_side: int, size: int) -> int:

@@ -153,9 +153,9 @@ def test_sharpening_is_optional_checked_and_reaches_the_crops_alone(bundle_copy:
     assert tiny_bundle.manifest.sharpening is None and tiny_bundle.transform.sharpening is None
     build.set_sharpening(bundle_copy, Sharpening(120.0))
     bundle = load_bundle(bundle_copy)
-    assert bundle.transform.sharpening == Sharpening(120.0, onset=2.0, radius=2.0)
+    assert bundle.transform.sharpening == Sharpening(120.0, onset=1.0, radius=2.0)
     assert bundle.gate_transform.sharpening is None, "the gate reads whole frames as they are"
-    assert bundle.manifest.to_dict()["sharpening"] == {"percent_per_enlargement": 120.0, "onset": 2.0, "radius": 2.0}
+    assert bundle.manifest.to_dict()["sharpening"] == {"percent_per_enlargement": 120.0, "onset": 1.0, "radius": 2.0}
     build.set_sharpening(bundle_copy, None)
     assert load_bundle(bundle_copy).manifest.sharpening is None
     for bad in ({"percent_per_enlargement": -5, "onset": 2, "radius": 2}, {"percent_per_enlargement": 50}, "x",

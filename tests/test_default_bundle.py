@@ -8,6 +8,7 @@ import pytest
 
 from core.artifacts import Bundle, load_bundle
 from core.config import DEFAULT_BUNDLE_DIR
+from core.models import Sharpening
 from core.pipeline import score_image
 from core.report import MakeHorizon, make_horizon
 from core.viewpoint import VIEW_CLASSES
@@ -27,6 +28,8 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert {manifest.networks[key].init for key in ("modernity", "bodytype")} == {"checkpoint:best.pt"}
     assert default_bundle.modernity.backbone is default_bundle.bodytype.backbone is not default_bundle.gate.backbone
     assert manifest.flip_average
+    # the car crops it enlarges are sharpened (chosen on validation photos kept small; the gate's frames are not)
+    assert default_bundle.transform.sharpening == Sharpening(90.0) and default_bundle.gate_transform.sharpening is None
     # body type also reads the ImageNet teacher's features of the same crop: the gate's backbone, run beside its own
     assert manifest.networks["bodytype"].beside == "gate" and not manifest.networks["modernity"].beside
     assert default_bundle.bodytype.beside_width == 1280 and not default_bundle.modernity.beside_width

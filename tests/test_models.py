@@ -155,8 +155,9 @@ def fixture_tensor() -> torch.Tensor:
 
 
 def test_sharpening_grows_with_the_enlargement_beyond_its_onset(car_photo):
-    sharpening = Sharpening(100.0)  # 100 % per 1x of enlargement beyond 2x
+    sharpening = Sharpening(100.0, onset=2.0)  # 100 % per 1x of enlargement beyond 2x
     assert [sharpening.percent(side, 224) for side in (300, 224, 112, 100, 56)] == [0, 0, 0, 24, 200]
+    assert [Sharpening(90.0).percent(side, 224) for side in (300, 224, 128, 96, 64)] == [0, 0, 68, 120, 225]
     plain, sharpened = ImageTransform(224), ImageTransform(224, sharpening=sharpening)
     enlarged_less = car_photo.resize((150, 100))  # 1.5x: as it was
     assert np.array_equal(plain.to_array(enlarged_less), sharpened.to_array(enlarged_less))

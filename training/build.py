@@ -9,7 +9,7 @@ training/ray_engine.py): the same steps, the same bundle. `--remeasure --out BUN
 test metrics again (per data set, overall, and on the restyled test sets) into its manifest. `--gate-from BUNDLE`
 takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint, and
 `--modernity-from BUNDLE` its modernity network instead of a `--modernity` checkpoint. `--sharpen PERCENT` sharpens
-the car crops the scores must enlarge a lot (small cars: softness reads as age), at build or on a built bundle with
+the car crops the scores must enlarge (small cars: softness reads as age), at build or on a built bundle with
 `--remeasure`.
 """
 
@@ -496,10 +496,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--box-head", type=Path, help="a training.box_head checkpoint: the gate's box from it instead of "
                    "the car head's activation map (with --remeasure: added to the bundle at --out first)")  # fmt: skip
     p.add_argument("--sharpen", type=float, metavar="PERCENT", help="an unsharp mask on car crops the scores "
-                   "enlarge more than --sharpen-onset times: PERCENT (Pillow's) per 1x of enlargement beyond it, in "
+                   "enlarge (more than --sharpen-onset times): PERCENT (Pillow's) per 1x of enlargement beyond it, in "
                    "the app as in the metrics (with --remeasure: set on the bundle at --out first; 0: "
                    "none)")  # fmt: skip
-    p.add_argument("--sharpen-onset", type=float, default=2.0, help="the enlargement --sharpen starts from")
+    p.add_argument("--sharpen-onset", type=float, default=1.0, help="the enlargement --sharpen starts from")
     p.add_argument("--name", default="carmorph-default")
     p.add_argument(
         "--valid-views",
