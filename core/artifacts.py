@@ -673,7 +673,7 @@ def _box_head_spec(value: Mapping[str, Any]) -> BoxHeadSpec:
 def _sharpening(value: Mapping[str, Any]) -> Sharpening:
     sharpening = Sharpening(*(float(value[key]) for key in ("percent_per_enlargement", "onset", "radius")))
     if min(asdict(sharpening).values()) < 0 or sharpening.radius == 0:
-        raise ValueError(f"expected a positive strength, onset and radius, got {value!r}")
+        raise ValueError(f"expected a strength and an onset of 0 or more and a radius above 0, got {value!r}")
     return sharpening
 
 

@@ -74,11 +74,8 @@ def blurred(image: Image.Image) -> Image.Image:
 def low_resolution(image: Image.Image, longer_side: int = 96) -> Image.Image:
     """`longer_side` px on the longer side and back to its size (so a labelled box still fits); a photo already as
     small stays as it is."""
-    scale = longer_side / max(image.size)
-    if scale >= 1:
-        return image
-    small = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    return small.resize(image.size, Image.Resampling.BILINEAR)
+    reduced = small(image, longer_side)
+    return image if reduced is image else reduced.resize(image.size, Image.Resampling.BILINEAR)
 
 
 def small(image: Image.Image, longer_side: int = 96) -> Image.Image:
