@@ -190,3 +190,32 @@ def test_a_stanford_layout_folder_reads_body_types_in_any_spelling(tmp_path):
     labels.to_csv(folder / "labels.csv", index=False)
     read = read_stanford(folder, SHARED_YEAR_BINS)["body_type"].tolist()
     assert read == [seed_body_type(b) for b in labels["body_type"]] and set(read) == {"Saloon", "SUV", "MPV", ""}
+
+
+def test_view_labels_kept_outside_the_data_join_their_data_set(tmp_path):
+    """`--views DIR`: `<data set>.csv` labels that data set's photos (the shared data is read-only, so hand labels
+    live in the project); a file naming no data set folder, or a missing folder, is refused."""
+    views = tmp_path / "views"
+    views.mkdir()
+    stanford = pd.read_csv(FIXTURE_DATA / "stanford_cars" / "labels.csv")["file"].tolist()
+    pd.DataFrame({"file": stanford[:3], "view": ["Front", "rear", "three-quarter"]}).to_csv(
+        views / "stanford_cars.csv", index=False
+    )
+    out = tmp_path / "table.parquet"
+    prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(out)])
+    table = pd.read_parquet(out).set_index("path")
+    labelled = table.loc[[f"stanford_cars/{file}" for file in stanford[:3]]]
+    assert labelled["view"].tolist() == ["front", "rear", "three_quarter"]
+    assert labelled["frontal"].tolist() == [1, 0, 0]
+    others = table[(table["dataset"] == "stanford_cars") & ~table.index.isin(labelled.index)]
+    assert (others["view"] == "").all() and (others["frontal"] == -1).all()
+    plain = prepare(FIXTURE_DATA)
+    assert plain["split"].tolist() == pd.read_parquet(out)["split"].tolist(), "labels do not move the split"
+    epfl = table[table["dataset"] == "epfl_multiview"]
+    assert (epfl["view"] == plain.set_index("path").loc[epfl.index, "view"]).all(), "other data sets as before"
+
+    (views / "stanford.csv").write_text("file,view\nimages/x.jpg,front\n")
+    with pytest.raises(SystemExit, match=r"stanford\.csv names no data set folder"):
+        prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(out)])
+    with pytest.raises(SystemExit, match="no such folder"):
+        prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(tmp_path / "absent"), "--out", str(out)])

@@ -692,3 +692,52 @@ def test_a_box_head_on_the_gates_backbone_gives_the_apps_box(frozen_run, tmp_pat
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="does not fit the box head"):
         load_bundle(out)
+
+
+def test_a_built_gates_view_head_is_refitted_on_new_view_labels(frozen_run, tmp_path, capsys):
+    """`--gate-from BUNDLE --refit-views TEACHER`: the gate's backbone and car head kept, its view head refitted by
+    `training.view_head`'s cross-validation on the view labels of --table (here with Stanford photos labelled by a
+    `training.prepare --views` folder), its thresholds chosen again and the test metrics measuring those labels;
+    refused without --gate-from and on a cache of another backbone."""
+    h, base, refit = frozen_run / "heads", tmp_path / "base", tmp_path / "refit"
+    common = ["--data", str(FIXTURE_DATA), "--modernity", str(h / "modernity.pt"), "--bodytype", str(h / "bodytype.pt"),
+              "--map", "pca", "--morph-min-members", "1"]  # fmt: skip
+    build.main(["--table", str(frozen_run / "table.parquet"), *common, "--gate", str(h / "gate.pt"), "--out",
+                str(base), "--valid-views", "all"])  # fmt: skip
+    views, table = tmp_path / "views", tmp_path / "table.parquet"
+    views.mkdir()
+    stanford = pd.read_csv(FIXTURE_DATA / "stanford_cars" / "labels.csv")["file"]
+    labels = np.resize(["front", "side", "rear", "three_quarter"], len(stanford))
+    pd.DataFrame({"file": stanford, "view": labels}).to_csv(views / "stanford_cars.csv", index=False)
+    prepare.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(table)])
+    refit_args = ["--table", str(table), "--data", str(FIXTURE_DATA), "--modernity-from", str(base),
+                  "--bodytype-from", str(base), "--gate-from", str(base), "--out", str(refit), "--map", "pca",
+                  "--morph-min-members", "1"]  # fmt: skip
+    build.main([*refit_args, "--refit-views", str(frozen_run / "t"), "--valid-views", "front,three_quarter"])
+    before, after = load_bundle(base), load_bundle(refit)
+    record = after.manifest.training["gate"]["view_head"]
+    assert "--refit-views" in record["refitted"] and record["folds"] == 2 and len(record["candidates"]) == 10
+    assert not torch.equal(after.gate.heads["view"].weight, before.gate.heads["view"].weight)
+    assert torch.equal(after.gate.heads["car"].weight, before.gate.heads["car"].weight)
+    for key, head in (("modernity", "year_bin"), ("bodytype", "body_type")):  # the scores' networks as they were
+        assert after.manifest.training[key]["bundle"] == str(base)
+        assert torch.equal(after.networks[key].heads[head].weight, before.networks[key].heads[head].weight)
+    thresholds = after.manifest.training["thresholds"]
+    assert thresholds["view_thresholds_on"] == "out-of-fold (train + val)"
+    assert "stanford_cars" in thresholds["frontal_val"] and "stanford_cars" not in before.manifest.training[
+        "thresholds"]["frontal_val"]  # fmt: skip
+    assert after.manifest.valid_views == "front,three_quarter"
+    assert after.manifest.metrics["stanford_cars"]["frontal"]["n"] > 0 and "frontal" not in before.manifest.metrics[
+        "stanford_cars"]  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build.main(["--table", str(table), *common, "--gate", str(h / "gate.pt"), "--out", str(refit),
+                    "--refit-views", str(frozen_run / "t")])  # fmt: skip
+    assert "--refit-views refits the view head of the --gate-from bundle's gate" in capsys.readouterr().err
+    other = tmp_path / "t32"
+    shutil.copytree(frozen_run / "t", other)
+    info = json.loads((other / "backbone.json").read_text())
+    (other / "backbone.json").write_text(json.dumps(info | {"size": 32}))
+    with pytest.raises(SystemExit):
+        build.main([*refit_args, "--refit-views", str(other)])
+    assert f"--refit-views: {other} holds {info['origin']} at 32 px; the gate reads" in capsys.readouterr().err

@@ -585,3 +585,23 @@ def test_class_weights_balance_the_classes_to_the_chosen_power(capsys):
     with pytest.raises(SystemExit):
         heads.main(["--out", "unused", "--class-weight-power", "2"])
     assert "--class-weight-power takes a number from 0" in capsys.readouterr().err
+
+
+def test_evaluate_takes_view_labels_kept_beside_the_data(tiny_bundle_dir, tmp_path, capsys):
+    """`--views FILE` labels photos of a folder without views (Stanford's) for the frontal and per-view metrics;
+    the build passes the views its table holds."""
+    folder = FIXTURE_DATA / "stanford_cars"
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(folder)])
+    assert "frontal" not in json.loads(capsys.readouterr().out)
+    files = pd.read_csv(folder / "labels.csv")["file"].tolist()[:4]
+    views = tmp_path / "stanford_cars.csv"
+    pd.DataFrame({"file": files, "view": ["front", "side", "rear", "Front"]}).to_csv(views, index=False)
+    evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(folder), "--views", str(views)])
+    report = json.loads(capsys.readouterr().out)
+    assert (report["frontal"]["n"], report["frontal"]["positives"]) == (4, 2)
+    assert {"front", "side", "rear"} <= set(report["by_view"])
+    table = prepare.prepare(FIXTURE_DATA)
+    table.loc[table["path"] == f"stanford_cars/{files[0]}", "view"] = "front"
+    assert build.table_views(table, "stanford_cars") == {files[0]: "front"}
+    with pytest.raises(SystemExit, match="no such file"):
+        evaluate.main(["--bundle", str(tiny_bundle_dir), "--data", str(folder), "--views", str(tmp_path / "x.csv")])

@@ -8,9 +8,11 @@ With --engine ray the per-image work runs on Ray Data (a local Ray, or the clust
 training/ray_engine.py): the same steps, the same bundle. `--remeasure --out BUNDLE` only measures a built bundle's
 test metrics again (per data set, overall, and on the restyled test sets) into its manifest. `--gate-from BUNDLE`
 takes the gate of a built bundle (network, thresholds, valid views, box head) instead of a `--gate` checkpoint, and
-`--modernity-from BUNDLE` its modernity network instead of a `--modernity` checkpoint. `--sharpen PERCENT` sharpens
-the car crops the scores must enlarge (small cars: softness reads as age), at build or on a built bundle with
-`--remeasure`.
+`--modernity-from BUNDLE` (`--bodytype-from BUNDLE`) its modernity (body-type) network instead of a checkpoint.
+`--sharpen PERCENT` sharpens the car crops the scores must enlarge (small cars: softness reads as age), at build or
+on a built bundle with `--remeasure`. `--gate-from BUNDLE --refit-views TEACHER` refits that gate's view head on
+`--table`'s view labels (e.g. hand labels joined by `training.prepare --views`) and chooses its thresholds again.
+The test metrics read the view labels `--table` holds.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from core.projection import MapPlacer, pca_coordinates
 from core.viewpoint import VIEW_CLASSES, accepted_views
 from training.evaluate import clean, evaluate_folder
 from training.metrics import box_iou
-from training.teacher import saved_carnet
+from training.teacher import BackboneInfo, saved_carnet
+from training.view_head import cross_validated_view
 
 SERVING_HEADS = {"gate": ("car", "box", "frontal", "view"), "year_bin": ("year_bin", "year"),
                  "body_type": ("body_type",)}  # fmt: skip
@@ -406,6 +409,28 @@ def gate_of_bundle(directory: Path) -> KeptGate:
     )
 
 
+def refit_kept_gate(gate: KeptGate, table: pd.DataFrame, teacher: Path, seed: int) -> ViewEstimates:
+    """`--gate-from BUNDLE --refit-views TEACHER`: the kept gate's view head replaced (in place) by
+    `training.view_head`'s cross-validated regression on the table's view labels, its record saying so; the
+    out-of-fold estimates, for the thresholds. ValueError where the cache is not of the gate's frozen backbone, the
+    gate has no view head or the labels are too few."""
+    info, trained = BackboneInfo.read(teacher), gate.record["args"]
+    if info.checkpoint or (info.arch, info.size, info.origin) != (trained["arch"], trained["size"], trained["origin"]):
+        raise ValueError(f"{teacher} holds {info.origin or info.checkpoint} at {info.size} px; the gate reads "
+                         f"{trained['origin']} at {trained['size']} px")  # fmt: skip
+    if "view" not in gate.network.head_sizes:
+        raise ValueError("the gate has no view head (a frontal-only gate)")
+    fitted = cross_validated_view(table, teacher, seed)
+    if fitted is None:
+        raise ValueError("train + val of --table hold too few view-labelled cars or views to cross-validate")
+    head = gate.network.heads["view"]
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(fitted.head.weight))
+        head.bias.copy_(torch.from_numpy(fitted.head.bias))
+    gate.record["view_head"] = fitted.record | {"refitted": "training.build --refit-views, on --table's view labels"}
+    return ViewEstimates(table.set_index("path").loc[fitted.paths].reset_index(), fitted.probabilities)
+
+
 def load_networks_from_checkpoints(
     args: argparse.Namespace, kept_gate: KeptGate | None = None
 ) -> tuple[dict[str, CarNet], dict[str, dict], tuple[str, ...]]:
@@ -415,12 +440,14 @@ def load_networks_from_checkpoints(
         ("bodytype", args.bodytype, "body_type"),
         ("gate", args.gate, "gate"),
     ):
+        built = getattr(args, f"{key}_from", None)
         if key == "gate" and kept_gate:
             networks[key], records[key] = kept_gate.network, kept_gate.record
-        elif key == "modernity" and args.modernity_from:
-            networks[key], records[key] = network_of_bundle(
-                args.modernity_from, read_manifest(args.modernity_from), key
-            )
+        elif key != "gate" and built:
+            try:
+                networks[key], records[key] = network_of_bundle(built, read_manifest(built), key)
+            except BundleError as error:
+                raise BundleError(f"--{key}-from: {error}") from error
         else:
             networks[key], records[key] = serving_network(path, head)
     return networks, records, share_frozen_backbone(networks, records)
@@ -487,9 +514,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--modernity-from", type=Path, help="instead of --modernity: the modernity network of this "
                    "built bundle (e.g. new body-type heads beside the same modernity)")  # fmt: skip
     p.add_argument("--bodytype", type=Path, help="checkpoint with a body_type head")
+    p.add_argument("--bodytype-from", type=Path, help="instead of --bodytype: the body-type network of this built "
+                   "bundle (e.g. a new gate beside the same scores)")  # fmt: skip
     p.add_argument("--gate", type=Path, help="checkpoint of the gate (car, box, frontal / car, view)")
     p.add_argument("--gate-from", type=Path, help="instead of --gate: the gate of this built bundle, with its "
                    "thresholds, valid views and box head (new score networks, the same gate)")  # fmt: skip
+    p.add_argument("--refit-views", type=Path, metavar="TEACHER", help="with --gate-from: that gate's view head "
+                   "refitted on --table's view labels (training.view_head's cross-validation, on this "
+                   "training.teacher cache of the gate's backbone with its crop and frame views), its thresholds "
+                   "chosen again")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--remeasure", action="store_true", help="only measure the test metrics of the bundle at --out "
                    "again (e.g. after training.evaluate changed) and write them into its manifest")  # fmt: skip
@@ -544,13 +577,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             set_sharpening(args.out, sharpening(args))
         remeasure(args.out, pd.read_parquet(args.table), args.data)
         return
-    if not ((args.modernity or args.modernity_from) and args.bodytype and (args.gate or args.gate_from)):
-        p.error("--modernity (or --modernity-from), --bodytype and --gate (or --gate-from) are required (except "
+    if not ((args.modernity or args.modernity_from) and (args.bodytype or args.bodytype_from)
+            and (args.gate or args.gate_from)):  # fmt: skip
+        p.error("--modernity (or --modernity-from), --bodytype (or --bodytype-from) and --gate (or --gate-from) are "
+                "required (except "
                 "with --remeasure)")  # fmt: skip
     if args.gate and args.gate_from:
         p.error("--gate and --gate-from: one gate only")
     if args.modernity and args.modernity_from:
         p.error("--modernity and --modernity-from: one modernity network only")
+    if args.bodytype and args.bodytype_from:
+        p.error("--bodytype and --bodytype-from: one body-type network only")
     try:
         accepted_views(args.valid_views)
     except ValueError as error:
@@ -559,7 +596,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         kept_gate = gate_of_bundle(args.gate_from) if args.gate_from else None
     except BundleError as error:
         p.error(f"--gate-from: {error}")
-    if kept_gate and args.valid_views != kept_gate.valid_views:
+    if args.refit_views and not kept_gate:
+        p.error("--refit-views refits the view head of the --gate-from bundle's gate")
+    if kept_gate and not args.refit_views and args.valid_views != kept_gate.valid_views:
         p.error(f"--valid-views {args.valid_views}: the gate of {args.gate_from} has its view threshold for "
                 f"{kept_gate.valid_views}")  # fmt: skip
     if args.features and args.flip_average:
@@ -567,9 +606,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     table = pd.read_parquet(args.table)
     try:
+        views_oof = refit_kept_gate(kept_gate, table, args.refit_views, args.seed) if args.refit_views else None
+    except ValueError as error:
+        p.error(f"--refit-views: {error}")
+    try:
         networks, records, shared = load_networks_from_checkpoints(args, kept_gate)
     except BundleError as error:
-        p.error(f"--modernity-from: {error}")
+        p.error(str(error))
     try:
         transform, gate_transform = serving_transforms(records)
         beside = run_gate_beside(networks, records)
@@ -578,11 +621,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
     one_pass = set(shared) == set(networks) and gate_transform == transform and not beside
     cache = FeatureCache.read(args.features) if args.features and one_pass else None
-    if kept_gate:
+    if kept_gate and not args.refit_views:
         thresholds = kept_gate.thresholds
     else:
         val = validation_gate(table, args.data, networks, gate_transform, cache)
-        views_oof = out_of_fold_views(args.gate, table)
+        views_oof = views_oof or out_of_fold_views(args.gate, table)
         thresholds = gate_thresholds(val, networks["gate"], args.valid_views, args.frontal_precision, views_oof)
     inits = {key: record["args"].get("origin", "scratch") for key, record in records.items()}
     labels = collection_labels(table)
@@ -672,20 +715,34 @@ def test_metrics(bundle: Bundle, table: pd.DataFrame, data_root: Path) -> dict[s
     (`<name>_before_photos`), a folder of boxed, dated photos (Stanford's) with every car cut out onto white
     (`<name>_on_white`)."""
     names = [name for name in table["dataset"].unique() if (data_root / name).is_dir()]
-    metrics: dict[str, Any] = {name: evaluate_folder(bundle, data_root / name, "test") for name in names}
+    views = {name: table_views(table, name) for name in names}
+    metrics: dict[str, Any] = {
+        name: evaluate_folder(bundle, data_root / name, "test", views=views[name]) for name in names
+    }
     metrics["overall"] = overall_metrics(metrics)
     negatives = [name for name in names if (table.loc[table["dataset"] == name, "car"] == 0).all()]
     for name in names:
         rows = table[table["dataset"] == name]
         if (rows["year"] > 0).any():
-            metrics[f"{name}_gate_box"] = evaluate_folder(bundle, data_root / name, "test", gate_box=True)
+            metrics[f"{name}_gate_box"] = evaluate_folder(
+                bundle, data_root / name, "test", gate_box=True, views=views[name]
+            )
         if negatives and rows["group"].str.startswith("dvm:").all():
             metrics[f"{name}_before_photos"] = evaluate_folder(
-                bundle, data_root / name, "test", data_root / negatives[0]
+                bundle, data_root / name, "test", data_root / negatives[0], views=views[name]
             )
         elif rows["box_x1"].notna().all() and (rows["year"] > 0).all():
-            metrics[f"{name}_on_white"] = evaluate_folder(bundle, data_root / name, "test", whiteout=True)
+            metrics[f"{name}_on_white"] = evaluate_folder(
+                bundle, data_root / name, "test", whiteout=True, views=views[name]
+            )
     return metrics
+
+
+def table_views(table: pd.DataFrame, name: str) -> dict[str, str]:
+    """The view labels the table holds for data set `name` (its `views.csv`, `training.prepare --views`, EPFL's
+    angles): view per file relative to the data set's folder."""
+    rows = table[(table["dataset"] == name) & (table["view"] != "")]
+    return dict(zip(rows["path"].str.removeprefix(f"{name}/"), rows["view"], strict=True))
 
 
 def write_metrics(out: Path, metrics: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,15 @@ from core.report import INTERVAL_KEY
 from core.scoring import expected_year, softmax, whole_year
 from core.viewpoint import VIEW_CLASSES
 from training.metrics import car_model_interval, classification_metrics, frontal_metrics
-from training.prepare import frontal_from_view, is_dvm_folder, read_dvm, read_views, view_from_angle, view_label
+from training.prepare import (
+    frontal_from_view,
+    is_dvm_folder,
+    read_dvm,
+    read_view_file,
+    read_views,
+    view_from_angle,
+    view_label,
+)
 from training.teacher import cut_out_on_white, swap_background
 
 BATCH = 64
@@ -99,12 +107,12 @@ PHOTO_STYLES = {f.__name__.replace("_", "-"): f for f in (greyscale, dark, overe
 SIZED_STYLES = {"low-resolution": low_resolution, "small": small}  # the styles --low-resolution sizes
 
 
-def read_folder(folder: Path) -> pd.DataFrame:
-    """The folder's labels with `file` (relative to the folder), `path` (folder name + file), `view` (from a
-    `views.csv` beside the labels, else the labels' own `view` column, else an EPFL angle) and the seed's name of
-    each body type (blank for other types)."""
+def read_folder(folder: Path, views: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The folder's labels with `file` (relative to the folder), `path` (folder name + file), `view` (from `views`
+    or a `views.csv` beside the labels, else the labels' own `view` column, else an EPFL angle) and the seed's name
+    of each body type (blank for other types)."""
     if is_dvm_folder(folder):
-        labels = read_dvm(folder)
+        labels = read_dvm(folder, views=views)
         labels["file"] = labels["path"].str.removeprefix(folder.name + "/")
         return labels.rename(columns={"group": "car_model"}).drop(columns="year_bin")
     labels = pd.read_csv(folder / "labels.csv")
@@ -113,7 +121,7 @@ def read_folder(folder: Path) -> pd.DataFrame:
         labels["body_type"] = labels["body_type"].map(seed_body_type)
     if set(BOX) <= set(labels.columns):  # a box that is not numbers is unknown: the gate finds the car
         labels[BOX] = labels[BOX].apply(pd.to_numeric, errors="coerce")
-    views = read_views(folder)
+    views = read_views(folder, views)
     given = labels["view"].fillna("").map(view_label) if "view" in labels else ""
     from_angle = labels["angle_deg"].map(view_from_angle) if "angle_deg" in labels else ""
     fallback = given.where(given != "", from_angle) if "view" in labels else from_angle
@@ -364,12 +372,14 @@ def evaluate_folder(
     gate_box: bool = False,
     photo_style: str | None = None,
     low_resolution_px: int = 96,
+    views: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics for every task the folder's labels support; with `backdrops`, on the folder's photos with their white
     background (DVM-CAR's) replaced by photos of that folder; with `whiteout`, on its cars cut out onto white; with
     `gate_box`, the scores on the gate's crops; with `photo_style` (a key of `PHOTO_STYLES`), on every photo so
-    restyled (`low-resolution`: to `low_resolution_px` on the longer side)."""
-    labels = read_folder(folder)
+    restyled (`low-resolution`: to `low_resolution_px` on the longer side); `views` labels photos by view (file
+    relative to the folder) beside the folder's own."""
+    labels = read_folder(folder, views)
     labels["root"] = str(folder)
     if "year" in labels:  # blank or unreadable years are unknown (-1)
         labels["year"] = pd.to_numeric(labels["year"], errors="coerce").fillna(-1).astype(int)
@@ -460,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "upload), or saved as a JPEG of quality 15")  # fmt: skip
     parser.add_argument("--low-resolution", type=int, default=96, metavar="PX", help="the longer side (px) that "
                         "--photo-style low-resolution or small reduces every photo to (default 96)")  # fmt: skip
+    parser.add_argument("--views", type=Path, help="view labels for the photos (views.csv's columns: file relative "
+                        "to --data, view), e.g. data/views/stanford_cars.csv; joined over a views.csv beside the "
+                        "labels")  # fmt: skip
     parser.add_argument("--gate-box", action="store_true", help="score every car on the crop of the box the "
                         "bundle's gate finds (as the app does), not on its labelled box")  # fmt: skip
     args = parser.parse_args(argv)
@@ -473,8 +486,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {args.data} has neither a labels.csv (a folder like ../shared/data/stanford_cars) nor "
                  "DVM-CAR images (an Ad_table.csv, or files named Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                  "image_N.jpg)")  # fmt: skip
+    if args.views and not args.views.is_file():
+        sys.exit(f"error: --views {args.views}: no such file")
+    views = read_view_file(args.views) if args.views else None
     report = clean(evaluate_folder(bundle, args.data, args.split, args.backdrops, args.whiteout, args.gate_box,
-                                   args.photo_style, args.low_resolution))  # fmt: skip
+                                   args.photo_style, args.low_resolution, views))  # fmt: skip
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

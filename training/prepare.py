@@ -1,16 +1,16 @@
 """Read the image folders into one labelled table with year bins and a grouped 70/20/10 split.
 
 Inputs are folders laid out like ../shared/data (`<dataset>/labels.csv` + `images/`, a `views.csv` beside any
-of them) and DVM-CAR folders (`resized_DVM` or `Confirmed_fronts` layout, found by file name, with
-`Ad_table.csv`). No car model class (make + model + year; DVM: Genmodel + year), EPFL sequence or DVM advert
-appears in two splits.
+of them, or view labels kept elsewhere: `--views data/views`) and DVM-CAR folders (`resized_DVM` or
+`Confirmed_fronts` layout, found by file name, with `Ad_table.csv`). No car model class (make + model + year; DVM:
+Genmodel + year), EPFL sequence or DVM advert appears in two splits.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +116,23 @@ def view_label(text: str) -> str:
     return VIEW_SYNONYMS.get(view, view)
 
 
-def read_views(folder: Path) -> dict[str, str]:
-    """`views.csv` (file, view) beside a data set: view label per file path relative to the folder."""
-    path = folder / VIEWS_FILE
-    if not path.is_file():
-        return {}
+def read_view_file(path: Path) -> dict[str, str]:
+    """A views file (`file`, `view` columns): view label per file path relative to its data set's folder."""
     views = pd.read_csv(path, dtype=str).dropna()
     return dict(zip(views["file"], views["view"].map(view_label), strict=True))
+
+
+def read_views(folder: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`views.csv` beside a data set, and `extra` labels (hand labels kept outside a read-only data folder, e.g.
+    `data/views/`), which win where both name a file: view label per file path relative to the folder."""
+    beside = folder / VIEWS_FILE
+    return (read_view_file(beside) if beside.is_file() else {}) | dict(extra or {})
+
+
+def extra_views(views_dir: Path | None, folder: Path) -> dict[str, str]:
+    """The labels `views_dir/<folder name>.csv` gives a data set folder (none without such a file)."""
+    path = views_dir / f"{folder.name}.csv" if views_dir else None
+    return read_view_file(path) if path and path.is_file() else {}
 
 
 def frontal_from_view(view: str) -> int:
@@ -130,16 +140,21 @@ def frontal_from_view(view: str) -> int:
     return -1 if not view else int(view == "front")
 
 
-def read_dvm(folder: Path, ad_table: Path | None = None, bins: Sequence[YearBin] = SHARED_YEAR_BINS) -> pd.DataFrame:
+def read_dvm(
+    folder: Path,
+    ad_table: Path | None = None,
+    bins: Sequence[YearBin] = SHARED_YEAR_BINS,
+    views: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
     """DVM-CAR images found by file name (`Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$image_N.jpg`) at any
     depth, so both `resized_DVM` (`<Maker>/<Genmodel>/<Year>/<Colour>/`) and `Confirmed_fronts` layouts read.
 
     Body type is joined from `Ad_table.csv` (default: inside `folder`; without one, body types are unknown) by
-    Genmodel_ID (its most frequent Bodytype); views from `views.csv` beside the images (every `Confirmed_fronts`
-    image is a front view). A car model class (the split's group) is Genmodel + year, as Stanford's make + model +
-    year."""
+    Genmodel_ID (its most frequent Bodytype); views from `views.csv` beside the images and `views` (every
+    `Confirmed_fronts` image is a front view). A car model class (the split's group) is Genmodel + year, as
+    Stanford's make + model + year."""
     body_by_model = body_type_by_model(ad_table or folder / "Ad_table.csv")
-    views = read_views(folder)
+    views = read_views(folder, views)
     rows = []
     for path, match in sorted(dvm_images(folder), key=lambda image: image[0]):
         relative = path.relative_to(folder).as_posix()
@@ -237,12 +252,14 @@ def grouped_split(table: pd.DataFrame, seed: int = 0, fractions: dict[str, float
     return table["group"].map(assignment)
 
 
-def read_dataset(folder: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS) -> pd.DataFrame | None:
+def read_dataset(
+    folder: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS, views: Mapping[str, str] | None = None
+) -> pd.DataFrame | None:
     """One data set folder as table rows (not finalised): a DVM-CAR folder (with Ad_table.csv) or a folder with
     labels.csv read by its columns (EPFL: angles; negatives: a `car` column; else cars with make, model,
-    year, body type), with `views.csv` beside it joined; None when the folder is neither."""
+    year, body type), with `views.csv` beside it and `views` joined; None when the folder is neither."""
     if is_dvm_folder(folder):
-        return read_dvm(folder, bins=bins)
+        return read_dvm(folder, bins=bins, views=views)
     if not (folder / "labels.csv").is_file():
         return None
     columns = set(pd.read_csv(folder / "labels.csv", nrows=0).columns)
@@ -252,12 +269,17 @@ def read_dataset(folder: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS) -> pd
         table = read_negatives(folder)
     else:
         table = read_stanford(folder, bins)
-    return with_views(table, folder)
+    return with_views(table, folder, views)
 
 
-def prepare(data_root: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS, seed: int = 0) -> pd.DataFrame:
-    """One table over every dataset folder found under `data_root`."""
-    parts = [read_dataset(folder, bins) for folder in sorted(data_root.iterdir()) if folder.is_dir()]
+def prepare(
+    data_root: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS, seed: int = 0, views_dir: Path | None = None
+) -> pd.DataFrame:
+    """One table over every dataset folder found under `data_root`, with the view labels of `views_dir` (a
+    `<data set folder>.csv` per data set they label) joined."""
+    folders = [folder for folder in sorted(data_root.iterdir()) if folder.is_dir()]
+    check_views_dir(views_dir, folders)
+    parts = [read_dataset(folder, bins, extra_views(views_dir, folder)) for folder in folders]
     parts = [part for part in parts if part is not None]
     if not parts:
         raise SystemExit(
@@ -267,10 +289,23 @@ def prepare(data_root: Path, bins: Sequence[YearBin] = SHARED_YEAR_BINS, seed: i
     return finalise(pd.concat(parts, ignore_index=True), seed)
 
 
-def with_views(table: pd.DataFrame, folder: Path) -> pd.DataFrame:
-    """The `view` column: from `views.csv` beside the data set where it names the file, else from EPFL's angle;
-    `frontal` follows a view label where there is one."""
-    views = read_views(folder)
+def check_views_dir(views_dir: Path | None, folders: Sequence[Path]) -> None:
+    """Refuse a views folder that is missing or holds a file naming none of the data set folders."""
+    if views_dir is None:
+        return
+    if not views_dir.is_dir():
+        raise SystemExit(f"--views {views_dir}: no such folder")
+    names = {folder.name for folder in folders}
+    strays = sorted(path.name for path in views_dir.glob("*.csv") if path.stem not in names)
+    if strays:
+        raise SystemExit(f"--views {views_dir}: {', '.join(strays)} names no data set folder (one of "
+                         f"{', '.join(sorted(names))}): a views file is named after the folder it labels")  # fmt: skip
+
+
+def with_views(table: pd.DataFrame, folder: Path, extra: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The `view` column: from `views.csv` beside the data set or `extra` where they name the file, else from
+    EPFL's angle; `frontal` follows a view label where there is one."""
+    views = read_views(folder, extra)
     files = table["path"].str.removeprefix(folder.name + "/")
     from_angle = table["angle_deg"].map(view_from_angle) if "angle_deg" in table else pd.Series("", index=table.index)
     table["view"] = [views.get(file, "") or angle for file, angle in zip(files, from_angle, strict=True)]
@@ -304,6 +339,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="shared",
         help="shared: 1991-2006 ... 2017-2020 (fits the shared data); dvm: the seed's 2000-03 ... 2015-17",
     )
+    parser.add_argument(
+        "--views",
+        type=Path,
+        help="a folder of view labels kept beside the data (e.g. data/views): <data set folder>.csv with views.csv's "
+        "columns (file relative to that folder, view), joined over a views.csv beside the data set",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/table.parquet"))
     args = parser.parse_args(argv)
@@ -315,9 +356,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not has_dvm_images(args.dvm):
             parser.error(f"no images named the DVM-CAR way (Maker$$Genmodel$$Year$$Colour$$Genmodel_ID$$Adv_ID$$"
                          f"image_N.jpg) under {args.dvm}")  # fmt: skip
-        table = finalise(read_dvm(args.dvm, ads, bins), args.seed)
+        check_views_dir(args.views, [args.dvm])
+        table = finalise(read_dvm(args.dvm, ads, bins, extra_views(args.views, args.dvm)), args.seed)
     else:
-        table = prepare(args.data, bins, seed=args.seed)
+        table = prepare(args.data, bins, seed=args.seed, views_dir=args.views)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(args.out, index=False)
     print(table.groupby(["dataset", "split"]).size().unstack(fill_value=0).to_string())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,10 +140,20 @@ def out_of_fold(rows: ViewRows, fold: np.ndarray, weights: np.ndarray, linear: t
     return probabilities
 
 
-def refit_view_head(checkpoint_path: Path, table: pd.DataFrame, teacher: Path, seed: int = 0) -> dict | None:
-    """Replace the gate checkpoint's view head by the cross-validated regression (see the module docstring) and
-    record the choice and the out-of-fold probabilities in it; None (head kept) when train + val hold too few cars
-    or views to cross-validate (or none has a view label)."""
+@dataclass(frozen=True)
+class FittedView:
+    """The cross-validated view regression (see the module docstring): the head refitted on every view-labelled
+    row, the record of the choice, and each row's out-of-fold probabilities."""
+
+    head: LinearView
+    record: dict[str, Any]
+    paths: list[str]
+    probabilities: np.ndarray  # N x len(VIEW_CLASSES), out of fold
+
+
+def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0) -> FittedView | None:
+    """The view head chosen by car-grouped cross-validation on `teacher`'s features of the view-labelled rows of
+    train + val; None when they hold too few cars or views to cross-validate (or none has a view label)."""
     rows = view_rows(table, teacher)
     if rows is None:
         return None
@@ -159,13 +170,24 @@ def refit_view_head(checkpoint_path: Path, table: pd.DataFrame, teacher: Path, s
             oof[name, strength] = out_of_fold(rows, fold, weights, linear, strength)
             candidates.append(Candidate(name, strength, front_recall(rows, oof[name, strength][:, front])))
     best = max(candidates, key=lambda c: c.score)
-    view = fit_view(rows.pooled, rows.views, weights, maps[best.input], best.strength)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    checkpoint["model"]["heads.view.weight"] = torch.from_numpy(view.weight)
-    checkpoint["model"]["heads.view.bias"] = torch.from_numpy(view.bias)
     record = {"input": best.input, "strength": best.strength, "folds": folds, "out_of_fold_front_recall_at_p95":
               best.recall, "candidates": [asdict(c) | {"score": c.score} for c in candidates]}  # fmt: skip
-    checkpoint["view_head"] = record | {"paths": rows.paths,
-                                        "probabilities": torch.from_numpy(oof[best.input, best.strength])}  # fmt: skip
+    head = fit_view(rows.pooled, rows.views, weights, maps[best.input], best.strength)
+    return FittedView(head, record, rows.paths, oof[best.input, best.strength])
+
+
+def refit_view_head(checkpoint_path: Path, table: pd.DataFrame, teacher: Path, seed: int = 0) -> dict | None:
+    """Replace the gate checkpoint's view head by the cross-validated regression and record the choice and the
+    out-of-fold probabilities in it; None (head kept) where `cross_validated_view` finds nothing to fit."""
+    fitted = cross_validated_view(table, teacher, seed)
+    if fitted is None:
+        return None
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint["model"]["heads.view.weight"] = torch.from_numpy(fitted.head.weight)
+    checkpoint["model"]["heads.view.bias"] = torch.from_numpy(fitted.head.bias)
+    checkpoint["view_head"] = fitted.record | {
+        "paths": fitted.paths,
+        "probabilities": torch.from_numpy(fitted.probabilities),
+    }
     torch.save(checkpoint, checkpoint_path)
-    return record
+    return fitted.record
