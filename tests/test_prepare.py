@@ -214,6 +214,9 @@ def test_view_labels_kept_outside_the_data_join_their_data_set(tmp_path):
     epfl = table[table["dataset"] == "epfl_multiview"]
     assert (epfl["view"] == plain.set_index("path").loc[epfl.index, "view"]).all(), "other data sets as before"
 
+    (views / "stanford_cars.csv").write_text("photo,angle\nimages/x.jpg,0\n")
+    with pytest.raises(SystemExit, match="a views file has the columns file and view, this one photo, angle"):
+        prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(out)])
     (views / "stanford.csv").write_text("file,view\nimages/x.jpg,front\n")
     with pytest.raises(SystemExit, match=r"stanford\.csv names no data set folder"):
         prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(out)])

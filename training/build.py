@@ -580,8 +580,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not ((args.modernity or args.modernity_from) and (args.bodytype or args.bodytype_from)
             and (args.gate or args.gate_from)):  # fmt: skip
         p.error("--modernity (or --modernity-from), --bodytype (or --bodytype-from) and --gate (or --gate-from) are "
-                "required (except "
-                "with --remeasure)")  # fmt: skip
+                "required (except with --remeasure)")  # fmt: skip
     if args.gate and args.gate_from:
         p.error("--gate and --gate-from: one gate only")
     if args.modernity and args.modernity_from:

@@ -118,7 +118,10 @@ def view_label(text: str) -> str:
 
 def read_view_file(path: Path) -> dict[str, str]:
     """A views file (`file`, `view` columns): view label per file path relative to its data set's folder."""
-    views = pd.read_csv(path, dtype=str).dropna()
+    views = pd.read_csv(path, dtype=str)
+    if not {"file", "view"} <= set(views.columns):
+        raise SystemExit(f"{path}: a views file has the columns file and view, this one {', '.join(views.columns)}")
+    views = views[["file", "view"]].dropna()
     return dict(zip(views["file"], views["view"].map(view_label), strict=True))
 
 
