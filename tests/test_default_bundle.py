@@ -4,12 +4,17 @@ trained on are not guaranteed here: the test split is measured in the manifest).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from core.artifacts import Bundle, load_bundle
-from core.config import DEFAULT_BUNDLE_DIR
+from core.config import DEFAULT_BUNDLE_DIR, SHARED_DATA_DIR
 from core.models import Sharpening
-from core.pipeline import score_image
+from core.pipeline import gate_frames, score_image
 from core.report import MakeHorizon, make_horizon
 from core.viewpoint import VIEW_CLASSES
 
@@ -45,6 +50,9 @@ def test_the_default_bundle_records_its_teacher_and_its_test_metrics(default_bun
     assert manifest.networks["modernity"].heads == {"year_bin": 5, "year": 30}
     assert manifest.training["gate"]["view_head"]["input"] == "imagenet_logits"
     assert manifest.training["thresholds"]["view_thresholds_on"] == "out-of-fold (train + val)"
+    # ... over the hand-labelled Stanford photos too (data/views), refitted on the previous default's gate
+    assert "stanford_cars" in manifest.training["thresholds"]["frontal_val"]
+    assert "--refit-views" in manifest.training["gate"]["view_head"]["refitted"]
     assert len(default_bundle.images) == len(default_bundle.embeddings) > 10_000
     # the gate's box comes from its trained box head, on the gate's own backbone
     assert default_bundle.box_head is not None
@@ -66,3 +74,24 @@ def test_the_default_gate_finds_the_fixture_cars_and_refuses_the_non_cars(defaul
     assert all(0.0 <= r.modernity.score <= 4.0 and r.embedding.shape == (3 * 256,) for r in accepted)
     negatives = [score_image(row["path"], default_bundle) for row in fixture_rows["negatives"]]
     assert all(not r.accepted and r.reason.startswith("No car found") for r in negatives)
+
+
+HAND_LABELLED_VIEWS = Path(__file__).parents[1] / "data" / "views" / "stanford_cars.csv"
+
+
+@pytest.mark.skipif(not (SHARED_DATA_DIR / "stanford_cars").is_dir(), reason="needs ../shared/data/stanford_cars")
+def test_the_default_gate_tells_the_views_of_hand_labelled_street_photos(default_bundle):
+    """The 120 Stanford test photos labelled by view by hand (data/views/README.md: drawn at random, car models the
+    bundle never trained on): the view the gate shows is right on most, side and rear views are mostly refused and
+    front and three-quarter ones mostly scored. The gate before the hand labels measured 0.73, 23 % and 96 % here,
+    and called all five rear views fronts; this one 0.83, 77 % and 88 %, two of five."""
+    labels = pd.read_csv(HAND_LABELLED_VIEWS)
+    test = labels[labels["sample"] == "random test"]
+    photos = [Image.open(SHARED_DATA_DIR / "stanford_cars" / file).convert("RGB") for file in test["file"]]
+    views = np.concatenate([gate_frames(default_bundle, photos[i : i + 32]).views for i in range(0, len(photos), 32)])
+    truth, shown = test["view"].to_numpy(), np.array(VIEW_CLASSES)[views.argmax(1)]
+    scored = views[:, :2].sum(1) >= default_bundle.thresholds.view
+    valid = np.isin(truth, default_bundle.accepted_views)
+    assert len(test) == 120 and (shown == truth).mean() >= 0.78
+    assert (~scored[~valid]).mean() >= 0.6 and scored[valid].mean() >= 0.8
+    assert ((truth == "rear") & (shown == "front")).sum() <= 2
