@@ -194,7 +194,8 @@ def test_a_stanford_layout_folder_reads_body_types_in_any_spelling(tmp_path):
 
 def test_view_labels_kept_outside_the_data_join_their_data_set(tmp_path):
     """`--views DIR`: `<data set>.csv` labels that data set's photos (the shared data is read-only, so hand labels
-    live in the project); a file naming no data set folder, or a missing folder, is refused."""
+    live in the project); a file without `file` and `view` columns, one naming no data set folder, or a missing
+    folder is refused."""
     views = tmp_path / "views"
     views.mkdir()
     stanford = pd.read_csv(FIXTURE_DATA / "stanford_cars" / "labels.csv")["file"].tolist()

@@ -741,3 +741,7 @@ def test_a_built_gates_view_head_is_refitted_on_new_view_labels(frozen_run, tmp_
     with pytest.raises(SystemExit):
         build.main([*refit_args, "--refit-views", str(other)])
     assert f"--refit-views: {other} holds {info['origin']} at 32 px; the gate reads" in capsys.readouterr().err
+    fine_tuned = build.gate_of_bundle(base)  # a gate whose backbone was trained with it: no cache holds its features
+    fine_tuned.record["args"]["frozen_backbone"] = False
+    with pytest.raises(ValueError, match="trained with it"):
+        build.refit_kept_gate(fine_tuned, pd.read_parquet(table), frozen_run / "t", seed=0)

@@ -415,7 +415,13 @@ def refit_kept_gate(gate: KeptGate, table: pd.DataFrame, teacher: Path, seed: in
     out-of-fold estimates, for the thresholds. ValueError where the cache is not of the gate's frozen backbone, the
     gate has no view head or the labels are too few."""
     info, trained = BackboneInfo.read(teacher), gate.record["args"]
-    if info.checkpoint or (info.arch, info.size, info.origin) != (trained["arch"], trained["size"], trained["origin"]):
+    if not trained.get("frozen_backbone"):
+        raise ValueError("the gate's backbone was trained with it: no training.teacher cache holds its features")
+    if info.checkpoint or (info.arch, info.size, info.origin) != (
+        trained.get("arch"),
+        trained["size"],
+        trained["origin"],
+    ):
         raise ValueError(f"{teacher} holds {info.origin or info.checkpoint} at {info.size} px; the gate reads "
                          f"{trained['origin']} at {trained['size']} px")  # fmt: skip
     if "view" not in gate.network.head_sizes:
