@@ -16,7 +16,7 @@ from core.config import DEFAULT_BUNDLE_DIR, SHARED_DATA_DIR
 from core.models import Sharpening
 from core.pipeline import gate_frames, score_image
 from core.report import MakeHorizon, make_horizon
-from core.viewpoint import VIEW_CLASSES
+from core.viewpoint import VIEW_CLASSES, frontal_decision, view_rejection
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +89,12 @@ def test_the_default_gate_tells_the_views_of_hand_labelled_street_photos(default
     labels = pd.read_csv(HAND_LABELLED_VIEWS)
     test = labels[labels["sample"] == "random test"]
     photos = [Image.open(SHARED_DATA_DIR / "stanford_cars" / file).convert("RGB") for file in test["file"]]
-    views = np.concatenate([gate_frames(default_bundle, photos[i : i + 32]).views for i in range(0, len(photos), 32)])
+    gates = [gate_frames(default_bundle, photos[i : i + 32]) for i in range(0, len(photos), 32)]
+    frontal, views = (np.concatenate([getattr(gate, name) for gate in gates]) for name in ("frontal", "views"))
     truth, shown = test["view"].to_numpy(), np.array(VIEW_CLASSES)[views.argmax(1)]
-    accepted = [VIEW_CLASSES.index(view) for view in default_bundle.accepted_views]
-    scored = views[:, accepted].sum(1) >= default_bundle.thresholds.view
+    thresholds = default_bundle.thresholds  # the app's own decision: view_rejection on each photo's estimate
+    decisions = [frontal_decision(p, thresholds.frontal, v) for p, v in zip(frontal, views, strict=True)]
+    scored = np.array([view_rejection(d, default_bundle.valid_views, thresholds.view) is None for d in decisions])
     valid = np.isin(truth, default_bundle.accepted_views)
     assert len(test) == 120 and (shown == truth).mean() >= 0.78
     assert (~scored[~valid]).mean() >= 0.6 and scored[valid].mean() >= 0.8
