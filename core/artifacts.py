@@ -84,6 +84,7 @@ NETWORK_FILES = {
 }
 BACKBONE_FILE = "backbone.safetensors"
 SEGMENTERS = ("gate", "maskrcnn", "detectron2")
+VIEW_INPUTS = ("frame", "crop")  # what the gate's view head reads: the whole frame, or the car's crop
 BUILD_HINT = "Build one with `python -m training.build` (see its --help) or set CARMORPH_BUNDLE to a bundle directory."
 
 # images.parquet: the labels a build starts from, then what the build adds (docs/CONTRACTS.md). `group`,
@@ -183,6 +184,7 @@ class Manifest:
     flip_average: bool = False  # the scores are the mean over the crop and its mirror image
     box_head: BoxHeadSpec | None = None  # the gate's box from a trained head (None: from the activation map)
     sharpening: Sharpening | None = None  # an unsharp mask on car crops the scores must enlarge (None: never)
+    view_from: str = "frame"  # the gate's view head reads the whole frame (gate_transform) or the car's crop
 
     @property
     def transform(self) -> ImageTransform:
@@ -215,6 +217,7 @@ class Manifest:
             "networks": {k: _network_dict(n) for k, n in self.networks.items()},
             "thresholds": asdict(self.thresholds),
             "valid_views": self.valid_views,
+            "view_from": self.view_from,
             "segmenter": self.segmenter,
             "morph_min_members": self.morph_min_members,
             "atlas": self.atlas.to_dict(),
@@ -247,6 +250,7 @@ class Manifest:
             networks=_field(data, "networks", _network_specs),
             thresholds=_field(data, "thresholds", _thresholds),
             valid_views=_field(data, "valid_views", str),
+            view_from=_field(data, "view_from", str) if "view_from" in data else "frame",
             segmenter=_field(data, "segmenter", str),
             morph_min_members=_field(data, "morph_min_members", int),
             atlas=_field(data, "atlas", AtlasSpec.from_dict),
@@ -481,6 +485,10 @@ def check_manifest(manifest: Manifest) -> None:
         and "view" not in manifest.networks.get("gate", NetworkSpec("", {})).heads
     ):
         raise BundleError(f"manifest.json: valid_views {manifest.valid_views!r} needs a gate with a view head.")
+    if manifest.view_from not in VIEW_INPUTS:
+        raise BundleError(f"manifest.json: view_from must be one of {VIEW_INPUTS}, got {manifest.view_from!r}.")
+    if manifest.view_from == "crop" and "view" not in manifest.networks.get("gate", NetworkSpec("", {})).heads:
+        raise BundleError("manifest.json: view_from 'crop' needs a gate with a view head.")
     if manifest.segmenter not in SEGMENTERS:
         raise BundleError(f"manifest.json: segmenter must be one of {SEGMENTERS}, got {manifest.segmenter!r}.")
     if set(manifest.networks) != set(NETWORK_FILES):
@@ -812,12 +820,15 @@ def predict_images(
 ) -> NetworkOutputs:
     """One batch through the three networks as `manifest` says: modernity and body type on the car crops (its
     `transform`; with `flip_average`, the mean over each crop and its mirror image), the gate on the frames (its
-    `gate_transform`) unless its `estimates` of them are given. A backbone shared by the networks runs once per
-    image (twice where the crop is not the whole frame or the gate has its own input size)."""
+    `gate_transform`) unless its `estimates` of them are given, and its view head on the crops instead where the
+    manifest's `view_from` is "crop". A backbone shared by the networks runs once per image (twice where the crop
+    is not the whole frame or the gate has its own input size)."""
     transform, gate_transform, cam_threshold = manifest.transform, manifest.gate_transform, manifest.thresholds.cam
     modernity, bodytype, gate = networks["modernity"], networks["bodytype"], networks["gate"]
+    from_crop = manifest.view_from == "crop"
     with torch.inference_mode():
-        scores = crop_outputs(modernity, bodytype, transform(list(crops)), manifest.flip_average)
+        batch = transform(list(crops))
+        scores = crop_outputs(modernity, bodytype, batch, manifest.flip_average, gate if from_crop else None)
         year, body = scores.year, scores.body
         frames_are_crops = all(frame is crop for frame, crop in zip(frames, crops, strict=True))
         one_pass = scores.maps is not None and gate.backbone is bodytype.backbone and gate_transform == transform
@@ -825,7 +836,15 @@ def predict_images(
             estimates = gate_estimates_from_maps(gate, scores.maps, cam_threshold)
         elif estimates is None:
             estimates = gate_estimates(gate, gate_transform(list(frames)), cam_threshold)
+    if scores.view_logits is not None:
+        estimates = with_crop_views(estimates, scores.view_logits)
     return network_outputs(year, body, estimates)
+
+
+def with_crop_views(estimates: GateEstimates, view_logits: torch.Tensor) -> GateEstimates:
+    """The gate's estimates of the frames (car, box) with the view its view head reads from the crops."""
+    views = torch.softmax(view_logits, dim=1).numpy()
+    return replace(estimates, views=views, frontal=views[:, VIEW_CLASSES.index("front")])
 
 
 def network_outputs(

@@ -166,14 +166,19 @@ class CarNet(nn.Module):
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         return b.layer4(b.layer3(b.layer2(b.layer1(x))))
 
+    @property
+    def beside(self) -> CarNet:
+        """The network whose backbone runs beside this one's (ValueError where none is attached)."""
+        if not self._beside:
+            raise ValueError("this network reads a beside backbone that is not attached (attach_beside)")
+        return self._beside[0]
+
     def with_beside(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """`maps` (this backbone's, of `x`) with the beside backbone's maps of `x` appended along the channels."""
         if not self.beside_width:
             return maps
-        if not self._beside:
-            raise ValueError("this network reads a beside backbone that is not attached (attach_beside)")
         with torch.no_grad():
-            beside = self._beside[0].backbone_maps(x)
+            beside = self.beside.backbone_maps(x)
         return torch.cat([maps, beside], dim=1)
 
     def forward_from_maps(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -193,31 +198,52 @@ class CarNet(nn.Module):
 
 @dataclass(frozen=True)
 class CropOutputs:
-    """The modernity and body-type networks' outputs on a batch of car crops, and the backbone's maps of the crops
-    as given (None unless the two networks share their backbone)."""
+    """The modernity and body-type networks' outputs on a batch of car crops, the backbone's maps of the crops as
+    given (None unless the two networks share their backbone) and, when asked for, the gate's view head on the
+    crops (N x views logits, else None)."""
 
     year: dict[str, torch.Tensor]
     body: dict[str, torch.Tensor]
     maps: torch.Tensor | None
+    view_logits: torch.Tensor | None = None
 
 
-def crop_outputs(modernity: CarNet, bodytype: CarNet, batch: torch.Tensor, flip_average: bool = False) -> CropOutputs:
-    """Both score networks on `batch` (N x 3 x H x W), their backbone run once when they share it. With
-    `flip_average` every output is the mean over each crop and its mirror image: the heads are affine in the
-    embedding, so the mean logits are exactly the logits of the mean embedding."""
+class _BackboneMaps:
+    """Each backbone's maps of one batch, computed once however many networks read them."""
+
+    def __init__(self, batch: torch.Tensor):
+        self.batch, self.memo = batch, {}
+
+    def of(self, network: CarNet) -> torch.Tensor:
+        key = id(network.backbone)
+        if key not in self.memo:
+            self.memo[key] = network.backbone_maps(self.batch)
+        return self.memo[key]
+
+    def feature_maps(self, network: CarNet) -> torch.Tensor:
+        """What `network.feature_maps` gives: its backbone's maps, the beside backbone's appended."""
+        maps = self.of(network)
+        return torch.cat([maps, self.of(network.beside)], dim=1) if network.beside_width else maps
+
+
+def crop_outputs(
+    modernity: CarNet, bodytype: CarNet, batch: torch.Tensor, flip_average: bool = False, gate: CarNet | None = None
+) -> CropOutputs:
+    """Both score networks on `batch` (N x 3 x H x W), each backbone run once however many networks read it (the
+    gate's, with `gate`, for its view head on the crops). With `flip_average` every output is the mean over each
+    crop and its mirror image: the heads are affine in the embedding, so the mean logits are exactly the logits of
+    the mean embedding."""
     n = len(batch)
     both = torch.cat([batch, batch.flip(-1)]) if flip_average else batch
-    maps = None
-    if modernity.backbone is bodytype.backbone:
-        maps = bodytype.backbone_maps(both)
-        year = modernity.forward_from_maps(modernity.with_beside(maps, both))
-        body = bodytype.forward_from_maps(bodytype.with_beside(maps, both))
-        maps = maps[:n]
-    else:
-        year, body = modernity(both), bodytype(both)
+    maps = _BackboneMaps(both)
+    year = modernity.forward_from_maps(maps.feature_maps(modernity))
+    body = bodytype.forward_from_maps(maps.feature_maps(bodytype))
+    view = None if gate is None else {"view": gate.forward_from_maps(maps.of(gate))["view"]}
     if flip_average:
         year, body = _mean_over_mirror(year, n), _mean_over_mirror(body, n)
-    return CropOutputs(year, body, maps)
+        view = None if view is None else _mean_over_mirror(view, n)
+    shared = maps.of(bodytype)[:n] if modernity.backbone is bodytype.backbone else None
+    return CropOutputs(year, body, shared, None if view is None else view["view"])
 
 
 def _mean_over_mirror(outputs: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:

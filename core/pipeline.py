@@ -1,10 +1,10 @@
 """score_image(): the one path from an uploaded image to a ScoreResult.
 
-decode -> segment (find the car) -> crop -> view gate -> modernity and body-type networks on the crop
--> typicality against the group's morph -> position on the bundle's map -> checks of the photo (blurred, a small
-car) that warn without rejecting. A car that is not there or not in a valid view is a *rejection* (accepted=False
-with a reason), not an exception; unusable input raises a CarmorphError subclass (e.g. ImageError); anything else
-is a bug.
+decode -> segment (find the car) -> crop -> view gate (on the frame, or on the crop where the bundle reads the view
+there) -> modernity and body-type networks on the crop -> typicality against the group's morph -> position on the
+bundle's map -> checks of the photo (blurred, a small car) that warn without rejecting. A car that is not there or
+not in a valid view is a *rejection* (accepted=False with a reason), not an exception; unusable input raises a
+CarmorphError subclass (e.g. ImageError); anything else is a bug.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from core.artifacts import Bundle, crop_to_box
 from core.config import BLUR_SHARPNESS, CROP_MARGIN, SMALL_CAR_PIXELS
 from core.gate import GateEstimates, gate_estimates
 from core.imaging import load_image, sharpness
-from core.models import crop_outputs
+from core.models import CropOutputs, crop_outputs
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
 from core.segment import GateSegmenter, Segmentation, Segmenter, box_from_normalised, make_segmenter
-from core.viewpoint import FrontalDecision, frontal_decision, view_rejection
+from core.viewpoint import VIEW_CLASSES, FrontalDecision, frontal_decision, view_rejection
 
 ImageInput = bytes | Image.Image | str | Path
 
@@ -96,10 +96,11 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
         result.timings = clock.total()
         return result
     result.box, result.mask, result.crop = found.box, found.mask, found.crop(picture, CROP_MARGIN)
-    result.frontal = _frontal(found, picture, bundle, clock)
+    scores = _crop_scores(result.crop, bundle, clock) if bundle.manifest.view_from == "crop" else None
+    result.frontal = _frontal(found, picture, bundle, clock, scores)
     result.reason = view_rejection(result.frontal, bundle.valid_views, bundle.thresholds.view)
     if result.reason is None:
-        _score_crop(result, bundle, clock)
+        _score(result, scores or _crop_scores(result.crop, bundle, clock), bundle, clock)
         result.accepted = True
         result.warnings = tuple(w for w in (blur_warning(picture), small_car_warning(result.box)) if w)
         clock.lap("checks")
@@ -168,10 +169,16 @@ def _car_threshold(segmenter: Segmenter, bundle: Bundle) -> float:
     return float(threshold)
 
 
-def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _Clock) -> FrontalDecision:
-    """From the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
+def _frontal(
+    found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _Clock, scores: CropOutputs | None
+) -> FrontalDecision:
+    """From the gate's view head on the crop where the bundle reads the view there (`scores` holds it), else from
+    the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
     probability, views = found.frontal_probability, found.view_probabilities
-    if probability is None:
+    if scores is not None and scores.view_logits is not None:
+        views = tuple(float(p) for p in torch.softmax(scores.view_logits[0], dim=0))
+        probability = views[VIEW_CLASSES.index("front")]
+    elif probability is None:
         estimates = gate_estimates(bundle.gate, bundle.gate_transform([picture]), bundle.thresholds.cam)
         probability = float(estimates.frontal[0])
         views = None if estimates.views is None else tuple(float(p) for p in estimates.views[0])
@@ -179,14 +186,20 @@ def _frontal(found: Segmentation, picture: Image.Image, bundle: Bundle, clock: _
     return frontal_decision(probability, bundle.thresholds.frontal, views)
 
 
-def _score_crop(result: ScoreResult, bundle: Bundle, clock: _Clock) -> None:
-    """Both networks on the crop (and its mirror image where the bundle averages over both), then typicality and
-    the map position."""
-    batch = bundle.transform([result.crop])
+def _crop_scores(crop: Image.Image, bundle: Bundle, clock: _Clock) -> CropOutputs:
+    """Both networks on the crop (and its mirror image where the bundle averages over both), and the gate's view
+    head on it where the bundle reads the view from the crop."""
+    batch = bundle.transform([crop])
     clock.lap("preprocess")
+    gate = bundle.gate if bundle.manifest.view_from == "crop" else None
     with torch.inference_mode():
-        scores = crop_outputs(bundle.modernity, bundle.bodytype, batch, bundle.manifest.flip_average)
+        scores = crop_outputs(bundle.modernity, bundle.bodytype, batch, bundle.manifest.flip_average, gate)
     clock.lap("networks")
+    return scores
+
+
+def _score(result: ScoreResult, scores: CropOutputs, bundle: Bundle, clock: _Clock) -> None:
+    """The scores from the networks' outputs on the crop, then typicality and the map position."""
     year, body = scores.year, scores.body
     per_year = year["year"][0] if "year" in year else None
     result.modernity = modernity_from_logits(year["year_bin"][0], bundle.year_bins, per_year)

@@ -164,6 +164,18 @@ def test_sharpening_is_optional_checked_and_reaches_the_crops_alone(bundle_copy:
         assert "field 'sharpening' is malformed" in refused(bundle_copy), bad
 
 
+def test_where_the_view_is_read_is_optional_and_checked(bundle_copy: Path, tiny_bundle: Bundle):
+    """A manifest without view_from reads the view from the whole frame (bundles built before it); 'crop' needs a
+    gate with a view head (the tiny bundle's seed gate has a frontal head), anything else is refused."""
+    assert tiny_bundle.manifest.view_from == "frame" and tiny_bundle.manifest.to_dict()["view_from"] == "frame"
+    edit_manifest(bundle_copy, lambda data: data.pop("view_from"))
+    assert load_bundle(bundle_copy).manifest.view_from == "frame"
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("view_from", "crop"))
+    assert "view_from 'crop' needs a gate with a view head" in refused(bundle_copy)
+    edit_manifest(bundle_copy, lambda data: data.__setitem__("view_from", "mask"))
+    assert "view_from must be one of ('frame', 'crop'), got 'mask'" in refused(bundle_copy)
+
+
 def test_missing_directory_says_how_to_make_a_bundle(tmp_path: Path):
     message = refused(tmp_path / "nowhere")
     assert "No artifact bundle" in message and "python -m training.build" in message

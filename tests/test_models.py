@@ -135,6 +135,32 @@ def test_a_backbone_beside_appends_its_features_and_stays_out_of_the_networks_we
         CarNet(HEADS).attach_beside(other)
 
 
+def test_the_gates_view_head_on_the_crops_reads_the_backbone_the_scores_run_beside(fixture_tensor, monkeypatch):
+    """`crop_outputs(..., gate=)`: the gate's view head on the crops (mean logits over the mirror image with
+    flip_average), its backbone run once although the body-type network reads it beside its own."""
+    torch.manual_seed(2)
+    gate = CarNet({"car": 1, "view": 4}).eval()
+    body = CarNet(HEADS, neck=8, beside=512).eval()
+    body.attach_beside(gate)
+    year = CarNet(HEADS).eval()
+    year.backbone = body.backbone
+    batch = torch.cat([fixture_tensor, fixture_tensor.flip(-2)])
+    with torch.inference_mode():
+        alone = crop_outputs(year, body, batch)
+        expected = gate.forward_from_maps(gate.backbone_maps(batch))["view"]
+        mirrored = gate.forward_from_maps(gate.backbone_maps(batch.flip(-1)))["view"]
+    assert alone.view_logits is None
+    calls, backbone_maps = [], gate.backbone_maps
+    monkeypatch.setattr(gate, "backbone_maps", lambda x: calls.append(len(x)) or backbone_maps(x))
+    with torch.inference_mode():
+        viewed = crop_outputs(year, body, batch, gate=gate)
+        averaged = crop_outputs(year, body, batch, flip_average=True, gate=gate)
+    assert calls == [2, 4]  # once per batch (with its mirror images), for the body type and the view alike
+    assert viewed.view_logits.shape == (2, 4) and torch.allclose(viewed.view_logits, expected, atol=1e-5)
+    assert torch.allclose(averaged.view_logits, (expected + mirrored) / 2, atol=1e-5)
+    assert torch.allclose(viewed.body["body_type"], alone.body["body_type"], atol=1e-5)
+
+
 def test_safetensors_round_trip_keeps_predictions(tmp_path, fixture_tensor):
     torch.manual_seed(1)
     model = CarNet(HEADS).eval()

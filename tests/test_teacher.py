@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from core.config import CROP_MARGIN, SHARED_DATA_DIR
 from core.errors import BundleError
 from core.explain import grad_cam
 from core.gate import cam_boxes, gate_estimates
+from core.imaging import load_image
 from core.models import (
     LITE0,
     LITE1,
@@ -38,11 +40,12 @@ from core.models import (
 )
 from core.pipeline import gate_crops, gate_frames, score_image
 from core.report import collect_curves
-from core.segment import GateSegmenter, box_from_normalised
+from core.segment import GateSegmenter, Segmentation, box_from_normalised
 from training import box_head, build, ensemble, evaluate, finetune, heads, interpolate, prepare, teacher
 from training.features import Split, car_splits, teacher_features, training_body_types
 from training.teacher import frozen_backbone
 from training.train import class_weights, emd_loss, weighted_cross_entropy
+from training.view_head import STRENGTHS
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "data"
 APP = Path(__file__).parent.parent / "streamlit_app.py"
@@ -158,7 +161,7 @@ def test_heads_on_frozen_features_build_a_bundle_the_app_scores_with(frozen_run,
     # thresholds chosen on its out-of-fold estimates
     view_head = bundle.manifest.training["gate"]["view_head"]
     assert view_head["folds"] == 2 and view_head["input"] in ("pooled", "imagenet_logits")
-    assert len(view_head["candidates"]) == 10
+    assert len(view_head["candidates"]) == 2 * len(STRENGTHS) and view_head["source"] == "frame"
     assert bundle.manifest.training["thresholds"]["view_thresholds_on"] == "out-of-fold (train + val)"
     # the modernity network carries the per-year head that gives the expected year
     assert bundle.manifest.networks["modernity"].heads == {"year_bin": 5, "year": 30}
@@ -716,7 +719,8 @@ def test_a_built_gates_view_head_is_refitted_on_new_view_labels(frozen_run, tmp_
     build.main([*refit_args, "--refit-views", str(frozen_run / "t"), "--valid-views", "front,three_quarter"])
     before, after = load_bundle(base), load_bundle(refit)
     record = after.manifest.training["gate"]["view_head"]
-    assert "--refit-views" in record["refitted"] and record["folds"] == 2 and len(record["candidates"]) == 10
+    assert "--refit-views" in record["refitted"] and record["folds"] == 2
+    assert len(record["candidates"]) == 2 * len(STRENGTHS)
     assert not torch.equal(after.gate.heads["view"].weight, before.gate.heads["view"].weight)
     assert torch.equal(after.gate.heads["car"].weight, before.gate.heads["car"].weight)
     for key, head in (("modernity", "year_bin"), ("bodytype", "body_type")):  # the scores' networks as they were
@@ -740,8 +744,49 @@ def test_a_built_gates_view_head_is_refitted_on_new_view_labels(frozen_run, tmp_
     (other / "backbone.json").write_text(json.dumps(info | {"size": 32}))
     with pytest.raises(SystemExit):
         build.main([*refit_args, "--refit-views", str(other)])
-    assert f"--refit-views: {other} holds {info['origin']} at 32 px; the gate reads" in capsys.readouterr().err
+    message = f"--refit-views: {other} holds {info['origin']} at 32 px; the gate's view head reads"
+    assert message in capsys.readouterr().err
     fine_tuned = build.gate_of_bundle(base)  # a gate whose backbone was trained with it: no cache holds its features
     fine_tuned.record["args"]["frozen_backbone"] = False
     with pytest.raises(ValueError, match="trained with it"):
-        build.refit_kept_gate(fine_tuned, pd.read_parquet(table), frozen_run / "t", seed=0)
+        build.refit_kept_gate(fine_tuned, pd.read_parquet(table), frozen_run / "t", 0, "frame", 64)
+
+
+def test_a_view_head_refitted_on_the_cars_crops_reads_the_view_where_the_scores_look(frozen_run, tmp_path, capsys):
+    """`--refit-views TEACHER --view-from crop`: the view head fitted on the teacher's features of the cars' crops
+    (at the scores' size), the manifest saying so; the app then reads the view from the crop it scores (the gate's
+    view head on that crop, not on the whole frame) and the build and evaluation read it the same way; --view-from
+    without --refit-views is refused."""
+    h, base, out = frozen_run / "heads", tmp_path / "base", tmp_path / "crop"
+    models = ["--modernity", str(h / "modernity.pt"), "--bodytype", str(h / "bodytype.pt")]
+    common = ["--table", str(frozen_run / "table.parquet"), "--data", str(FIXTURE_DATA), "--map", "pca",
+              "--morph-min-members", "1", "--valid-views", "front,three_quarter,side"]  # fmt: skip
+    build.main([*common, *models, "--gate", str(h / "gate.pt"), "--out", str(base)])
+    build.main([*common, *models, "--gate-from", str(base), "--refit-views", str(frozen_run / "t"), "--view-from",
+                "crop", "--out", str(out)])  # fmt: skip
+    bundle = load_bundle(out)
+    assert bundle.manifest.view_from == "crop" and load_bundle(base).manifest.view_from == "frame"
+    assert bundle.manifest.training["gate"]["view_head"]["source"] == "crop"
+    photo = load_image(FIXTURE_DATA / "epfl_multiview" / "images" / "tripod_seq_01_050.jpg")
+    from_frame = gate_frames(bundle, [photo]).views[0]
+    found = Segmentation(
+        True,
+        (39.8, 17.4, 96.1, 59.7),
+        None,
+        0.9,
+        "labelled box",
+        photo.size,
+        float(from_frame[0]),
+        tuple(float(p) for p in from_frame),
+    )  # the car's labelled box, the gate's frame estimate
+    result = score_image(photo, bundle, SimpleNamespace(segment=lambda image: found))
+    with torch.inference_mode():
+        from_crop = torch.softmax(bundle.gate(bundle.transform([result.crop]))["view"][0], dim=0).numpy()
+    assert np.allclose(result.frontal.view_probabilities, from_crop, atol=1e-5)
+    assert not np.allclose(from_crop, from_frame, atol=1e-3)
+    collection = predict_images(bundle.networks, [result.crop], [photo], bundle.manifest)
+    assert np.allclose(collection.view_probs[0], from_crop, atol=1e-5)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build.main([*common, *models, "--gate-from", str(base), "--view-from", "crop", "--out", str(out)])
+    assert "--view-from says what a refitted view head reads: it needs --refit-views" in capsys.readouterr().err

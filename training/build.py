@@ -32,6 +32,7 @@ from tqdm import tqdm
 from core.artifacts import (
     MANIFEST_FILE,
     MAP_SAMPLE,
+    VIEW_INPUTS,
     Bundle,
     Manifest,
     Thresholds,
@@ -384,6 +385,7 @@ class KeptGate:
     valid_views: str
     box_head: BoxHead | None
     box_report: dict[str, Any] | None
+    view_from: str = "frame"
 
 
 def network_of_bundle(directory: Path, manifest: Manifest, key: str) -> tuple[CarNet, dict[str, Any]]:
@@ -406,27 +408,28 @@ def gate_of_bundle(directory: Path) -> KeptGate:
         manifest.valid_views,
         box_head,
         manifest.training.get("box_head"),
+        manifest.view_from,
     )
 
 
-def refit_kept_gate(gate: KeptGate, table: pd.DataFrame, teacher: Path, seed: int) -> ViewEstimates:
+def refit_kept_gate(
+    gate: KeptGate, table: pd.DataFrame, teacher: Path, seed: int, view_from: str, crop_size: int
+) -> ViewEstimates:
     """`--gate-from BUNDLE --refit-views TEACHER`: the kept gate's view head replaced (in place) by
-    `training.view_head`'s cross-validated regression on the table's view labels, its record saying so; the
-    out-of-fold estimates, for the thresholds. ValueError where the cache is not of the gate's frozen backbone, the
+    `training.view_head`'s cross-validated regression on the table's view labels (on the whole frames, or with
+    `view_from` "crop" on the cars' crops at the scores' `crop_size`), its record saying so; the out-of-fold
+    estimates, for the thresholds. ValueError where the cache is not of the gate's frozen backbone at that size, the
     gate has no view head or the labels are too few."""
     info, trained = BackboneInfo.read(teacher), gate.record["args"]
+    size = crop_size if view_from == "crop" else trained["size"]
     if not trained.get("frozen_backbone"):
         raise ValueError("the gate's backbone was trained with it: no training.teacher cache holds its features")
-    if info.checkpoint or (info.arch, info.size, info.origin) != (
-        trained.get("arch"),
-        trained["size"],
-        trained["origin"],
-    ):
-        raise ValueError(f"{teacher} holds {info.origin or info.checkpoint} at {info.size} px; the gate reads "
-                         f"{trained['origin']} at {trained['size']} px")  # fmt: skip
+    if info.checkpoint or (info.arch, info.size, info.origin) != (trained.get("arch"), size, trained["origin"]):
+        raise ValueError(f"{teacher} holds {info.origin or info.checkpoint} at {info.size} px; the gate's view "
+                         f"head reads {trained['origin']} at {size} px")  # fmt: skip
     if "view" not in gate.network.head_sizes:
         raise ValueError("the gate has no view head (a frontal-only gate)")
-    fitted = cross_validated_view(table, teacher, seed)
+    fitted = cross_validated_view(table, teacher, seed, view_from)
     if fitted is None:
         raise ValueError("train + val of --table hold too few view-labelled cars or views to cross-validate")
     head = gate.network.heads["view"]
@@ -529,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "refitted on --table's view labels (training.view_head's cross-validation, on this "
                    "training.teacher cache of the gate's backbone with its crop and frame views), its thresholds "
                    "chosen again")  # fmt: skip
+    p.add_argument("--view-from", choices=VIEW_INPUTS, help="with --refit-views: the view head reads the whole "
+                   "frame at the gate's size (frame, default) or the car's crop at the scores' size, from the pass "
+                   "the body-type network makes of it anyway (crop: TEACHER holds that size's crop view)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--remeasure", action="store_true", help="only measure the test metrics of the bundle at --out "
                    "again (e.g. after training.evaluate changed) and write them into its manifest")  # fmt: skip
@@ -603,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"--gate-from: {error}")
     if args.refit_views and not kept_gate:
         p.error("--refit-views refits the view head of the --gate-from bundle's gate")
+    if args.view_from and not args.refit_views:
+        p.error("--view-from says what a refitted view head reads: it needs --refit-views")
     if kept_gate and not args.refit_views and args.valid_views != kept_gate.valid_views:
         p.error(f"--valid-views {args.valid_views}: the gate of {args.gate_from} has its view threshold for "
                 f"{kept_gate.valid_views}")  # fmt: skip
@@ -610,10 +618,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("--features holds the crops alone: a --flip-average bundle needs the backbone pass over the collection")
 
     table = pd.read_parquet(args.table)
-    try:
-        views_oof = refit_kept_gate(kept_gate, table, args.refit_views, args.seed) if args.refit_views else None
-    except ValueError as error:
-        p.error(f"--refit-views: {error}")
     try:
         networks, records, shared = load_networks_from_checkpoints(args, kept_gate)
     except BundleError as error:
@@ -623,6 +627,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         beside = run_gate_beside(networks, records)
     except ValueError as error:
         p.error(str(error))
+    view_from = (args.view_from or "frame") if args.refit_views or not kept_gate else kept_gate.view_from
+    try:
+        views_oof = (
+            refit_kept_gate(kept_gate, table, args.refit_views, args.seed, view_from, transform.size)
+            if args.refit_views
+            else None
+        )
+    except ValueError as error:
+        p.error(f"--refit-views: {error}")
     size, arch = transform.size, records["modernity"]["args"].get("arch", RESNET18)
     one_pass = set(shared) == set(networks) and gate_transform == transform and not beside
     cache = FeatureCache.read(args.features) if args.features and one_pass else None
@@ -673,6 +686,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
         thresholds=Thresholds(thresholds.car, thresholds.frontal, thresholds.view, thresholds.cam),
         valid_views=args.valid_views,
+        view_from=view_from,
         segmenter="gate",
         morph_min_members=args.morph_min_members,
         atlas=AtlasSpec(tile=64),

@@ -29,13 +29,14 @@ from training.metrics import recall_at_precision
 from training.teacher import BackboneInfo
 
 FOLDS = 4
-STRENGTHS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+STRENGTHS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 UNSEEN_CLASS_BIAS = -30.0  # a view no training row shows gets probability ~1e-13
 
 
 @dataclass(frozen=True)
 class ViewRows:
-    """View-labelled rows of train + val: the gate's input (whole frame where there is one, else the image)."""
+    """View-labelled rows of train + val: the view head's input (source "frame": the whole frame where there is one,
+    else the image; "crop": the car's crop)."""
 
     paths: list[str]
     datasets: np.ndarray
@@ -57,12 +58,13 @@ class Candidate:
         return float(np.mean(list(self.recall.values())))
 
 
-def view_rows(table: pd.DataFrame, teacher: Path) -> ViewRows | None:
+def view_rows(table: pd.DataFrame, teacher: Path, source: str = "frame") -> ViewRows | None:
     """None when no training or validation row has a view label."""
     index, crops = teacher_features(teacher, "crop")
     pooled = dict(zip(index["path"], crops, strict=True))
-    index, frames = teacher_features(teacher, "frame")
-    pooled |= dict(zip(index["path"], frames, strict=True))
+    if source == "frame":
+        index, frames = teacher_features(teacher, "frame")
+        pooled |= dict(zip(index["path"], frames, strict=True))
     rows = table[table["split"].isin(["train", "val"]) & table["view"].isin(VIEW_CLASSES)]
     rows = joined(rows, pd.DataFrame({"path": [p for p in rows["path"] if p in pooled]}))
     if rows.empty:
@@ -151,10 +153,11 @@ class FittedView:
     probabilities: np.ndarray  # N x len(VIEW_CLASSES), out of fold
 
 
-def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0) -> FittedView | None:
+def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0, source: str = "frame") -> FittedView | None:
     """The view head chosen by car-grouped cross-validation on `teacher`'s features of the view-labelled rows of
-    train + val; None when they hold too few cars or views to cross-validate (or none has a view label)."""
-    rows = view_rows(table, teacher)
+    train + val (`source`: of their whole frames, or of the cars' crops); None when they hold too few cars or views
+    to cross-validate (or none has a view label)."""
+    rows = view_rows(table, teacher, source)
     if rows is None:
         return None
     folds = min([FOLDS, *(len(np.unique(rows.groups[rows.datasets == d])) for d in np.unique(rows.datasets))])
@@ -170,8 +173,9 @@ def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0) -> F
             oof[name, strength] = out_of_fold(rows, fold, weights, linear, strength)
             candidates.append(Candidate(name, strength, front_recall(rows, oof[name, strength][:, front])))
     best = max(candidates, key=lambda c: c.score)
-    record = {"input": best.input, "strength": best.strength, "folds": folds, "out_of_fold_front_recall_at_p95":
-              best.recall, "candidates": [asdict(c) | {"score": c.score} for c in candidates]}  # fmt: skip
+    record = {"source": source, "input": best.input, "strength": best.strength, "folds": folds,
+              "out_of_fold_front_recall_at_p95": best.recall,
+              "candidates": [asdict(c) | {"score": c.score} for c in candidates]}  # fmt: skip
     head = fit_view(rows.pooled, rows.views, weights, maps[best.input], best.strength)
     return FittedView(head, record, rows.paths, oof[best.input, best.strength])
 
