@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.artifacts import Bundle, load_bundle
+from core.artifacts import Bundle, NetworkOutputs, load_bundle, predict_images
 from core.config import DEFAULT_BUNDLE_DIR, SHARED_DATA_DIR
 from core.models import Sharpening
-from core.pipeline import gate_frames, score_image
+from core.pipeline import gate_crops, gate_frames, score_image
 from core.report import MakeHorizon, make_horizon
-from core.viewpoint import VIEW_CLASSES, frontal_decision, view_rejection
+from core.viewpoint import VIEW_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +89,20 @@ def test_the_default_gate_tells_the_views_of_hand_labelled_street_photos(default
     labels = pd.read_csv(HAND_LABELLED_VIEWS)
     test = labels[labels["sample"] == "random test"]
     photos = [Image.open(SHARED_DATA_DIR / "stanford_cars" / file).convert("RGB") for file in test["file"]]
-    gates = [gate_frames(default_bundle, photos[i : i + 32]) for i in range(0, len(photos), 32)]
-    frontal, views = (np.concatenate([getattr(gate, name) for gate in gates]) for name in ("frontal", "views"))
-    truth, shown = test["view"].to_numpy(), np.array(VIEW_CLASSES)[views.argmax(1)]
+    outputs = NetworkOutputs.concatenate([as_the_app_reads(default_bundle, photos[i : i + 32])
+                                          for i in range(0, len(photos), 32)])  # fmt: skip
     thresholds = default_bundle.thresholds  # the app's own decision: view_rejection on each photo's estimate
-    decisions = [frontal_decision(p, thresholds.frontal, v) for p, v in zip(frontal, views, strict=True)]
-    scored = np.array([view_rejection(d, default_bundle.valid_views, thresholds.view) is None for d in decisions])
+    truth = test["view"].to_numpy()
+    shown = np.array([outputs.view_decision(i, thresholds).view for i in range(len(truth))])
+    scored = outputs.accepted(thresholds, default_bundle.valid_views)
     valid = np.isin(truth, default_bundle.accepted_views)
     assert len(test) == 120 and (shown == truth).mean() >= 0.78
     assert (~scored[~valid]).mean() >= 0.6 and scored[valid].mean() >= 0.8
     assert ((truth == "rear") & (shown == "front")).sum() <= 2
+
+
+def as_the_app_reads(bundle: Bundle, photos: list[Image.Image]) -> NetworkOutputs:
+    """The networks' outputs on photos as `score_image` reads them: the gate on the frame, the crop from its box, the
+    view from the frame or the crop as the bundle says (`training.evaluate --gate-box` does the same)."""
+    estimates = gate_frames(bundle, photos)
+    return predict_images(bundle.networks, gate_crops(photos, estimates.boxes), photos, bundle.manifest, estimates)

@@ -223,3 +223,20 @@ def test_view_labels_kept_outside_the_data_join_their_data_set(tmp_path):
         prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(views), "--out", str(out)])
     with pytest.raises(SystemExit, match="no such folder"):
         prepare_cli.main(["--data", str(FIXTURE_DATA), "--views", str(tmp_path / "absent"), "--out", str(out)])
+
+
+HAND_LABELLED_VIEWS = Path(__file__).parents[1] / "data" / "views"
+
+
+@pytest.mark.parametrize("dataset", ["stanford_cars", "dvm_porsche"])
+def test_the_hand_labelled_view_files_name_one_known_view_per_photo(dataset):
+    """data/views/<data set>.csv as `training.prepare --views` reads it: one of the four views for each photo, no
+    photo twice, the samples data/views/README.md describes, and (with the shared data) every photo there."""
+    path = HAND_LABELLED_VIEWS / f"{dataset}.csv"
+    rows = pd.read_csv(path)
+    views = prepare_cli.read_view_file(path)
+    assert len(views) == len(rows) and rows["file"].is_unique
+    assert set(views.values()) == {"front", "three_quarter", "side", "rear"}
+    assert {"random val", "random train"} <= set(rows["sample"])
+    if (SHARED_DATA_DIR / dataset).is_dir():
+        assert all((SHARED_DATA_DIR / dataset / file).is_file() for file in rows["file"])
