@@ -43,6 +43,7 @@ from core.gate import (
     gate_estimates_from_maps,
     gate_probabilities,
     is_gate_layout,
+    view_probabilities,
 )
 from core.models import (
     ARCHITECTURES,
@@ -843,8 +844,8 @@ def predict_images(
 
 def with_crop_views(estimates: GateEstimates, view_logits: torch.Tensor) -> GateEstimates:
     """The gate's estimates of the frames (car, box) with the view its view head reads from the crops."""
-    views = torch.softmax(view_logits, dim=1).numpy()
-    return replace(estimates, views=views, frontal=views[:, VIEW_CLASSES.index("front")])
+    views, frontal = view_probabilities(view_logits)
+    return replace(estimates, views=views, frontal=frontal)
 
 
 def network_outputs(

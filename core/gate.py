@@ -98,12 +98,19 @@ def gate_probabilities(outputs: Mapping[str, torch.Tensor], boxes: np.ndarray | 
     with torch.inference_mode():
         car = torch.sigmoid(outputs["car"][:, 0]).numpy()
         if "view" in outputs:
-            views = torch.softmax(outputs["view"], dim=1).numpy()
-            frontal = views[:, VIEW_CLASSES.index("front")]
+            views, frontal = view_probabilities(outputs["view"])
         else:
             views = None
             frontal = torch.sigmoid(outputs["frontal"][:, 0]).numpy()
     return GateEstimates(car=car, frontal=frontal, views=views, boxes=boxes)
+
+
+def view_probabilities(view_logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, each view class's probability (N x len(VIEW_CLASSES)) and P(front), from the view head's logits
+    (of the whole frame, or of the car's crop)."""
+    with torch.inference_mode():
+        views = torch.softmax(view_logits, dim=1).numpy()
+    return views, views[:, VIEW_CLASSES.index("front")]
 
 
 def cam_boxes(maps: torch.Tensor, weight: torch.Tensor, threshold: float) -> np.ndarray:

@@ -19,13 +19,13 @@ from PIL import Image
 
 from core.artifacts import Bundle, crop_to_box
 from core.config import BLUR_SHARPNESS, CROP_MARGIN, SMALL_CAR_PIXELS
-from core.gate import GateEstimates, gate_estimates
+from core.gate import GateEstimates, gate_estimates, view_probabilities
 from core.imaging import load_image, sharpness
 from core.models import CropOutputs, crop_outputs
 from core.projection import Neighbours
 from core.scoring import BodyType, Modernity, Typicality, body_type_from_logits, modernity_from_logits, typicality
 from core.segment import GateSegmenter, Segmentation, Segmenter, box_from_normalised, make_segmenter
-from core.viewpoint import VIEW_CLASSES, FrontalDecision, frontal_decision, view_rejection
+from core.viewpoint import FrontalDecision, frontal_decision, view_rejection
 
 ImageInput = bytes | Image.Image | str | Path
 
@@ -100,7 +100,7 @@ def score_image(image: ImageInput, bundle: Bundle, segmenter: Segmenter | None =
     result.frontal = _frontal(found, picture, bundle, clock, scores)
     result.reason = view_rejection(result.frontal, bundle.valid_views, bundle.thresholds.view)
     if result.reason is None:
-        _score(result, scores or _crop_scores(result.crop, bundle, clock), bundle, clock)
+        _score(result, scores if scores is not None else _crop_scores(result.crop, bundle, clock), bundle, clock)
         result.accepted = True
         result.warnings = tuple(w for w in (blur_warning(picture), small_car_warning(result.box)) if w)
         clock.lap("checks")
@@ -176,8 +176,8 @@ def _frontal(
     the segmenter when it estimated the view (the gate does), else from one gate pass on the image."""
     probability, views = found.frontal_probability, found.view_probabilities
     if scores is not None and scores.view_logits is not None:
-        views = tuple(float(p) for p in torch.softmax(scores.view_logits[0], dim=0))
-        probability = views[VIEW_CLASSES.index("front")]
+        all_views, frontal = view_probabilities(scores.view_logits)
+        probability, views = float(frontal[0]), tuple(float(p) for p in all_views[0])
     elif probability is None:
         estimates = gate_estimates(bundle.gate, bundle.gate_transform([picture]), bundle.thresholds.cam)
         probability = float(estimates.frontal[0])
