@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from core.viewpoint import VIEW_CLASSES
-from training.view_head import ViewRows, car_folds, fit_view, front_recall, refit_view_head
+from training.view_head import ViewRows, car_folds, fit_view, front_recall, refit_view_head, view_weights
 
 
 def synthetic_rows(seed: int = 0, cars: int = 12, per_car: int = 8, classes: int = 4) -> ViewRows:
@@ -57,6 +57,18 @@ def test_a_view_no_training_row_shows_gets_no_probability():
     assert probabilities.shape == (len(rows.views), len(VIEW_CLASSES))
     assert probabilities[:, 3].max() < 1e-6
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_every_data_set_and_every_view_within_it_weigh_alike():
+    """DVM-CAR-like: many fronts, few rear views, one data set much larger than the other."""
+    datasets = np.array(["dvm_porsche"] * 100 + ["epfl_multiview"] * 20)
+    views = np.array([0] * 90 + [3] * 10 + [0, 1, 2, 3] * 5)
+    weights = view_weights(datasets, views)
+    assert weights.mean() == pytest.approx(1.0)
+    totals = {(d, v): weights[(datasets == d) & (views == v)].sum() for d, v in set(zip(datasets, views, strict=True))}
+    assert totals["dvm_porsche", 3] == pytest.approx(totals["dvm_porsche", 0])  # 10 rear views weigh as 90 fronts
+    assert sum(t for (d, _), t in totals.items() if d == "dvm_porsche") == pytest.approx(60.0)
+    assert len({round(t, 4) for (d, _), t in totals.items() if d == "epfl_multiview"}) == 1
 
 
 def test_front_recall_is_measured_per_data_set():

@@ -5,7 +5,8 @@ cars, and rear views of other cars then read as fronts. Here the view head becom
 regression on the ImageNet teacher's 1000 class logits (directions ImageNet already knows: grille, wheel, car
 kinds) or on its pooled feature, with an L2 strength C; input and C are chosen by the out-of-fold front recall at
 precision 0.95 (mean over the view-labelled data sets) of a cross-validation over train + val whose folds never
-split a car (EPFL sequence, DVM-CAR model class). The winner is refitted on train + val and folded into the gate's
+split a car (EPFL sequence, DVM-CAR model class), each data set and each view within it weighed alike
+(`view_weights`). The winner is refitted on train + val and folded into the gate's
 linear view head (logits are a linear map of the pooled feature, so the head stays one `Linear(1280, 4)`), and its
 out-of-fold probabilities are kept with the checkpoint: `training.build` chooses the view thresholds on them, on
 every car of train + val instead of the four of val.
@@ -24,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 
 from core.models import lite_state_dict
 from core.viewpoint import VIEW_CLASSES
-from training.features import encode, joined, source_weights, teacher_features
+from training.features import encode, joined, teacher_features
 from training.metrics import recall_at_precision
 from training.teacher import BackboneInfo
 
@@ -71,6 +72,20 @@ def view_rows(table: pd.DataFrame, teacher: Path, source: str = "frame") -> View
         return None
     return ViewRows(list(rows["path"]), rows["dataset"].to_numpy(), rows["group"].to_numpy(),
                     encode(rows["view"], VIEW_CLASSES), np.stack([pooled[p] for p in rows["path"]]))  # fmt: skip
+
+
+def view_weights(datasets: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Row weights (mean 1) giving every data set the same total weight and, within it, every view it labels the
+    same share. The data sets' mixes of views differ (most of DVM-CAR's labels are fronts and three-quarters, its
+    rear views few): weighed by data set alone, the head called 26 of DVM-CAR's 128 rear views front out of fold."""
+    weights = np.zeros(len(views), np.float64)
+    for dataset in np.unique(datasets):
+        in_set = datasets == dataset
+        labelled = np.unique(views[in_set])
+        for view in labelled:
+            rows = in_set & (views == view)
+            weights[rows] = 1.0 / (rows.sum() * len(labelled))
+    return (weights * len(views) / weights.sum()).astype(np.float32)
 
 
 def input_maps(info: BackboneInfo) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -164,7 +179,7 @@ def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0, sour
     fold = car_folds(rows, folds, seed) if folds >= 2 else None
     if fold is None or any(len(np.unique(rows.views[fold != k])) < 2 for k in range(folds)):
         return None
-    weights = source_weights(rows.datasets, rows.views)
+    weights = view_weights(rows.datasets, rows.views)
     maps = input_maps(BackboneInfo.read(teacher))
     front = VIEW_CLASSES.index("front")
     candidates, oof = [], {}
@@ -174,6 +189,7 @@ def cross_validated_view(table: pd.DataFrame, teacher: Path, seed: int = 0, sour
             candidates.append(Candidate(name, strength, front_recall(rows, oof[name, strength][:, front])))
     best = max(candidates, key=lambda c: c.score)
     record = {"source": source, "input": best.input, "strength": best.strength, "folds": folds,
+              "weights": "every data set alike, every view alike within it",
               "out_of_fold_front_recall_at_p95": best.recall,
               "candidates": [asdict(c) | {"score": c.score} for c in candidates]}  # fmt: skip
     head = fit_view(rows.pooled, rows.views, weights, maps[best.input], best.strength)
